@@ -1,0 +1,479 @@
+//! Message enums, one per direction. Each is the rkyv header of a transport message; where a
+//! message carries data, the data travels as the message's payload frames, in the order the
+//! message's fields say.
+
+use crate::ids::{TaskId, WorkerId};
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// A named amount of a resource, e.g. `GPU=1` or `MEM=4e9`.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ResourceMsg {
+    /// Resource name.
+    pub name: String,
+    /// Amount held (worker) or needed (task).
+    pub amount: f64,
+}
+
+/// An external command a worker runs as a task.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct CommandMsg {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Working directory; the worker's local directory when `None`.
+    pub cwd: Option<String>,
+    /// Bytes written to the command's standard input.
+    pub stdin: Option<Vec<u8>>,
+}
+
+/// What a task runs.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum TaskKindMsg {
+    /// A function from the worker's registry, called with `args` and the dependencies' results.
+    Function {
+        /// Registered function name.
+        name: String,
+        /// Argument bytes, interpreted by the function.
+        args: Vec<u8>,
+    },
+    /// An external command.
+    Command(CommandMsg),
+}
+
+/// One task of a submitted graph.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TaskSpecMsg {
+    /// User-visible key, Dask-like `prefix-index`; unique in the cluster while it is held.
+    pub key: String,
+    /// Keys this task needs, in argument order: in the same graph or already known.
+    pub deps: Vec<String>,
+    /// What to run.
+    pub kind: TaskKindMsg,
+    /// Resources the task needs while it runs.
+    pub resources: Vec<ResourceMsg>,
+    /// Restrict placement to workers with these names or addresses (empty: any worker).
+    pub workers: Vec<String>,
+    /// Higher runs first; ties are broken by submission order.
+    pub priority: i32,
+    /// How many times to rerun the task after it fails.
+    pub retries: u32,
+}
+
+/// Why a task failed.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum ErrorKindMsg {
+    /// The function returned an error.
+    Failed,
+    /// The function panicked; the worker survived.
+    Panicked,
+    /// The worker has no function of that name.
+    UnknownFunction,
+    /// The command exited nonzero or could not start.
+    Command {
+        /// Exit status, `None` when killed by a signal or never started.
+        exit_code: Option<i32>,
+        /// The last part of its standard error.
+        stderr_tail: String,
+    },
+    /// An input could not be fetched from any holder.
+    MissingInput,
+    /// A dependency failed; `ancestor` is the key that failed first.
+    Dependency {
+        /// Key of the failed ancestor.
+        ancestor: String,
+    },
+    /// The task was running on workers that died too many times.
+    KilledWorker,
+    /// The task was cancelled by a client.
+    Cancelled,
+}
+
+/// A task error as users see it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TaskErrorMsg {
+    /// Category.
+    pub kind: ErrorKindMsg,
+    /// Human-readable message.
+    pub message: String,
+}
+
+/// The result of a command task, as stored on the worker and fetched by clients.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct CommandOutputMsg {
+    /// Exit status (0 for a command that succeeded).
+    pub exit_code: i32,
+    /// Captured standard output.
+    pub stdout: Vec<u8>,
+    /// Captured standard error.
+    pub stderr: Vec<u8>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client <-> scheduler
+
+/// Client → scheduler.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum FromClient {
+    /// Submit tasks. `wanted` are the keys the client holds futures for.
+    UpdateGraph {
+        /// Client-chosen id echoed in the answer.
+        submit_id: u64,
+        /// New tasks, any order.
+        tasks: Vec<TaskSpecMsg>,
+        /// Keys (new or existing) the client wants kept and reported.
+        wanted: Vec<String>,
+    },
+    /// The client holds no more futures for these keys.
+    ReleaseKeys(Vec<String>),
+    /// Cancel these keys (and what depends on them).
+    CancelKeys(Vec<String>),
+    /// Reserve keys for data the client will put on workers; answered by `ScatterTargets`.
+    Scatter {
+        /// Client-chosen id echoed in the answer.
+        submit_id: u64,
+        /// Keys and their sizes.
+        keys: Vec<(String, u64)>,
+        /// Preferred worker (name or address), if any.
+        worker: Option<String>,
+    },
+    /// Ask for the worker list.
+    GetWorkers,
+    /// Liveness; answered with nothing.
+    Heartbeat,
+    /// The client is leaving.
+    Close,
+}
+
+/// Where a key's data lives.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct KeyInMemoryMsg {
+    /// User key.
+    pub key: String,
+    /// Cluster id of the task.
+    pub task: TaskId,
+    /// Data address of a worker that holds the result.
+    pub worker: String,
+    /// Size of the result.
+    pub nbytes: u64,
+}
+
+/// A worker as the scheduler sees it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct WorkerInfoMsg {
+    /// Id.
+    pub id: WorkerId,
+    /// Name.
+    pub name: String,
+    /// Data address (where peers fetch results).
+    pub address: String,
+    /// Threads.
+    pub nthreads: u32,
+    /// Memory limit in bytes (0: none).
+    pub memory_limit: u64,
+    /// Resources it offers.
+    pub resources: Vec<ResourceMsg>,
+    /// Tasks assigned to it and not finished.
+    pub processing: u64,
+    /// Results it holds.
+    pub in_memory: u64,
+}
+
+/// Scheduler → client.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum ToClient {
+    /// A graph was accepted.
+    GraphAccepted {
+        /// The client's id.
+        submit_id: u64,
+    },
+    /// A graph was refused as a whole; nothing of it was kept.
+    GraphRejected {
+        /// The client's id.
+        submit_id: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Wanted keys are in memory.
+    KeysInMemory(Vec<KeyInMemoryMsg>),
+    /// Wanted keys failed.
+    KeysErred(Vec<(String, TaskErrorMsg)>),
+    /// Where to put scattered data: (key, task id, worker data address), in request order.
+    ScatterTargets {
+        /// The client's id.
+        submit_id: u64,
+        /// Placement per key, or the reason the request was refused.
+        targets: Result<Vec<(String, TaskId, String)>, String>,
+    },
+    /// The worker list.
+    Workers(Vec<WorkerInfoMsg>),
+    /// A message the client sent could not be handled; the connection stays up.
+    Error(String),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker <-> scheduler
+
+/// A worker introducing itself.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RegisterWorkerMsg {
+    /// Name (unique in the cluster).
+    pub name: String,
+    /// Data address peers connect to.
+    pub address: String,
+    /// Threads for tasks.
+    pub nthreads: u32,
+    /// Memory limit in bytes (0: none).
+    pub memory_limit: u64,
+    /// Resources offered.
+    pub resources: Vec<ResourceMsg>,
+    /// Process id, for operators.
+    pub pid: u32,
+}
+
+/// A task finished on a worker.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct TaskFinishedMsg {
+    /// Task.
+    pub task: TaskId,
+    /// Size of the result.
+    pub nbytes: u64,
+    /// Run time in microseconds.
+    pub duration_us: u64,
+}
+
+/// Worker → scheduler.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum FromWorker {
+    /// First message after the handshake.
+    Register(RegisterWorkerMsg),
+    /// Tasks finished, batched.
+    TasksFinished(Vec<TaskFinishedMsg>),
+    /// Tasks failed, batched.
+    TasksErred(Vec<(TaskId, TaskErrorMsg)>),
+    /// Inputs of `task` could not be fetched from the workers the scheduler named.
+    MissingData {
+        /// The task that needed them.
+        task: TaskId,
+        /// The inputs that were missing.
+        missing: Vec<TaskId>,
+    },
+    /// Data put on this worker by a client (scatter) is stored: (task, nbytes).
+    DataAdded(Vec<(TaskId, u64)>),
+    /// Answer to `StealRequest`: the tasks the worker gave up (it had not started them).
+    Released(Vec<TaskId>),
+    /// Liveness and load.
+    Heartbeat {
+        /// Bytes of results held in memory.
+        memory: u64,
+        /// Tasks currently executing.
+        executing: u32,
+    },
+}
+
+/// One input of a task to compute.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DepMsg {
+    /// Input task.
+    pub task: TaskId,
+    /// Its size.
+    pub nbytes: u64,
+    /// Data addresses of workers that hold it (empty when the receiving worker holds it).
+    pub holders: Vec<String>,
+}
+
+/// A task for a worker to run.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ComputeTaskMsg {
+    /// Task.
+    pub task: TaskId,
+    /// User key (for logs and errors).
+    pub key: String,
+    /// What to run.
+    pub kind: TaskKindMsg,
+    /// Inputs, in argument order.
+    pub deps: Vec<DepMsg>,
+    /// Resources it needs.
+    pub resources: Vec<ResourceMsg>,
+    /// Higher first.
+    pub priority: i32,
+}
+
+/// Scheduler → worker.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum ToWorker {
+    /// Registration accepted.
+    Registered {
+        /// Our id.
+        id: WorkerId,
+        /// How often to heartbeat.
+        heartbeat_ms: u64,
+    },
+    /// Registration refused (e.g. a duplicate name).
+    Refused(String),
+    /// Tasks to run, batched.
+    Compute(Vec<ComputeTaskMsg>),
+    /// Forget these results (or cancel these tasks if not started).
+    Free(Vec<TaskId>),
+    /// Give these tasks back if not started; answered by `FromWorker::Released`.
+    StealRequest(Vec<TaskId>),
+    /// Shut down.
+    Close,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peer data plane (worker <-> worker, client <-> worker)
+
+/// To a worker's data port.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum ToPeer {
+    /// Send me these results.
+    GetData {
+        /// Request id echoed in the answer.
+        request: u64,
+        /// Tasks wanted.
+        tasks: Vec<TaskId>,
+    },
+    /// Store these results (scatter); one payload frame per task, in order.
+    PutData {
+        /// Request id echoed in the answer.
+        request: u64,
+        /// Tasks stored, one frame each.
+        tasks: Vec<TaskId>,
+    },
+}
+
+/// From a worker's data port.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum FromPeer {
+    /// Answer to `GetData`: one payload frame per task that was `found`, in order.
+    Data {
+        /// The request.
+        request: u64,
+        /// Each requested task and whether this worker had it.
+        tasks: Vec<(TaskId, bool)>,
+    },
+    /// `PutData` stored.
+    PutDone {
+        /// The request.
+        request: u64,
+    },
+    /// The request could not be handled.
+    Error {
+        /// The request.
+        request: u64,
+        /// Why.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{access, decode, encode};
+    use bytes::Bytes;
+
+    fn sample_batch(n: u64) -> ToWorker {
+        ToWorker::Compute(
+            (0..n)
+                .map(|i| ComputeTaskMsg {
+                    task: TaskId(i),
+                    key: format!("inc-{i}"),
+                    kind: TaskKindMsg::Function { name: "inc".into(), args: i.to_le_bytes().to_vec() },
+                    deps: vec![DepMsg {
+                        task: TaskId(i + 1_000_000),
+                        nbytes: 8,
+                        holders: vec!["tcp://127.0.0.1:4000".into()],
+                    }],
+                    resources: vec![],
+                    priority: 0,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn round_trip_every_direction() {
+        let batch = sample_batch(100);
+        assert_eq!(decode::<ToWorker>(&encode(&batch)).unwrap(), batch);
+        let m = FromClient::UpdateGraph {
+            submit_id: 7,
+            tasks: vec![TaskSpecMsg {
+                key: "run-1".into(),
+                deps: vec!["x".into()],
+                kind: TaskKindMsg::Command(CommandMsg {
+                    argv: vec!["/bin/echo".into(), "hi".into()],
+                    env: vec![("A".into(), "1".into())],
+                    cwd: None,
+                    stdin: Some(b"in".to_vec()),
+                }),
+                resources: vec![ResourceMsg { name: "GPU".into(), amount: 1.0 }],
+                workers: vec![],
+                priority: -3,
+                retries: 2,
+            }],
+            wanted: vec!["run-1".into()],
+        };
+        assert_eq!(decode::<FromClient>(&encode(&m)).unwrap(), m);
+        let e = ToClient::KeysErred(vec![(
+            "a".into(),
+            TaskErrorMsg {
+                kind: ErrorKindMsg::Command { exit_code: Some(3), stderr_tail: "boom".into() },
+                message: "exit 3".into(),
+            },
+        )]);
+        assert_eq!(decode::<ToClient>(&encode(&e)).unwrap(), e);
+        let p = FromPeer::Data { request: 1, tasks: vec![(TaskId(1), true)] };
+        assert_eq!(decode::<FromPeer>(&encode(&p)).unwrap(), p);
+    }
+
+    #[test]
+    fn zero_copy_access_sees_fields() {
+        let header = encode(&sample_batch(10));
+        let a = access::<ToWorker>(&header).unwrap();
+        match a.get() {
+            ArchivedToWorker::Compute(tasks) => {
+                assert_eq!(tasks.len(), 10);
+                assert_eq!(tasks[3].key.as_str(), "inc-3");
+                assert_eq!(TaskId::from(&tasks[3].task), TaskId(3));
+            }
+            _ => panic!("wrong variant"),
+        }
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_errors_not_ub() {
+        let header = encode(&sample_batch(20));
+        for cut in [0, 1, 7, header.len() / 2, header.len() - 1] {
+            assert!(decode::<ToWorker>(&header.slice(..cut)).is_err(), "cut {cut} accepted");
+        }
+        let mut flipped = header.to_vec();
+        // Point relative offsets and lengths somewhere wild.
+        for b in flipped.iter_mut().rev().take(16) {
+            *b = 0xff;
+        }
+        assert!(decode::<ToWorker>(&Bytes::from(flipped)).is_err());
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for len in [3usize, 16, 64, 1000] {
+            let junk: Vec<u8> = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            let _ = decode::<FromClient>(&Bytes::from(junk.clone()));
+            let _ = decode::<FromWorker>(&Bytes::from(junk));
+        }
+    }
+
+    #[test]
+    fn unaligned_headers_are_copied_not_misread() {
+        let header = encode(&sample_batch(5));
+        let mut buf = vec![0u8; header.len() + 1];
+        buf[1..].copy_from_slice(&header);
+        let shifted = Bytes::from(buf).slice(1..);
+        assert_eq!(decode::<ToWorker>(&shifted).unwrap(), sample_batch(5));
+    }
+}
