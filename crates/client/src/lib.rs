@@ -1,0 +1,1 @@
+//! Taskwire client (being built).

@@ -1,0 +1,1 @@
+//! Taskwire scheduler-core (being built).

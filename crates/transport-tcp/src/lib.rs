@@ -1,0 +1,1 @@
+//! Taskwire transport-tcp (being built).

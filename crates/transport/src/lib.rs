@@ -1,0 +1,1 @@
+//! Taskwire transport (being built).

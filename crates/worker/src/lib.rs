@@ -1,0 +1,1 @@
+//! Taskwire worker (being built).
