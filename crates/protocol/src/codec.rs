@@ -75,8 +75,14 @@ where
 {
     let bytes = aligned(header);
     match rkyv::access::<T::Archived, rancor::Error>(&bytes) {
-        Ok(_) => Ok(Archived { bytes, _marker: std::marker::PhantomData }),
-        Err(e) => Err(DecodeError { len: header.len(), reason: e.to_string() }),
+        Ok(_) => Ok(Archived {
+            bytes,
+            _marker: std::marker::PhantomData,
+        }),
+        Err(e) => Err(DecodeError {
+            len: header.len(),
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -88,8 +94,12 @@ where
         + Deserialize<T, HighDeserializer<rancor::Error>>,
 {
     let bytes = aligned(header);
-    let archived = rkyv::access::<T::Archived, rancor::Error>(&bytes)
-        .map_err(|e| DecodeError { len: header.len(), reason: e.to_string() })?;
-    rkyv::deserialize::<T, rancor::Error>(archived)
-        .map_err(|e| DecodeError { len: header.len(), reason: e.to_string() })
+    let archived = rkyv::access::<T::Archived, rancor::Error>(&bytes).map_err(|e| DecodeError {
+        len: header.len(),
+        reason: e.to_string(),
+    })?;
+    rkyv::deserialize::<T, rancor::Error>(archived).map_err(|e| DecodeError {
+        len: header.len(),
+        reason: e.to_string(),
+    })
 }

@@ -114,7 +114,12 @@ pub struct Hello {
 impl Hello {
     /// A greeting in this build's protocol version.
     pub fn new(role: Role, name: impl Into<String>) -> Hello {
-        Hello { version: PROTOCOL_VERSION, role, token: Vec::new(), name: name.into() }
+        Hello {
+            version: PROTOCOL_VERSION,
+            role,
+            token: Vec::new(),
+            name: name.into(),
+        }
     }
 
     /// Encode for the wire.
@@ -141,12 +146,18 @@ pub struct Welcome {
 impl Welcome {
     /// Accept, naming ourselves.
     pub fn accept(name: impl Into<String>) -> Welcome {
-        Welcome { version: PROTOCOL_VERSION, result: Ok(name.into()) }
+        Welcome {
+            version: PROTOCOL_VERSION,
+            result: Ok(name.into()),
+        }
     }
 
     /// Refuse with a reason the peer will show its user.
     pub fn refuse(reason: impl Into<String>) -> Welcome {
-        Welcome { version: PROTOCOL_VERSION, result: Err(reason.into()) }
+        Welcome {
+            version: PROTOCOL_VERSION,
+            result: Err(reason.into()),
+        }
     }
 
     /// Encode for the wire.
@@ -181,7 +192,9 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
     fn u32(&mut self) -> Result<u32, HandshakeError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u8(&mut self) -> Result<u8, HandshakeError> {
         Ok(self.take(1)?[0])
@@ -212,13 +225,21 @@ pub fn read_hello(bytes: &[u8]) -> Result<Hello, HandshakeError> {
     let mut r = Reader(bytes);
     let version = r.preamble()?;
     if version != PROTOCOL_VERSION {
-        return Err(HandshakeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: version });
+        return Err(HandshakeError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: version,
+        });
     }
     let role_byte = r.u8()?;
     let role = Role::from_byte(role_byte).ok_or(HandshakeError::UnknownRole(role_byte))?;
     let token = r.field()?.to_vec();
     let name = r.text()?;
-    Ok(Hello { version, role, token, name })
+    Ok(Hello {
+        version,
+        role,
+        token,
+        name,
+    })
 }
 
 /// Parse a [`Welcome`]; a refusal becomes [`HandshakeError::Refused`].
@@ -228,10 +249,14 @@ pub fn read_welcome(bytes: &[u8]) -> Result<Welcome, HandshakeError> {
     let status = r.u8()?;
     let text = r.text()?;
     match status {
-        0 if version != PROTOCOL_VERSION => {
-            Err(HandshakeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: version })
-        }
-        0 => Ok(Welcome { version, result: Ok(text) }),
+        0 if version != PROTOCOL_VERSION => Err(HandshakeError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: version,
+        }),
+        0 => Ok(Welcome {
+            version,
+            result: Ok(text),
+        }),
         _ => Err(HandshakeError::Refused(text)),
     }
 }
@@ -252,21 +277,42 @@ mod tests {
         let mut h = Hello::new(Role::Client, "c");
         h.version = 99;
         let err = read_hello(&h.encode()).unwrap_err();
-        assert_eq!(err, HandshakeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 99 });
+        assert_eq!(
+            err,
+            HandshakeError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: 99
+            }
+        );
         let text = err.to_string();
-        assert!(text.contains("99") && text.contains(&PROTOCOL_VERSION.to_string()), "{text}");
+        assert!(
+            text.contains("99") && text.contains(&PROTOCOL_VERSION.to_string()),
+            "{text}"
+        );
     }
 
     #[test]
     fn refusal_carries_reason() {
         let w = Welcome::refuse("bad token");
-        assert_eq!(read_welcome(&w.encode()), Err(HandshakeError::Refused("bad token".into())));
-        assert_eq!(read_welcome(&Welcome::accept("sched").encode()).unwrap().result.unwrap(), "sched");
+        assert_eq!(
+            read_welcome(&w.encode()),
+            Err(HandshakeError::Refused("bad token".into()))
+        );
+        assert_eq!(
+            read_welcome(&Welcome::accept("sched").encode())
+                .unwrap()
+                .result
+                .unwrap(),
+            "sched"
+        );
     }
 
     #[test]
     fn garbage_is_rejected() {
-        assert_eq!(read_hello(b"GET / HTTP/1.1\r\n"), Err(HandshakeError::BadMagic));
+        assert_eq!(
+            read_hello(b"GET / HTTP/1.1\r\n"),
+            Err(HandshakeError::BadMagic)
+        );
         assert_eq!(read_hello(b""), Err(HandshakeError::BadMagic));
         let h = Hello::new(Role::Peer, "p").encode();
         for cut in 8..h.len() {
@@ -277,6 +323,9 @@ mod tests {
         assert_eq!(read_hello(&bad_role), Err(HandshakeError::UnknownRole(77)));
         let mut huge = h[..13].to_vec();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(read_hello(&huge), Err(HandshakeError::FieldTooLong(u32::MAX as usize)));
+        assert_eq!(
+            read_hello(&huge),
+            Err(HandshakeError::FieldTooLong(u32::MAX as usize))
+        );
     }
 }

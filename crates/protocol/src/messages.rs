@@ -379,7 +379,10 @@ mod tests {
                 .map(|i| ComputeTaskMsg {
                     task: TaskId(i),
                     key: format!("inc-{i}"),
-                    kind: TaskKindMsg::Function { name: "inc".into(), args: i.to_le_bytes().to_vec() },
+                    kind: TaskKindMsg::Function {
+                        name: "inc".into(),
+                        args: i.to_le_bytes().to_vec(),
+                    },
                     deps: vec![DepMsg {
                         task: TaskId(i + 1_000_000),
                         nbytes: 8,
@@ -407,7 +410,10 @@ mod tests {
                     cwd: None,
                     stdin: Some(b"in".to_vec()),
                 }),
-                resources: vec![ResourceMsg { name: "GPU".into(), amount: 1.0 }],
+                resources: vec![ResourceMsg {
+                    name: "GPU".into(),
+                    amount: 1.0,
+                }],
                 workers: vec![],
                 priority: -3,
                 retries: 2,
@@ -418,12 +424,18 @@ mod tests {
         let e = ToClient::KeysErred(vec![(
             "a".into(),
             TaskErrorMsg {
-                kind: ErrorKindMsg::Command { exit_code: Some(3), stderr_tail: "boom".into() },
+                kind: ErrorKindMsg::Command {
+                    exit_code: Some(3),
+                    stderr_tail: "boom".into(),
+                },
                 message: "exit 3".into(),
             },
         )]);
         assert_eq!(decode::<ToClient>(&encode(&e)).unwrap(), e);
-        let p = FromPeer::Data { request: 1, tasks: vec![(TaskId(1), true)] };
+        let p = FromPeer::Data {
+            request: 1,
+            tasks: vec![(TaskId(1), true)],
+        };
         assert_eq!(decode::<FromPeer>(&encode(&p)).unwrap(), p);
     }
 
@@ -445,7 +457,10 @@ mod tests {
     fn garbage_and_truncation_are_errors_not_ub() {
         let header = encode(&sample_batch(20));
         for cut in [0, 1, 7, header.len() / 2, header.len() - 1] {
-            assert!(decode::<ToWorker>(&header.slice(..cut)).is_err(), "cut {cut} accepted");
+            assert!(
+                decode::<ToWorker>(&header.slice(..cut)).is_err(),
+                "cut {cut} accepted"
+            );
         }
         let mut flipped = header.to_vec();
         // Point relative offsets and lengths somewhere wild.

@@ -1,0 +1,238 @@
+//! Messages, connections and listeners: the concrete types every transport hands out.
+
+use crate::address::Address;
+use crate::codec;
+use crate::config::TransportConfig;
+use crate::error::TransportError;
+use bytes::Bytes;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+
+/// One message: an opaque header plus payload frames that are never copied into it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Message {
+    /// The header (an rkyv archive from `taskwire-protocol`, opaque here).
+    pub header: Bytes,
+    /// Payload frames.
+    pub frames: Vec<Bytes>,
+}
+
+impl Message {
+    /// A message with no payload frames.
+    pub fn new(header: Bytes) -> Message {
+        Message {
+            header,
+            frames: Vec::new(),
+        }
+    }
+
+    /// A message with payload frames.
+    pub fn with_frames(header: Bytes, frames: Vec<Bytes>) -> Message {
+        Message { header, frames }
+    }
+
+    /// Header plus payload bytes.
+    pub fn len(&self) -> usize {
+        self.header.len() + self.frames.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    /// True when there is neither header nor payload.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Default)]
+struct SendShared {
+    error: Mutex<Option<String>>,
+}
+
+/// The sending half of a connection. Cheap to clone; messages are queued (bounded, so a slow
+/// peer pushes back) and written by the transport in batches.
+#[derive(Clone, Debug)]
+pub struct ConnSender {
+    tx: mpsc::Sender<Message>,
+    shared: Arc<SendShared>,
+    cfg: Arc<TransportConfig>,
+}
+
+/// The transport's end of a [`ConnSender`]: the queue its writer drains.
+#[derive(Debug)]
+pub struct Outbox {
+    rx: mpsc::Receiver<Message>,
+    shared: Arc<SendShared>,
+}
+
+impl ConnSender {
+    /// A sender and the outbox a transport drains.
+    pub fn channel(cfg: Arc<TransportConfig>) -> (ConnSender, Outbox) {
+        let (tx, rx) = mpsc::channel(cfg.send_queue.max(1));
+        let shared = Arc::new(SendShared::default());
+        (
+            ConnSender {
+                tx,
+                shared: shared.clone(),
+                cfg,
+            },
+            Outbox { rx, shared },
+        )
+    }
+
+    fn closed_error(&self) -> TransportError {
+        match self.shared.error.lock().expect("send state").clone() {
+            Some(reason) => TransportError::Other(format!("connection failed: {reason}")),
+            None => TransportError::Closed,
+        }
+    }
+
+    /// Queue a message, waiting while the queue is full. An error means the connection is gone
+    /// (or the message breaks a limit; then the connection stays usable).
+    pub async fn send(&self, msg: Message) -> Result<(), TransportError> {
+        codec::check_outgoing(&msg, &self.cfg)?;
+        self.tx.send(msg).await.map_err(|_| self.closed_error())
+    }
+
+    /// Queue a message without waiting; `Ok(false)` when the queue is full.
+    pub fn try_send(&self, msg: Message) -> Result<bool, TransportError> {
+        codec::check_outgoing(&msg, &self.cfg)?;
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.closed_error()),
+        }
+    }
+
+    /// True once the connection can no longer send.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Resolves when the connection can no longer send.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
+
+impl Outbox {
+    /// Next queued message; `None` once every sender is dropped and the queue is empty.
+    pub async fn recv(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+
+    /// Poll for the next queued message.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.rx.poll_recv(cx)
+    }
+
+    /// A queued message if one is ready.
+    pub fn try_recv(&mut self) -> Option<Message> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Record why the connection failed; senders report it from then on.
+    pub fn fail(mut self, reason: &TransportError) {
+        *self.shared.error.lock().expect("send state") = Some(reason.to_string());
+        self.rx.close();
+    }
+}
+
+/// The receiving half a transport implements. Poll-based so that receiving a message costs no
+/// allocation.
+pub trait RecvHalf: Send + Sync + 'static {
+    /// `Ok(Some(msg))` for a message, `Ok(None)` when the peer closed cleanly between messages,
+    /// `Err` when the stream broke (then every later call returns an error too).
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message>, TransportError>>;
+}
+
+/// The receiving half of a connection.
+pub struct ConnReceiver {
+    inner: Box<dyn RecvHalf>,
+}
+
+impl std::fmt::Debug for ConnReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnReceiver")
+    }
+}
+
+impl ConnReceiver {
+    /// Wrap a transport's receiving half.
+    pub fn new(inner: Box<dyn RecvHalf>) -> ConnReceiver {
+        ConnReceiver { inner }
+    }
+
+    /// Next message; `Ok(None)` when the peer closed cleanly.
+    pub async fn recv(&mut self) -> Result<Option<Message>, TransportError> {
+        poll_fn(|cx| self.inner.poll_recv(cx)).await
+    }
+
+    /// Poll for the next message.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Message>, TransportError>> {
+        self.inner.poll_recv(cx)
+    }
+}
+
+/// An open connection: a sender, a receiver, and the addresses of both ends.
+#[derive(Debug)]
+pub struct Connection {
+    /// Sending half.
+    pub sender: ConnSender,
+    /// Receiving half.
+    pub receiver: ConnReceiver,
+    /// Our end.
+    pub local: Address,
+    /// The peer's end, as seen from here.
+    pub peer: Address,
+}
+
+impl Connection {
+    /// Send a message (see [`ConnSender::send`]).
+    pub async fn send(&self, msg: Message) -> Result<(), TransportError> {
+        self.sender.send(msg).await
+    }
+
+    /// Receive a message (see [`ConnReceiver::recv`]).
+    pub async fn recv(&mut self) -> Result<Option<Message>, TransportError> {
+        self.receiver.recv().await
+    }
+
+    /// Receive a message, treating a clean close as [`TransportError::Closed`].
+    pub async fn recv_msg(&mut self) -> Result<Message, TransportError> {
+        self.receiver.recv().await?.ok_or(TransportError::Closed)
+    }
+
+    /// Split into halves that can live in different tasks.
+    pub fn split(self) -> (ConnSender, ConnReceiver) {
+        (self.sender, self.receiver)
+    }
+}
+
+/// A listening endpoint. Dropping it stops listening.
+#[derive(Debug)]
+pub struct Listener {
+    local: Address,
+    incoming: mpsc::Receiver<Connection>,
+}
+
+impl Listener {
+    /// Built by transports: `incoming` is fed by the transport's accept loop, which stops when
+    /// the listener is dropped.
+    pub fn new(local: Address, incoming: mpsc::Receiver<Connection>) -> Listener {
+        Listener { local, incoming }
+    }
+
+    /// The address peers connect to (with the real port when listening on port 0).
+    pub fn local_addr(&self) -> &Address {
+        &self.local
+    }
+
+    /// The next incoming connection.
+    pub async fn accept(&mut self) -> Result<Connection, TransportError> {
+        self.incoming.recv().await.ok_or(TransportError::Closed)
+    }
+}
