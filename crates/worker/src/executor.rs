@@ -391,8 +391,8 @@ mod tests {
         let mut reg = Registry::new();
         reg.register("b", |_, _, _| Ok(Bytes::new()))
             .register("a", |_, _, _| Ok(Bytes::new()));
-        let (_ex, mut rx) = start(1, reg);
-        _ex.submit(func(1, "x", &[], vec![]));
+        let (ex, mut rx) = start(1, reg);
+        ex.submit(func(1, "x", &[], vec![]));
         assert_eq!(
             rx.blocking_recv().unwrap().result.unwrap_err(),
             TaskErrorMsg {
