@@ -343,6 +343,8 @@ mod tests {
             PathBuf::from(String::from_utf8(out.stdout).unwrap().trim_end()),
             other.canonicalize().unwrap()
         );
+        let _ = std::fs::remove_dir_all(&local);
+        let _ = std::fs::remove_dir_all(&other);
     }
 
     #[test]

@@ -96,6 +96,10 @@ pub struct Executor {
 impl Executor {
     /// Start `nthreads` threads (at least one) that run functions from `registry` as
     /// `worker_name` and commands in `local_dir` unless they name their own directory.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system refuses to start a thread.
     pub fn start(
         nthreads: usize,
         registry: Registry,
