@@ -1,1 +1,171 @@
-//! Taskwire scheduler (being built).
+//! The Taskwire scheduler process.
+//!
+//! A thin shell around [`taskwire_scheduler_core::Core`]: it accepts connections, runs the
+//! handshake, decodes each message into a core [`Event`](taskwire_scheduler_core::Event) on the
+//! connection's own tokio task, and hands events to the single thread that owns the core through
+//! a lock-free queue. That thread applies events in batches, fires the core's timers, encodes the
+//! commands it emits and hands each to the connection it is for. No lock is taken on the hot
+//! path and the core never waits on I/O.
+//!
+//! The scheduler is a library object as well as a process (`taskwire scheduler`):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), taskwire_scheduler::SchedulerError> {
+//! let scheduler = taskwire_scheduler::Scheduler::builder().port(0).start().await?;
+//! println!("Scheduler at: {}", scheduler.address());
+//! scheduler.close().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! It does not schedule anything itself (that is the core's job) and keeps no state on disk
+//! beyond the optional scheduler file.
+
+mod core_thread;
+mod server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use taskwire_scheduler_core::CoreConfig;
+use taskwire_transport::{Address, Registry, TransportConfig, TransportError};
+use tokio::sync::watch;
+
+/// Default scheduler port, as Dask's.
+pub const DEFAULT_PORT: u16 = 8786;
+
+/// Why the scheduler could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// Listening failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The scheduler file could not be written.
+    #[error("could not write scheduler file {path}: {reason}")]
+    SchedulerFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Entry point for starting a scheduler.
+#[derive(Debug)]
+pub struct Scheduler;
+
+impl Scheduler {
+    /// A builder with the defaults: `tcp://0.0.0.0:8786`, the standard transports.
+    pub fn builder() -> SchedulerBuilder {
+        SchedulerBuilder {
+            address: Address::tcp("0.0.0.0", DEFAULT_PORT),
+            registry: None,
+            core: CoreConfig::default(),
+            scheduler_file: None,
+        }
+    }
+}
+
+/// Options for a scheduler.
+#[derive(Debug)]
+pub struct SchedulerBuilder {
+    address: Address,
+    registry: Option<Registry>,
+    core: CoreConfig,
+    scheduler_file: Option<PathBuf>,
+}
+
+impl SchedulerBuilder {
+    /// Listen on this address (any scheme the registry knows).
+    pub fn address(mut self, address: Address) -> Self {
+        self.address = address;
+        self
+    }
+
+    /// Listen on this port (0 picks a free one).
+    pub fn port(mut self, port: u16) -> Self {
+        self.address = self.address.with_port(port);
+        self
+    }
+
+    /// Listen on this host (keeps the scheme and port).
+    pub fn host(mut self, host: &str) -> Self {
+        if let Address::Net { scheme, port, .. } = self.address {
+            self.address = Address::Net { scheme, host: host.to_string(), port };
+        }
+        self
+    }
+
+    /// Use these transports and limits.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Scheduling policy knobs.
+    pub fn core_config(mut self, config: CoreConfig) -> Self {
+        self.core = config;
+        self
+    }
+
+    /// Write `{"address": ...}` to this file once listening, for `--scheduler-file`.
+    pub fn scheduler_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.scheduler_file = Some(path.into());
+        self
+    }
+
+    /// Start listening and scheduling. Returns once the listener is bound.
+    pub async fn start(self) -> Result<SchedulerHandle, SchedulerError> {
+        let registry = self
+            .registry
+            .unwrap_or_else(|| taskwire_transport_tcp::standard_registry(TransportConfig::default()));
+        let listener = registry.listen(&self.address).await?;
+        let address = taskwire_transport_tcp::contact_address(listener.local_addr());
+        if let Some(path) = &self.scheduler_file {
+            let body = serde_json::json!({ "type": "Scheduler", "address": address.to_string() });
+            std::fs::write(path, format!("{body:#}\n")).map_err(|e| SchedulerError::SchedulerFile {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (done_tx, done_rx) = watch::channel(false);
+        let core = core_thread::spawn(self.core);
+        let shared = Arc::new(server::Shared::new(core.inputs.clone(), address.to_string()));
+        tokio::spawn(server::accept_loop(listener, shared, stop_rx, core, done_tx));
+        Ok(SchedulerHandle { address, stop: stop_tx, done: done_rx })
+    }
+}
+
+/// A running scheduler. Dropping it shuts the scheduler down.
+#[derive(Debug)]
+pub struct SchedulerHandle {
+    address: Address,
+    stop: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+}
+
+impl SchedulerHandle {
+    /// The address clients and workers connect to.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// Resolves when the scheduler has stopped.
+    pub async fn finished(&self) {
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    /// Stop accepting, close every connection and stop the core.
+    pub async fn close(self) {
+        let _ = self.stop.send(true);
+        self.finished().await;
+    }
+}
+
+impl Drop for SchedulerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+

@@ -141,3 +141,38 @@ impl Transport for TcpTransport {
         })
     }
 }
+
+/// The address others should use to reach a listener: a wildcard listen address (`0.0.0.0`,
+/// `::`) becomes this host's address ([`host_ip`]); anything else is kept.
+pub fn contact_address(local: &Address) -> Address {
+    match local {
+        Address::Net { scheme, host, port } if host == "0.0.0.0" || host == "::" => {
+            Address::Net { scheme: *scheme, host: host_ip(), port: *port }
+        }
+        other => other.clone(),
+    }
+}
+
+/// This host's first non-loopback IPv4 address, found by resolving its host name; 127.0.0.1
+/// when it has none.
+pub fn host_ip() -> String {
+    use std::net::ToSocketAddrs;
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    if !name.is_empty()
+        && let Ok(addrs) = (name.as_str(), 0).to_socket_addrs()
+    {
+        for a in addrs {
+            if a.is_ipv4() && !a.ip().is_loopback() {
+                return a.ip().to_string();
+            }
+        }
+    }
+    "127.0.0.1".to_string()
+}
+
+/// True for `localhost` and loopback IPs.
+pub fn is_loopback_host(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}

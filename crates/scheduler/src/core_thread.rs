@@ -1,0 +1,116 @@
+//! The one thread that owns the scheduler core.
+//!
+//! Connection tasks push [`Input`]s into a crossbeam queue; this thread applies them in batches
+//! (everything queued, up to a bound, before it flushes), fires the core's timers, and encodes
+//! each command for the connection it is addressed to.
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::collections::HashMap;
+use std::time::Instant;
+use taskwire_protocol::{ClientId, ToWorker, WorkerId, encode};
+use taskwire_scheduler_core::{Command, Core, CoreConfig, Event};
+use taskwire_transport::Message;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Who a connection belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Peer {
+    Client(ClientId),
+    Worker(WorkerId),
+}
+
+/// What connection tasks hand to the core thread.
+pub(crate) enum Input {
+    /// Route commands for `peer` to this queue (sent before the peer's first event).
+    Attach(Peer, UnboundedSender<Message>),
+    /// An event for the core.
+    Event(Event),
+    /// Stop the thread.
+    Shutdown,
+}
+
+/// Handle to the core thread.
+pub(crate) struct CoreThread {
+    pub(crate) inputs: Sender<Input>,
+    pub(crate) join: std::thread::JoinHandle<()>,
+}
+
+/// Events applied before commands are flushed, so a burst becomes few large messages.
+const MAX_BATCH: usize = 4096;
+
+pub(crate) fn spawn(config: CoreConfig) -> CoreThread {
+    let (inputs, rx) = crossbeam_channel::unbounded();
+    let join = std::thread::Builder::new()
+        .name("taskwire-core".into())
+        .spawn(move || run(Core::new(config), rx))
+        .expect("spawn the scheduler core thread");
+    CoreThread { inputs, join }
+}
+
+fn run(mut core: Core, rx: Receiver<Input>) {
+    let mut routes: HashMap<Peer, UnboundedSender<Message>> = HashMap::new();
+    loop {
+        let first = match core.poll_timeout() {
+            Some(deadline) => rx.recv_deadline(deadline),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let mut next = match first {
+            Ok(input) => Some(input),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut handled = 0;
+        while let Some(input) = next.take() {
+            match input {
+                Input::Attach(peer, tx) => {
+                    routes.insert(peer, tx);
+                }
+                Input::Event(event) => {
+                    let detach = match &event {
+                        Event::ClientDisconnected { client } => Some(Peer::Client(*client)),
+                        Event::WorkerLeft { worker, .. } => Some(Peer::Worker(*worker)),
+                        _ => None,
+                    };
+                    core.handle_event(Instant::now(), event);
+                    if let Some(peer) = detach {
+                        routes.remove(&peer);
+                    }
+                }
+                Input::Shutdown => {
+                    flush(&mut core, &mut routes);
+                    return;
+                }
+            }
+            handled += 1;
+            if handled < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        let now = Instant::now();
+        if core.poll_timeout().is_some_and(|t| t <= now) {
+            core.handle_timeout(now);
+        }
+        flush(&mut core, &mut routes);
+    }
+}
+
+fn flush(core: &mut Core, routes: &mut HashMap<Peer, UnboundedSender<Message>>) {
+    while let Some(command) = core.poll_command() {
+        let (peer, header, close) = match command {
+            Command::ToClient(client, msg) => (Peer::Client(client), encode(&msg), false),
+            Command::ToWorker(worker, msg) => {
+                let close = matches!(msg, ToWorker::Refused(_));
+                (Peer::Worker(worker), encode(&msg), close)
+            }
+        };
+        if let Some(tx) = routes.get(&peer) {
+            // A closed queue means the connection just went away; its Left/Disconnected event
+            // is already on its way to the core.
+            let _ = tx.send(Message::new(header));
+        }
+        if close {
+            // Dropping the route ends the connection's writer once the refusal is written.
+            routes.remove(&peer);
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Accept loop, handshake and the per-connection tasks that turn messages into core events.
+
+use crate::core_thread::{CoreThread, Input, Peer};
+use crossbeam_channel::Sender;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use taskwire_protocol::{
+    ClientId, FromClient, FromWorker, Role, ToClient, WorkerId, Welcome, decode, encode,
+    read_hello,
+};
+use taskwire_scheduler_core::Event;
+use taskwire_transport::{ConnReceiver, ConnSender, Connection, Listener, Message};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+/// A peer that connects and says nothing is dropped after this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// State shared by every connection task.
+pub(crate) struct Shared {
+    inputs: Sender<Input>,
+    next_client: AtomicU64,
+    next_worker: AtomicU64,
+    name: String,
+}
+
+impl Shared {
+    pub(crate) fn new(inputs: Sender<Input>, name: String) -> Shared {
+        Shared { inputs, next_client: AtomicU64::new(1), next_worker: AtomicU64::new(1), name }
+    }
+
+    fn event(&self, event: Event) {
+        // Fails only while the scheduler shuts down.
+        let _ = self.inputs.send(Input::Event(event));
+    }
+}
+
+pub(crate) async fn accept_loop(
+    mut listener: Listener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    core: CoreThread,
+    done: watch::Sender<bool>,
+) {
+    let (conn_stop_tx, conn_stop) = watch::channel(false);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => {
+                    tokio::spawn(serve(conn, shared.clone(), conn_stop.clone()));
+                }
+                Err(e) => {
+                    warn!("listener stopped: {e}");
+                    break;
+                }
+            }
+        }
+    }
+    drop(listener);
+    let _ = conn_stop_tx.send(true);
+    let _ = shared.inputs.send(Input::Shutdown);
+    let join = core.join;
+    let _ = tokio::task::spawn_blocking(move || join.join()).await;
+    let _ = done.send(true);
+}
+
+/// Forward encoded commands for one connection to its transport sender, in order.
+fn spawn_writer(sender: ConnSender) -> mpsc::UnboundedSender<Message> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(64);
+        while rx.recv_many(&mut batch, 256).await > 0 {
+            for msg in batch.drain(..) {
+                if sender.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    tx
+}
+
+async fn serve(mut conn: Connection, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let peer_addr = conn.peer.to_string();
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.recv()).await {
+        Err(_) => {
+            info!("dropping {peer_addr}: no handshake within {HANDSHAKE_TIMEOUT:?}");
+            return;
+        }
+        Ok(Ok(Some(msg))) => read_hello(&msg.header),
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            debug!("connection from {peer_addr} failed before its handshake: {e}");
+            return;
+        }
+    };
+    let hello = match hello {
+        Ok(h) => h,
+        Err(e) => {
+            info!("refusing {peer_addr}: {e}");
+            let _ = conn.send(Message::new(Welcome::refuse(e.to_string()).encode())).await;
+            return;
+        }
+    };
+    if conn.send(Message::new(Welcome::accept(shared.name.clone()).encode())).await.is_err() {
+        return;
+    }
+    let (sender, receiver) = conn.split();
+    match hello.role {
+        Role::Client => serve_client(sender, receiver, shared, stop, peer_addr).await,
+        Role::Worker => serve_worker(sender, receiver, shared, stop, peer_addr).await,
+        other => info!("closing connection from {peer_addr}: role {other} does not talk to the scheduler"),
+    }
+}
+
+async fn next_message(receiver: &mut ConnReceiver, stop: &mut watch::Receiver<bool>) -> Option<Result<Message, String>> {
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => None,
+        m = receiver.recv() => match m {
+            Ok(Some(m)) => Some(Ok(m)),
+            Ok(None) => None,
+            Err(e) => Some(Err(e.to_string())),
+        }
+    }
+}
+
+async fn serve_client(
+    sender: ConnSender,
+    mut receiver: ConnReceiver,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    peer_addr: String,
+) {
+    let client = ClientId(shared.next_client.fetch_add(1, Ordering::Relaxed));
+    let out = spawn_writer(sender);
+    let _ = shared.inputs.send(Input::Attach(Peer::Client(client), out.clone()));
+    shared.event(Event::ClientConnected { client });
+    debug!("client {client} connected from {peer_addr}");
+    while let Some(msg) = next_message(&mut receiver, &mut stop).await {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                info!("client {client} ({peer_addr}) connection failed: {e}");
+                break;
+            }
+        };
+        let event = match decode::<FromClient>(&msg.header) {
+            Ok(FromClient::UpdateGraph { submit_id, tasks, wanted }) => {
+                Event::UpdateGraph { client, submit_id, tasks, wanted }
+            }
+            Ok(FromClient::ReleaseKeys(keys)) => Event::ReleaseKeys { client, keys },
+            Ok(FromClient::CancelKeys(keys)) => Event::CancelKeys { client, keys },
+            Ok(FromClient::Scatter { submit_id, keys, worker }) => {
+                Event::Scatter { client, submit_id, keys, worker }
+            }
+            Ok(FromClient::GetWorkers) => Event::GetWorkers { client },
+            Ok(FromClient::Heartbeat) => continue,
+            Ok(FromClient::Close) => break,
+            Err(e) => {
+                warn!("client {client} ({peer_addr}) sent a malformed message: {e}");
+                let _ = out.send(Message::new(encode(&ToClient::Error(format!("malformed message: {e}")))));
+                continue;
+            }
+        };
+        shared.event(event);
+    }
+    shared.event(Event::ClientDisconnected { client });
+    debug!("client {client} disconnected");
+}
+
+async fn serve_worker(
+    sender: ConnSender,
+    mut receiver: ConnReceiver,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    peer_addr: String,
+) {
+    let info = match next_message(&mut receiver, &mut stop).await {
+        Some(Ok(msg)) => match decode::<FromWorker>(&msg.header) {
+            Ok(FromWorker::Register(info)) => info,
+            Ok(_) => {
+                warn!("worker at {peer_addr} sent another message before registering; closing");
+                return;
+            }
+            Err(e) => {
+                warn!("worker at {peer_addr} sent a malformed registration: {e}");
+                return;
+            }
+        },
+        _ => return,
+    };
+    let worker = WorkerId(shared.next_worker.fetch_add(1, Ordering::Relaxed));
+    let name = info.name.clone();
+    let out = spawn_writer(sender);
+    let _ = shared.inputs.send(Input::Attach(Peer::Worker(worker), out));
+    info!("register worker {name} at {} ({} threads)", info.address, info.nthreads);
+    shared.event(Event::WorkerJoined { worker, info });
+    let mut reason = String::from("connection closed");
+    while let Some(msg) = next_message(&mut receiver, &mut stop).await {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                reason = format!("connection failed: {e}");
+                break;
+            }
+        };
+        let event = match decode::<FromWorker>(&msg.header) {
+            Ok(FromWorker::TasksFinished(tasks)) => Event::TasksFinished { worker, tasks },
+            Ok(FromWorker::TasksErred(errors)) => Event::TasksErred { worker, errors },
+            Ok(FromWorker::MissingData { task, missing }) => Event::MissingData { worker, task, missing },
+            Ok(FromWorker::DataAdded(tasks)) => Event::DataAdded { worker, tasks },
+            Ok(FromWorker::Released(tasks)) => Event::Released { worker, tasks },
+            Ok(FromWorker::Heartbeat { memory, executing }) => Event::Heartbeat { worker, memory, executing },
+            Ok(FromWorker::Register(_)) => {
+                warn!("worker {name} registered twice; ignoring the second registration");
+                continue;
+            }
+            Err(e) => {
+                // A worker speaking garbage cannot be trusted with tasks.
+                reason = format!("malformed message: {e}");
+                break;
+            }
+        };
+        shared.event(event);
+    }
+    info!("remove worker {name}: {reason}");
+    shared.event(Event::WorkerLeft { worker, reason });
+}

@@ -1,0 +1,596 @@
+//! The worker process: registration with the scheduler, the event loop that turns `Compute`
+//! messages into executor jobs (fetching missing inputs from peers first), and batched reports.
+
+use crate::executor::{Executor, Job, JobOutcome};
+use crate::peer::{self, PeerPool};
+use crate::registry::Registry as Functions;
+use crate::store::Store;
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use taskwire_protocol::{
+    ComputeTaskMsg, ErrorKindMsg, FromWorker, Hello, RegisterWorkerMsg, ResourceMsg, Role,
+    TaskErrorMsg, TaskFinishedMsg, TaskId, ToWorker, WorkerId, decode, encode, read_welcome,
+};
+use taskwire_transport::{
+    Address, ConnReceiver, ConnSender, Message, Registry, TransportConfig, TransportError,
+};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+/// Why a worker could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A transport failure (listen, connect).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The scheduler refused the handshake or the registration.
+    #[error("scheduler refused this worker: {0}")]
+    Refused(String),
+    /// The scheduler spoke something unexpected.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// Local setup failed (e.g. the local directory).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Entry point for starting a worker.
+#[derive(Debug)]
+pub struct Worker;
+
+impl Worker {
+    /// A builder for a worker that registers with the scheduler at `scheduler`.
+    pub fn builder(scheduler: Address) -> WorkerBuilder {
+        WorkerBuilder {
+            scheduler,
+            name: None,
+            nthreads: None,
+            memory_limit: None,
+            resources: Vec::new(),
+            listen: None,
+            transports: None,
+            functions: Functions::stock(),
+            local_directory: None,
+        }
+    }
+}
+
+/// Options for a worker.
+pub struct WorkerBuilder {
+    scheduler: Address,
+    name: Option<String>,
+    nthreads: Option<usize>,
+    memory_limit: Option<u64>,
+    resources: Vec<(String, f64)>,
+    listen: Option<Address>,
+    transports: Option<Registry>,
+    functions: Functions,
+    local_directory: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder").field("scheduler", &self.scheduler).field("name", &self.name).finish()
+    }
+}
+
+impl WorkerBuilder {
+    /// Worker name (unique in the cluster); defaults to its data address.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Threads for tasks; defaults to the CPUs available.
+    pub fn nthreads(mut self, n: usize) -> Self {
+        self.nthreads = Some(n.max(1));
+        self
+    }
+
+    /// Memory limit in bytes (reported to the scheduler); defaults to the machine's memory.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// A resource this worker offers, e.g. `("GPU", 1.0)`.
+    pub fn resource(mut self, name: impl Into<String>, amount: f64) -> Self {
+        self.resources.push((name.into(), amount));
+        self
+    }
+
+    /// Where to serve data to peers; defaults to a free port next to the scheduler's network
+    /// (or a fresh `inproc://` name for an in-process scheduler).
+    pub fn listen(mut self, address: Address) -> Self {
+        self.listen = Some(address);
+        self
+    }
+
+    /// Transports and limits.
+    pub fn transports(mut self, registry: Registry) -> Self {
+        self.transports = Some(registry);
+        self
+    }
+
+    /// The functions this worker can run (default: [`Functions::stock`]).
+    pub fn functions(mut self, functions: Functions) -> Self {
+        self.functions = functions;
+        self
+    }
+
+    /// Directory for command tasks' working directory and spilled data.
+    pub fn local_directory(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.local_directory = Some(dir.into());
+        self
+    }
+
+    /// Listen, connect, register; returns once the scheduler has accepted the worker.
+    pub async fn start(self) -> Result<WorkerHandle, WorkerError> {
+        let transports = self
+            .transports
+            .unwrap_or_else(|| taskwire_transport_tcp::standard_registry(TransportConfig::default()));
+        let listen = self.listen.unwrap_or_else(|| default_listen(&self.scheduler));
+        let listener = transports.listen(&listen).await?;
+        let address = taskwire_transport_tcp::contact_address(listener.local_addr());
+        let name = self.name.unwrap_or_else(|| address.to_string());
+        let nthreads = self.nthreads.unwrap_or_else(available_cpus);
+        let memory_limit = self.memory_limit.unwrap_or_else(machine_memory);
+        let local_dir = match self.local_directory {
+            Some(d) => d,
+            None => std::env::temp_dir().join(format!("taskwire-worker-{}", sanitize(&name))),
+        };
+        std::fs::create_dir_all(&local_dir)
+            .map_err(|e| WorkerError::Setup(format!("cannot create local directory {}: {e}", local_dir.display())))?;
+
+        let mut conn = transports.connect(&self.scheduler).await?;
+        conn.send(Message::new(Hello::new(Role::Worker, name.clone()).encode())).await?;
+        let welcome = conn.recv_msg().await?;
+        read_welcome(&welcome.header).map_err(|e| WorkerError::Refused(e.to_string()))?;
+        let register = RegisterWorkerMsg {
+            name: name.clone(),
+            address: address.to_string(),
+            nthreads: nthreads as u32,
+            memory_limit,
+            resources: self.resources.iter().map(|(n, a)| ResourceMsg { name: n.clone(), amount: *a }).collect(),
+            pid: std::process::id(),
+        };
+        conn.send(Message::new(encode(&FromWorker::Register(register)))).await?;
+        let (id, heartbeat_ms) = match decode::<ToWorker>(&conn.recv_msg().await?.header) {
+            Ok(ToWorker::Registered { id, heartbeat_ms }) => (id, heartbeat_ms),
+            Ok(ToWorker::Refused(reason)) => return Err(WorkerError::Refused(reason)),
+            Ok(other) => return Err(WorkerError::Protocol(format!("expected Registered, got {other:?}"))),
+            Err(e) => return Err(WorkerError::Protocol(e.to_string())),
+        };
+        let (sender, receiver) = conn.split();
+
+        let store = Arc::new(Store::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (done_tx, done_rx) = watch::channel(false);
+        let (added_tx, added_rx) = mpsc::unbounded_channel();
+        tokio::spawn(peer::serve(listener, store.clone(), name.clone(), added_tx, stop_rx.clone()));
+        let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
+        let executor = Executor::start(nthreads, self.functions, name.clone(), local_dir, outcome_tx);
+        let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
+        let state = State {
+            id,
+            store,
+            executor,
+            peers: PeerPool::new(transports, name.clone()),
+            sender,
+            waiting: HashMap::new(),
+            fetching: HashMap::new(),
+            fetched: HashMap::new(),
+            running: HashSet::new(),
+            finished: Vec::new(),
+            erred: Vec::new(),
+            fetch_tx,
+        };
+        let scheduler = self.scheduler.clone();
+        tokio::spawn(async move {
+            let reason = state
+                .run(receiver, outcome_rx, fetch_rx, added_rx, Duration::from_millis(heartbeat_ms.max(10)), stop_rx)
+                .await;
+            info!("worker stopped: {reason}");
+            let _ = done_tx.send(true);
+        });
+        Ok(WorkerHandle { id, name, address, scheduler, nthreads, stop: stop_tx, done: done_rx })
+    }
+}
+
+/// A running worker. Dropping it stops the worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    id: WorkerId,
+    name: String,
+    address: Address,
+    scheduler: Address,
+    nthreads: usize,
+    stop: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+}
+
+impl WorkerHandle {
+    /// The worker's data address.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+    /// The worker's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The id the scheduler gave it.
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+    /// The scheduler it is registered to.
+    pub fn scheduler(&self) -> &Address {
+        &self.scheduler
+    }
+    /// Its task threads.
+    pub fn nthreads(&self) -> usize {
+        self.nthreads
+    }
+    /// Resolves when the worker has stopped (closed, or the scheduler went away).
+    pub async fn finished(&self) {
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+    /// Stop the worker.
+    pub async fn close(self) {
+        let _ = self.stop.send(true);
+        self.finished().await;
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+fn default_listen(scheduler: &Address) -> Address {
+    match scheduler {
+        Address::Inproc(_) => Address::inproc(""),
+        Address::Net { scheme, host, .. } if taskwire_transport_tcp::is_loopback_host(host) => {
+            Address::Net { scheme: *scheme, host: "127.0.0.1".into(), port: 0 }
+        }
+        Address::Net { scheme, .. } => Address::Net { scheme: *scheme, host: "0.0.0.0".into(), port: 0 },
+    }
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
+/// CPUs this process may use.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Total machine memory in bytes (from /proc/meminfo), 0 when unknown.
+pub fn machine_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A task waiting for inputs to arrive from peers.
+struct Waiting {
+    msg: ComputeTaskMsg,
+    missing: usize,
+}
+
+/// Result of fetching inputs from one holder.
+struct Fetched {
+    from: String,
+    asked: Vec<TaskId>,
+    result: Result<Vec<(TaskId, Option<Bytes>)>, String>,
+}
+
+/// The fetch of one input: which holders are left to try, which tasks wait for it.
+struct Fetch {
+    holders: Vec<String>,
+    waiters: Vec<TaskId>,
+}
+
+struct State {
+    id: WorkerId,
+    store: Arc<Store>,
+    executor: Executor,
+    peers: PeerPool,
+    sender: ConnSender,
+    waiting: HashMap<TaskId, Waiting>,
+    /// Inputs being fetched.
+    fetching: HashMap<TaskId, Fetch>,
+    /// Fetched inputs, held only until the tasks that wait for them have started.
+    fetched: HashMap<TaskId, (Bytes, usize)>,
+    /// Tasks handed to the executor and not finished.
+    running: HashSet<TaskId>,
+    finished: Vec<TaskFinishedMsg>,
+    erred: Vec<(TaskId, TaskErrorMsg)>,
+    fetch_tx: mpsc::UnboundedSender<Fetched>,
+}
+
+impl State {
+    async fn run(
+        mut self,
+        mut scheduler: ConnReceiver,
+        mut outcomes: mpsc::UnboundedReceiver<JobOutcome>,
+        mut fetches: mpsc::UnboundedReceiver<Fetched>,
+        mut added: mpsc::UnboundedReceiver<Vec<(TaskId, u64)>>,
+        heartbeat: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) -> String {
+        let mut tick = tokio::time::interval(heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut outcome_batch = Vec::with_capacity(256);
+        let reason = loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break "closed".to_string(),
+                msg = scheduler.recv() => match msg {
+                    Ok(Some(msg)) => match decode::<ToWorker>(&msg.header) {
+                        Ok(ToWorker::Close) => break "the scheduler asked the worker to close".into(),
+                        Ok(m) => self.handle_scheduler(m),
+                        Err(e) => warn!("malformed message from the scheduler: {e}"),
+                    },
+                    Ok(None) => break "the scheduler closed the connection".into(),
+                    Err(e) => break format!("lost the scheduler: {e}"),
+                },
+                n = outcomes.recv_many(&mut outcome_batch, 1024) => {
+                    if n == 0 {
+                        break "executor stopped".into();
+                    }
+                    for outcome in outcome_batch.drain(..) {
+                        self.finish(outcome);
+                    }
+                }
+                Some(f) = fetches.recv() => self.fetched(f),
+                Some(report) = added.recv() => {
+                    let _ = self.sender.try_send(Message::new(encode(&FromWorker::DataAdded(report))));
+                }
+                _ = tick.tick() => {
+                    let hb = FromWorker::Heartbeat { memory: self.store.nbytes(), executing: self.executor.executing() as u32 };
+                    let _ = self.sender.try_send(Message::new(encode(&hb)));
+                }
+            }
+            if self.flush().await.is_err() {
+                break "lost the scheduler while reporting".into();
+            }
+        };
+        self.executor.shutdown();
+        reason
+    }
+
+    fn handle_scheduler(&mut self, msg: ToWorker) {
+        match msg {
+            ToWorker::Compute(tasks) => {
+                let mut jobs = Vec::with_capacity(tasks.len());
+                for t in tasks {
+                    if let Some(job) = self.prepare(t) {
+                        jobs.push(job);
+                    }
+                }
+                self.executor.submit_all(jobs);
+            }
+            ToWorker::Free(tasks) => {
+                for t in tasks {
+                    if !self.store.remove(t) && !self.executor.cancel(t) {
+                        self.drop_waiting(t);
+                    }
+                    self.running.remove(&t);
+                }
+            }
+            ToWorker::StealRequest(tasks) => {
+                let released: Vec<TaskId> = tasks
+                    .into_iter()
+                    .filter(|t| {
+                        if self.drop_waiting(*t) {
+                            return true;
+                        }
+                        if self.executor.cancel(*t) {
+                            self.running.remove(t);
+                            return true;
+                        }
+                        false
+                    })
+                    .collect();
+                let _ = self.sender.try_send(Message::new(encode(&FromWorker::Released(released))));
+            }
+            ToWorker::Registered { .. } | ToWorker::Refused(_) => {
+                debug!("worker {}: ignoring a repeated registration answer", self.id);
+            }
+            ToWorker::Close => {}
+        }
+    }
+
+    /// A job ready to run now, or `None` when inputs must be fetched first (or are missing).
+    fn prepare(&mut self, msg: ComputeTaskMsg) -> Option<Job> {
+        let mut missing = 0;
+        for dep in &msg.deps {
+            if self.store.get(dep.task).is_some() || self.fetched.contains_key(&dep.task) {
+                continue;
+            }
+            if dep.holders.is_empty() {
+                self.erred.push((msg.task, TaskErrorMsg {
+                    kind: ErrorKindMsg::MissingInput,
+                    message: format!("input {} of '{}' is not on this worker and no holder was named", dep.task, msg.key),
+                }));
+                return None;
+            }
+            missing += 1;
+            match self.fetching.get_mut(&dep.task) {
+                Some(f) => f.waiters.push(msg.task),
+                None => {
+                    let mut holders = dep.holders.clone();
+                    let first = holders.remove(0);
+                    self.fetching.insert(dep.task, Fetch { holders, waiters: vec![msg.task] });
+                    self.start_fetch(first, vec![dep.task]);
+                }
+            }
+        }
+        for dep in &msg.deps {
+            if let Some((_, refs)) = self.fetched.get_mut(&dep.task) {
+                *refs += 1;
+            }
+        }
+        if missing > 0 {
+            self.waiting.insert(msg.task, Waiting { msg, missing });
+            return None;
+        }
+        Some(self.job(msg))
+    }
+
+    fn job(&mut self, msg: ComputeTaskMsg) -> Job {
+        let mut inputs = Vec::with_capacity(msg.deps.len());
+        for dep in &msg.deps {
+            let value = match self.fetched.get_mut(&dep.task) {
+                Some((bytes, refs)) => {
+                    let v = bytes.clone();
+                    *refs -= 1;
+                    if *refs == 0 {
+                        self.fetched.remove(&dep.task);
+                    }
+                    v
+                }
+                None => self.store.get(dep.task).unwrap_or_default(),
+            };
+            inputs.push(value);
+        }
+        self.running.insert(msg.task);
+        Job { task: msg.task, key: msg.key, kind: msg.kind, inputs }
+    }
+
+    fn start_fetch(&self, from: String, tasks: Vec<TaskId>) {
+        let peers = self.peers.clone();
+        let tx = self.fetch_tx.clone();
+        tokio::spawn(async move {
+            let result = peers.get(&from, tasks.clone()).await;
+            let _ = tx.send(Fetched { from, asked: tasks, result });
+        });
+    }
+
+    fn fetched(&mut self, f: Fetched) {
+        let values = match f.result {
+            Ok(v) => v,
+            Err(e) => {
+                debug!("fetch from {} failed: {e}", f.from);
+                return self.retry_or_give_up(&f.asked, &e);
+            }
+        };
+        let mut ready = Vec::new();
+        for (dep, value) in values {
+            match value {
+                Some(bytes) => {
+                    let Some(fetch) = self.fetching.remove(&dep) else { continue };
+                    self.fetched.insert(dep, (bytes, fetch.waiters.len()));
+                    for waiter in fetch.waiters {
+                        if let Some(w) = self.waiting.get_mut(&waiter) {
+                            w.missing -= 1;
+                            if w.missing == 0 {
+                                ready.push(waiter);
+                            }
+                        } else {
+                            self.release_fetched(dep);
+                        }
+                    }
+                }
+                None => self.retry_or_give_up(&[dep], &format!("{} does not hold it", f.from)),
+            }
+        }
+        let mut jobs = Vec::with_capacity(ready.len());
+        for t in ready {
+            if let Some(w) = self.waiting.remove(&t) {
+                jobs.push(self.job(w.msg));
+            }
+        }
+        self.executor.submit_all(jobs);
+    }
+
+    /// Forget a task that waits for inputs, releasing the inputs it already holds.
+    fn drop_waiting(&mut self, task: TaskId) -> bool {
+        let Some(w) = self.waiting.remove(&task) else { return false };
+        for d in &w.msg.deps {
+            self.release_fetched(d.task);
+        }
+        true
+    }
+
+    fn release_fetched(&mut self, dep: TaskId) {
+        if let Some((_, refs)) = self.fetched.get_mut(&dep) {
+            *refs = refs.saturating_sub(1);
+            if *refs == 0 {
+                self.fetched.remove(&dep);
+            }
+        }
+    }
+
+    /// Fetching `deps` from one holder failed: try each from its next holder, or report the
+    /// tasks waiting for it as missing data so the scheduler can recompute it.
+    fn retry_or_give_up(&mut self, deps: &[TaskId], reason: &str) {
+        for &dep in deps {
+            self.retry_or_give_up_one(dep, reason);
+        }
+    }
+
+    fn retry_or_give_up_one(&mut self, dep: TaskId, reason: &str) {
+        let Some(fetch) = self.fetching.get_mut(&dep) else { return };
+        if !fetch.holders.is_empty() {
+            let next = fetch.holders.remove(0);
+            self.start_fetch(next, vec![dep]);
+            return;
+        }
+        let fetch = self.fetching.remove(&dep).expect("fetch entry");
+        debug!("input {dep} could not be fetched: {reason}");
+        for waiter in fetch.waiters {
+            if let Some(w) = self.waiting.remove(&waiter) {
+                for d in &w.msg.deps {
+                    if d.task != dep {
+                        self.release_fetched(d.task);
+                    }
+                }
+                let msg = FromWorker::MissingData { task: waiter, missing: vec![dep] };
+                let _ = self.sender.try_send(Message::new(encode(&msg)));
+            }
+        }
+    }
+
+    fn finish(&mut self, outcome: JobOutcome) {
+        if !self.running.remove(&outcome.task) {
+            // Freed or stolen while it ran: the scheduler no longer wants it.
+            return;
+        }
+        match outcome.result {
+            Ok(value) => {
+                let nbytes = value.len() as u64;
+                self.store.insert(outcome.task, value);
+                self.finished.push(TaskFinishedMsg {
+                    task: outcome.task,
+                    nbytes,
+                    duration_us: outcome.duration.as_micros() as u64,
+                });
+            }
+            Err(e) => self.erred.push((outcome.task, e)),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), TransportError> {
+        if !self.finished.is_empty() {
+            let batch = std::mem::take(&mut self.finished);
+            self.sender.send(Message::new(encode(&FromWorker::TasksFinished(batch)))).await?;
+        }
+        if !self.erred.is_empty() {
+            let batch = std::mem::take(&mut self.erred);
+            self.sender.send(Message::new(encode(&FromWorker::TasksErred(batch)))).await?;
+        }
+        Ok(())
+    }
+}
