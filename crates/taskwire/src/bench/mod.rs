@@ -2,6 +2,10 @@
 
 use clap::{Args, Subcommand};
 
+mod report;
+mod transport;
+mod units;
+
 /// Benchmarks.
 #[derive(Args)]
 pub(crate) struct BenchArgs {
@@ -11,13 +15,13 @@ pub(crate) struct BenchArgs {
 
 #[derive(Subcommand)]
 enum Which {
-    /// Placeholder until the transport benchmark lands.
-    Transport,
+    /// Latency, message rate and bandwidth of a transport (like ucx_perftest).
+    Transport(transport::TransportArgs),
 }
 
 /// Run a benchmark.
 pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
     match args.which {
-        Which::Transport => Err("not built yet".into()),
+        Which::Transport(t) => transport::run(t),
     }
 }
