@@ -1,9 +1,36 @@
 //! Taskwire: a distributed task runtime in the spirit of dask.distributed, with a Rust core.
 //!
-//! This facade re-exports the public API of the Taskwire crates; the `taskwire` binary in this
-//! crate is the command-line interface (`taskwire scheduler`, `taskwire worker`,
-//! `taskwire local`, `taskwire submit`, `taskwire bench ...`).
+//! This facade re-exports the public API: the [`Client`] that submits task graphs, the
+//! [`Scheduler`] and [`Worker`] library objects, and [`LocalCluster`], which starts both in
+//! this process. The `taskwire` binary in this crate is the command-line interface
+//! (`taskwire scheduler`, `taskwire worker`, `taskwire local`, `taskwire submit`,
+//! `taskwire bench ...`).
+//!
+//! ```
+//! use taskwire::{LocalCluster, Task};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let cluster = LocalCluster::builder().workers(2).start().await?;
+//! let client = cluster.client().await?;
+//! let a = client.submit(Task::function("inc-1", "inc").arg_i64(1)).await?;
+//! let b = client.submit(Task::function("inc-2", "inc").arg_i64(10)).await?;
+//! let total = client.submit(Task::function("add-1", "add").dep(&a).dep(&b)).await?;
+//! assert_eq!(total.result_i64().await?, 13);
+//! client.close().await;
+//! cluster.close().await;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
 
+mod local;
+
+pub use local::{LocalCluster, LocalClusterBuilder, LocalClusterError, LocalTransport};
+pub use taskwire_client::*;
 pub use taskwire_protocol as protocol;
+pub use taskwire_scheduler::{Scheduler, SchedulerBuilder, SchedulerError, SchedulerHandle};
 pub use taskwire_transport as transport;
 pub use taskwire_transport_tcp as transport_tcp;
+pub use taskwire_worker::{
+    Registry as Functions, TaskContext, TaskResult, Worker, WorkerBuilder, WorkerError,
+    WorkerHandle, decode_i64, encode_i64,
+};

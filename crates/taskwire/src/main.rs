@@ -7,6 +7,7 @@ use mimalloc::MiMalloc;
 static GLOBAL: MiMalloc = MiMalloc;
 
 mod bench;
+mod cli;
 
 /// Taskwire: a fast distributed task runtime.
 #[derive(Parser)]
@@ -18,6 +19,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a scheduler (prints `Scheduler at: ...`).
+    Scheduler(cli::scheduler::SchedulerArgs),
+    /// Start workers that register with a scheduler.
+    Worker(cli::worker::WorkerArgs),
+    /// Start a scheduler and workers in this process and run a sample graph.
+    Local(cli::local::LocalArgs),
+    /// Submit command tasks to a running cluster.
+    Submit(cli::submit::SubmitArgs),
     /// Benchmarks: `taskwire bench transport ...`.
     Bench(bench::BenchArgs),
 }
@@ -32,6 +41,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
+        Command::Scheduler(args) => cli::scheduler::run(args),
+        Command::Worker(args) => cli::worker::run(args),
+        Command::Local(args) => cli::local::run(args),
+        Command::Submit(args) => cli::submit::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

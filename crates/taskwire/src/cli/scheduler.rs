@@ -1,0 +1,41 @@
+//! `taskwire scheduler`.
+
+use clap::Args;
+use std::path::PathBuf;
+use taskwire_scheduler::Scheduler;
+
+/// Start a scheduler.
+#[derive(Args, Debug)]
+pub(crate) struct SchedulerArgs {
+    /// Interface to listen on (default: all interfaces).
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
+    /// Port to listen on; 0 picks a free port.
+    #[arg(long, default_value_t = taskwire_scheduler::DEFAULT_PORT)]
+    port: u16,
+    /// Write the scheduler's address to this JSON file (for `--scheduler-file` elsewhere).
+    #[arg(long)]
+    scheduler_file: Option<PathBuf>,
+}
+
+pub(crate) fn run(args: SchedulerArgs) -> Result<(), String> {
+    super::runtime()?.block_on(async {
+        let mut builder = Scheduler::builder().host(&args.host).port(args.port);
+        if let Some(f) = &args.scheduler_file {
+            builder = builder.scheduler_file(f);
+        }
+        let scheduler = builder.start().await.map_err(|e| e.to_string())?;
+        println!("Scheduler at: {}", scheduler.address());
+        tokio::select! {
+            _ = super::shutdown_signal() => {
+                println!("Shutting down scheduler");
+                scheduler.close().await;
+            }
+            _ = scheduler.finished() => {}
+        }
+        if let Some(f) = &args.scheduler_file {
+            let _ = std::fs::remove_file(f);
+        }
+        Ok(())
+    })
+}
