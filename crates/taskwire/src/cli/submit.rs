@@ -131,6 +131,7 @@ async fn collect(client: &Client, futures: Vec<taskwire::Future>, args: &SubmitA
                 failed.push(format!("{}: {}", f.key(), err.message));
             }
             Status::Cancelled => failed.push(format!("{}: cancelled", f.key())),
+            Status::Closed => return Err("lost the connection to the scheduler".into()),
             Status::Pending => unreachable!("done() returned pending"),
         }
         if args.wait {
