@@ -1,1 +1,64 @@
-//! Taskwire client (being built).
+//! The Taskwire client: submit task graphs to a scheduler, wait for results and fetch them
+//! from the workers that hold them.
+//!
+//! A [`Client`] holds one connection to the scheduler, owned by background tokio tasks, and a
+//! pool of connections to workers' data ports. Work is described with the [`Task`] builder
+//! (a function from the workers' registry, or an external command) and submitted alone
+//! ([`Client::submit`]) or as a graph ([`Client::submit_graph`], [`Client::map`]). Each key
+//! gets a [`Future`]: wait on it, ask its [`Status`], or fetch its result, which comes straight
+//! from the worker, never through the scheduler. When the last future of a key is dropped the
+//! client releases the key so the cluster can forget it, as Dask does.
+//!
+//! It deliberately does not run tasks, cache results, or retry failed tasks itself (the
+//! scheduler does retries, see [`Task::retries`]). Values are bytes; the stock worker functions
+//! exchange numbers as 8 little-endian bytes ([`Future::result_i64`]).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use taskwire_client::{Client, Task};
+//!
+//! # async fn demo() -> Result<(), taskwire_client::ClientError> {
+//! let client = Client::connect("tcp://127.0.0.1:8786").await?;
+//!
+//! // inc(41), then add(inc(41), 100): a chain, submitted as one graph.
+//! let x = client.submit(Task::function("inc-0", "inc").arg_i64(41)).await?;
+//! let y = client
+//!     .submit(Task::function("add-0", "add").arg_i64(100).dep(&x))
+//!     .await?;
+//! assert_eq!(y.result_i64().await?, 142);
+//!
+//! // Many calls at once, gathered concurrently.
+//! let futures = client
+//!     .map("inc", (0..10i64).map(|i| i.to_le_bytes().to_vec()))
+//!     .await?;
+//! let values = client.gather(&futures).await?;
+//! assert_eq!(values.len(), 10);
+//!
+//! // A failing task reports its error when its result is asked for.
+//! let bad = client
+//!     .submit(Task::function("fail-0", "fail").args(b"boom".to_vec()))
+//!     .await?;
+//! let err = bad.result().await.unwrap_err();
+//! assert_eq!(err.to_string(), "task 'fail-0' failed: boom");
+//!
+//! client.close().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod client;
+mod error;
+mod future;
+mod peer;
+mod state;
+mod task;
+
+pub use client::Client;
+pub use error::ClientError;
+pub use future::{AsCompleted, Future, Status};
+pub use task::Task;
+// Types that appear in this crate's API, so users need not depend on the protocol and
+// transport crates for them.
+pub use taskwire_protocol::{CommandOutputMsg, ErrorKindMsg, TaskErrorMsg, WorkerInfoMsg};
+pub use taskwire_transport::{Address, Registry};

@@ -1,0 +1,580 @@
+//! The client: a connection to the scheduler owned by two background tasks, and the
+//! operations users call.
+
+use crate::error::ClientError;
+use crate::future::{AsCompleted, Future, final_location};
+use crate::peer::PeerPool;
+use crate::state::{KeyEntry, KeyEvent, KeyState, Outgoing, State, coalesce};
+use crate::task::Task;
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use taskwire_protocol::{
+    FromClient, Hello, Role, TaskId, ToClient, WorkerInfoMsg, decode, encode, read_welcome,
+};
+use taskwire_transport::{Address, ConnReceiver, ConnSender, Message, Registry, TransportConfig};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{AbortHandle, JoinSet};
+
+/// Most queued messages the writer merges into one batch.
+const WRITE_BATCH: usize = 1024;
+
+/// What every handle of one client shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    address: Address,
+    state: Mutex<State>,
+    pub(crate) peers: PeerPool,
+    next_id: AtomicU64,
+    reader: Mutex<Option<AbortHandle>>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One handle on `key` is gone.
+    pub(crate) fn release(&self, key: &str) {
+        self.lock().release(key);
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Mark the connection gone and resolve everything waiting on it.
+    fn fail_all(&self) {
+        self.lock().fail_all();
+        if let Some(reader) = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            reader.abort();
+        }
+    }
+
+    fn handle_message(&self, msg: ToClient) {
+        let mut st = self.lock();
+        match msg {
+            ToClient::GraphAccepted { submit_id } => match st.submits.remove(&submit_id) {
+                Some(reply) => {
+                    let _ = reply.send(Ok(()));
+                }
+                None => tracing::debug!(submit_id, "acceptance of an unknown graph"),
+            },
+            ToClient::GraphRejected { submit_id, reason } => match st.submits.remove(&submit_id) {
+                Some(reply) => {
+                    let _ = reply.send(Err(reason));
+                }
+                None => tracing::debug!(submit_id, "rejection of an unknown graph"),
+            },
+            ToClient::KeysInMemory(keys) => {
+                for k in keys {
+                    if let Some(entry) = st.entry(&k.key) {
+                        entry.apply(KeyEvent::InMemory {
+                            task: k.task,
+                            worker: k.worker,
+                            nbytes: k.nbytes,
+                        });
+                    }
+                }
+            }
+            ToClient::KeysErred(keys) => {
+                for (key, error) in keys {
+                    if let Some(entry) = st.entry(&key) {
+                        entry.apply(KeyEvent::Erred(error));
+                    }
+                }
+            }
+            ToClient::ScatterTargets { submit_id, targets } => {
+                match st.scatters.remove(&submit_id) {
+                    Some(reply) => {
+                        let _ = reply.send(targets);
+                    }
+                    None => tracing::debug!(submit_id, "targets of an unknown scatter"),
+                }
+            }
+            ToClient::Workers(workers) => match st.workers.pop_front() {
+                Some(reply) => {
+                    let _ = reply.send(workers);
+                }
+                None => tracing::debug!("worker list nobody asked for"),
+            },
+            ToClient::Error(text) => {
+                tracing::warn!(scheduler = %self.address, "scheduler could not handle a message: {text}")
+            }
+        }
+    }
+}
+
+/// A connection to a Taskwire scheduler.
+///
+/// Cheap to clone: clones share one connection, owned by background tasks on the tokio runtime
+/// the client was made on. Results are fetched straight from the workers that hold them, over a
+/// pool of worker connections.
+#[derive(Clone, Debug)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+impl Client {
+    /// Connect to the scheduler at `addr` (`tcp://host:port`, `host:port` or `inproc://name`)
+    /// with the standard transports.
+    pub async fn connect(addr: &str) -> Result<Client, ClientError> {
+        let address = Address::from_str(addr)?;
+        let registry = taskwire_transport_tcp::standard_registry(TransportConfig::default());
+        let name = format!("client-{}", std::process::id());
+        Client::connect_with(&address, registry, &name).await
+    }
+
+    /// Connect to the scheduler at `addr` with the transports of `registry`, introducing
+    /// ourselves as `name` (shown in the scheduler's logs). Workers are reached through the
+    /// same registry.
+    pub async fn connect_with(
+        addr: &Address,
+        registry: Registry,
+        name: &str,
+    ) -> Result<Client, ClientError> {
+        let connect_err = |source| ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        };
+        let mut conn = registry.connect(addr).await.map_err(connect_err)?;
+        conn.send(Message::new(Hello::new(Role::Client, name).encode()))
+            .await
+            .map_err(connect_err)?;
+        // Something that accepts the connection but never answers (not a Taskwire scheduler)
+        // must not hang us.
+        let timeout = registry
+            .config()
+            .connect_timeout
+            .max(Duration::from_secs(1));
+        let welcome = match tokio::time::timeout(timeout, conn.recv_msg()).await {
+            Ok(r) => r.map_err(connect_err)?,
+            Err(_) => {
+                return Err(ClientError::Protocol(format!(
+                    "no handshake answer from {addr} within {:.1}s",
+                    timeout.as_secs_f64()
+                )));
+            }
+        };
+        read_welcome(&welcome.header).map_err(|source| ClientError::Handshake {
+            addr: addr.to_string(),
+            source,
+        })?;
+
+        let (sender, receiver) = conn.split();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            address: addr.clone(),
+            state: Mutex::new(State::new(out_tx)),
+            peers: PeerPool::new(registry, name.to_string()),
+            next_id: AtomicU64::new(1),
+            reader: Mutex::new(None),
+        });
+        // The background tasks hold the shared state weakly: once every client and future is
+        // gone, the queue closes and the writer says goodbye.
+        tokio::spawn(write_loop(out_rx, sender, Arc::downgrade(&shared)));
+        let reader = tokio::spawn(read_loop(receiver, Arc::downgrade(&shared)));
+        *shared.reader.lock().expect("reader handle") = Some(reader.abort_handle());
+        Ok(Client { shared })
+    }
+
+    /// The scheduler's address.
+    pub fn scheduler_address(&self) -> &Address {
+        &self.shared.address
+    }
+
+    /// Submit one task.
+    pub async fn submit(&self, task: Task) -> Result<Future, ClientError> {
+        let mut futures = self.submit_graph(vec![task]).await?;
+        futures
+            .pop()
+            .ok_or_else(|| ClientError::Protocol("submit returned no future".into()))
+    }
+
+    /// Submit tasks as one graph (one message); one future per task, in order. The scheduler
+    /// accepts or rejects the graph as a whole.
+    pub async fn submit_graph(&self, tasks: Vec<Task>) -> Result<Vec<Future>, ClientError> {
+        let submit_id = self.shared.next_id();
+        let (reply, answer) = oneshot::channel();
+        let mut specs = Vec::with_capacity(tasks.len());
+        let mut held = Vec::new();
+        for t in tasks {
+            let (spec, h) = t.into_parts();
+            specs.push(spec);
+            held.extend(h);
+        }
+        let wanted: Vec<String> = specs.iter().map(|s| s.key.clone()).collect();
+        let acquired = {
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Err(ClientError::Closed);
+            }
+            let acquired: Vec<(Arc<KeyEntry>, bool)> =
+                wanted.iter().map(|k| st.acquire(k)).collect();
+            for (entry, _) in &acquired {
+                entry.apply(KeyEvent::Resubmitted);
+                entry.registered.store(true, Ordering::Relaxed);
+            }
+            st.submits.insert(submit_id, reply);
+            st.send(Outgoing::Msg(FromClient::UpdateGraph {
+                submit_id,
+                tasks: specs,
+                wanted,
+            }));
+            acquired
+        };
+        // The graph is queued ahead of any release the dependencies' futures could cause now.
+        drop(held);
+        let created: Vec<Arc<KeyEntry>> = acquired
+            .iter()
+            .filter(|(_, c)| *c)
+            .map(|(e, _)| e.clone())
+            .collect();
+        let futures = self.wrap(acquired);
+        match answer.await {
+            Ok(Ok(())) => Ok(futures),
+            Ok(Err(reason)) => {
+                // The scheduler kept nothing: forget the new keys without releasing them.
+                for e in created {
+                    e.registered.store(false, Ordering::Relaxed);
+                }
+                Err(ClientError::GraphRejected(reason))
+            }
+            Err(_) => Err(ClientError::Closed),
+        }
+    }
+
+    fn wrap(&self, acquired: Vec<(Arc<KeyEntry>, bool)>) -> Vec<Future> {
+        acquired
+            .into_iter()
+            .map(|(e, _)| Future::new(e, self.shared.clone()))
+            .collect()
+    }
+
+    /// Call the worker function `function` once per argument, as one graph. Keys are
+    /// `<function>-<token>-<i>`, with a token unique to this call.
+    pub async fn map(
+        &self,
+        function: &str,
+        args: impl IntoIterator<Item = Vec<u8>>,
+    ) -> Result<Vec<Future>, ClientError> {
+        let token = unique_token();
+        let tasks = args
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| Task::function(format!("{function}-{token}-{i}"), function).args(a))
+            .collect();
+        self.submit_graph(tasks).await
+    }
+
+    /// Wait for all futures and fetch their results, in order. The first failure (in time)
+    /// is returned as soon as it is known; results are fetched concurrently, one request per
+    /// worker.
+    pub async fn gather(&self, futures: &[Future]) -> Result<Vec<Bytes>, ClientError> {
+        // Wait, failing fast.
+        let mut waiting = JoinSet::new();
+        let mut seen = HashSet::new();
+        for f in futures {
+            if !seen.insert(f.key()) {
+                continue;
+            }
+            let state = f.entry().current();
+            if state.is_done() {
+                final_location(f.key(), state)?;
+            } else {
+                let entry = f.entry().clone();
+                waiting.spawn(async move {
+                    let state = entry.done().await;
+                    final_location(&entry.key, state).map(|_| ())
+                });
+            }
+        }
+        while let Some(joined) = waiting.join_next().await {
+            joined.map_err(|e| ClientError::Protocol(format!("gather waiter failed: {e}")))??;
+        }
+        drop(waiting);
+
+        // Fetch, one request per worker.
+        let mut by_worker: HashMap<String, Vec<(String, TaskId)>> = HashMap::new();
+        let mut seen = HashSet::new();
+        for f in futures {
+            if !seen.insert(f.key()) {
+                continue;
+            }
+            let (task, worker) = final_location(f.key(), f.entry().current())?;
+            by_worker
+                .entry(worker)
+                .or_default()
+                .push((f.key().to_string(), task));
+        }
+        let mut fetches = JoinSet::new();
+        for (worker, items) in by_worker {
+            let shared = self.shared.clone();
+            fetches.spawn(async move {
+                let tasks = items.iter().map(|(_, t)| *t).collect();
+                let got = shared.peers.get_data(&worker, tasks).await;
+                (worker, items, got)
+            });
+        }
+        let mut values: HashMap<String, Bytes> = HashMap::new();
+        while let Some(joined) = fetches.join_next().await {
+            let (worker, items, got) =
+                joined.map_err(|e| ClientError::Protocol(format!("gather fetch failed: {e}")))?;
+            let got = got.map_err(|reason| ClientError::Fetch {
+                key: items[0].0.clone(),
+                reason,
+            })?;
+            for ((key, _), value) in items.into_iter().zip(got) {
+                match value {
+                    Some(v) => {
+                        values.insert(key, v);
+                    }
+                    None => {
+                        return Err(ClientError::Fetch {
+                            key,
+                            reason: format!("worker {worker} no longer holds it"),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(futures
+            .iter()
+            .map(|f| values.get(f.key()).cloned().unwrap_or_default())
+            .collect())
+    }
+
+    /// Wait until every future is finished, failed, cancelled or lost.
+    pub async fn wait(&self, futures: &[Future]) {
+        for f in futures {
+            f.entry().done().await;
+        }
+    }
+
+    /// The futures in the order they finish.
+    pub fn as_completed(&self, futures: Vec<Future>) -> AsCompleted {
+        AsCompleted::new(futures)
+    }
+
+    /// Cancel these keys (and, on the scheduler, what depends on them). Their futures resolve
+    /// as cancelled at once.
+    pub async fn cancel(&self, futures: &[Future]) -> Result<(), ClientError> {
+        let mut keys = Vec::new();
+        let mut seen = HashSet::new();
+        for f in futures {
+            if seen.insert(f.key()) {
+                keys.push(f.key().to_string());
+            }
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let st = self.shared.lock();
+        if !st.send(Outgoing::Msg(FromClient::CancelKeys(keys))) {
+            return Err(ClientError::Closed);
+        }
+        for f in futures {
+            f.entry().apply(KeyEvent::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Put data on workers the scheduler picks; one future per item, in order, usable as a
+    /// dependency at once.
+    pub async fn scatter(&self, data: Vec<(String, Bytes)>) -> Result<Vec<Future>, ClientError> {
+        let mut seen = HashSet::new();
+        if let Some((k, _)) = data.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+            return Err(ClientError::Scatter(format!("key '{k}' given twice")));
+        }
+        let submit_id = self.shared.next_id();
+        let (reply, answer) = oneshot::channel();
+        let acquired = {
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Err(ClientError::Closed);
+            }
+            let acquired: Vec<(Arc<KeyEntry>, bool)> =
+                data.iter().map(|(k, _)| st.acquire(k)).collect();
+            for (entry, _) in &acquired {
+                entry.apply(KeyEvent::Resubmitted);
+                entry.registered.store(true, Ordering::Relaxed);
+            }
+            st.scatters.insert(submit_id, reply);
+            st.send(Outgoing::Msg(FromClient::Scatter {
+                submit_id,
+                keys: data
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.len() as u64))
+                    .collect(),
+                worker: None,
+            }));
+            acquired
+        };
+        let created: Vec<Arc<KeyEntry>> = acquired
+            .iter()
+            .filter(|(_, c)| *c)
+            .map(|(e, _)| e.clone())
+            .collect();
+        let futures = self.wrap(acquired);
+        let targets = match answer.await {
+            Ok(Ok(t)) => t,
+            Ok(Err(reason)) => {
+                for e in created {
+                    e.registered.store(false, Ordering::Relaxed);
+                }
+                return Err(ClientError::Scatter(reason));
+            }
+            Err(_) => return Err(ClientError::Closed),
+        };
+        if targets.len() != data.len()
+            || targets
+                .iter()
+                .zip(&data)
+                .any(|((tk, _, _), (k, _))| tk != k)
+        {
+            return Err(ClientError::Protocol(format!(
+                "scatter targets do not match the {} keys asked for",
+                data.len()
+            )));
+        }
+
+        let mut by_worker: HashMap<String, (Vec<TaskId>, Vec<Bytes>)> = HashMap::new();
+        for ((_, task, worker), (_, value)) in targets.iter().zip(data) {
+            let slot = by_worker.entry(worker.clone()).or_default();
+            slot.0.push(*task);
+            slot.1.push(value);
+        }
+        let mut puts = JoinSet::new();
+        for (worker, (tasks, frames)) in by_worker {
+            let shared = self.shared.clone();
+            puts.spawn(async move {
+                let r = shared.peers.put_data(&worker, tasks, frames).await;
+                r.map_err(ClientError::Scatter)
+            });
+        }
+        while let Some(joined) = puts.join_next().await {
+            joined.map_err(|e| ClientError::Protocol(format!("scatter put failed: {e}")))??;
+        }
+        // The data is where the scheduler said; the scheduler confirms with `KeysInMemory`
+        // once the worker has reported it, but it can be fetched from now on.
+        for (f, (key, task, worker)) in futures.iter().zip(targets) {
+            let nbytes = match f.entry().current() {
+                KeyState::Memory { nbytes, .. } => nbytes,
+                _ => 0,
+            };
+            debug_assert_eq!(f.key(), key);
+            f.entry().apply(KeyEvent::InMemory {
+                task,
+                worker,
+                nbytes,
+            });
+        }
+        Ok(futures)
+    }
+
+    /// The scheduler's list of workers.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfoMsg>, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Err(ClientError::Closed);
+            }
+            st.workers.push_back(reply);
+            if !st.send(Outgoing::Msg(FromClient::GetWorkers)) {
+                return Err(ClientError::Closed);
+            }
+        }
+        answer.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Say goodbye to the scheduler and close the connection (for every clone of this client).
+    /// Futures still pending resolve as closed; results already in memory can still be
+    /// fetched from their workers until the scheduler forgets them.
+    pub async fn close(self) {
+        let (ack, done) = oneshot::channel();
+        let queued = self.shared.lock().send(Outgoing::Close(ack));
+        if queued {
+            let _ = done.await;
+        }
+        self.shared.fail_all();
+        self.shared.peers.clear();
+    }
+}
+
+/// A token that makes `map` keys unique across calls and processes.
+fn unique_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    format!("{:016x}", h.finish())
+}
+
+async fn write_loop(
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    sender: ConnSender,
+    shared: Weak<Shared>,
+) {
+    let mut batch = Vec::new();
+    loop {
+        if queue.recv_many(&mut batch, WRITE_BATCH).await == 0 {
+            // Every client and future is gone: say goodbye.
+            let _ = sender.send(Message::new(encode(&FromClient::Close))).await;
+            return;
+        }
+        for item in coalesce(std::mem::take(&mut batch)) {
+            match item {
+                Outgoing::Msg(msg) => {
+                    if let Err(e) = sender.send(Message::new(encode(&msg))).await {
+                        tracing::debug!(error = %e, "scheduler connection failed while sending");
+                        if let Some(shared) = shared.upgrade() {
+                            shared.fail_all();
+                        }
+                        return;
+                    }
+                }
+                Outgoing::Close(ack) => {
+                    let _ = sender.send(Message::new(encode(&FromClient::Close))).await;
+                    let _ = ack.send(());
+                    return;
+                }
+                Outgoing::Release(_) => unreachable!("coalesced into ReleaseKeys"),
+            }
+        }
+    }
+}
+
+async fn read_loop(mut receiver: ConnReceiver, shared: Weak<Shared>) {
+    loop {
+        let msg = match receiver.recv().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "scheduler connection failed");
+                break;
+            }
+        };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match decode::<ToClient>(&msg.header) {
+            Ok(m) => shared.handle_message(m),
+            Err(e) => {
+                let err = ClientError::Protocol(e.to_string());
+                tracing::warn!(scheduler = %shared.address, "ignoring a message: {err}");
+            }
+        }
+    }
+    if let Some(shared) = shared.upgrade() {
+        shared.lock().fail_all();
+    }
+}
