@@ -1,0 +1,32 @@
+//! Tunables of the scheduler core, with Dask's defaults.
+
+use std::time::Duration;
+
+/// Scheduler core settings. `Default` gives Dask's values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CoreConfig {
+    /// Root tasks sent to a worker at most `ceil(worker_saturation * nthreads)` at a time; the
+    /// rest wait in `queued`. `f64::INFINITY` disables queuing. Dask: `worker-saturation: 1.1`.
+    pub worker_saturation: f64,
+    /// A task may be running on this many workers that died; one more and it errs with
+    /// `KilledWorker`. Dask: `allowed-failures: 3`.
+    pub allowed_failures: u32,
+    /// How often work stealing looks for idle workers.
+    pub steal_interval: Duration,
+    /// How many transitions the log keeps for [`Core::story`](crate::Core::story).
+    pub transition_log_len: usize,
+    /// Whether idle workers steal queued-up tasks from busy ones.
+    pub work_stealing: bool,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            worker_saturation: 1.1,
+            allowed_failures: 3,
+            steal_interval: Duration::from_millis(100),
+            transition_log_len: 100_000,
+            work_stealing: true,
+        }
+    }
+}

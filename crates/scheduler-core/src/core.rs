@@ -1,0 +1,1162 @@
+//! [`Core`]: the state and the event handlers.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use taskwire_protocol::{
+    ClientId, ErrorKindMsg, KeyInMemoryMsg, RegisterWorkerMsg, ResourceMsg, TaskErrorMsg,
+    TaskFinishedMsg, TaskId, TaskSpecMsg, ToClient, ToWorker, WorkerId, WorkerInfoMsg,
+};
+
+use crate::config::CoreConfig;
+use crate::event::{Command, Event};
+use crate::hash::{FxHashMap, FxHashSet};
+use crate::state::{StateCounts, StimulusId, TaskState, TransitionLog, TransitionRecord};
+use crate::task::{Constraint, F_SCATTER, Prefix, QueueKey, Task, TaskRef, key_prefix};
+use crate::worker::{OccKey, Worker, heartbeat_ms};
+
+/// A pending recommendation: move the task in `slot` (if still of `generation`) to a state.
+pub(crate) type Rec = (u32, u32, TaskState);
+
+/// An in-flight steal: the victim was asked to give the task back for the thief.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Steal {
+    pub(crate) victim: u32,
+    pub(crate) thief: u32,
+}
+
+#[derive(Default)]
+pub(crate) struct Client {
+    pub(crate) wants: FxHashSet<u32>,
+    pub(crate) out_memory: Vec<KeyInMemoryMsg>,
+    pub(crate) out_erred: Vec<(String, TaskErrorMsg)>,
+    pub(crate) dirty: bool,
+}
+
+/// The scheduler as a state machine: it owns every task, worker and client record, takes
+/// events and timeouts in, and hands out commands and its next deadline. See the crate docs
+/// for the calling order.
+pub struct Core {
+    pub(crate) config: CoreConfig,
+    pub(crate) now: Option<Instant>,
+    pub(crate) stimulus: StimulusId,
+    pub(crate) stimulus_seq: u64,
+
+    pub(crate) tasks: Vec<Task>,
+    pub(crate) free_tasks: Vec<u32>,
+    pub(crate) by_id: FxHashMap<u64, u32>,
+    pub(crate) by_key: FxHashMap<Arc<str>, u32>,
+    pub(crate) next_task_id: u64,
+    pub(crate) empty_key: Arc<str>,
+
+    pub(crate) prefixes: Vec<Prefix>,
+    pub(crate) prefix_free: Vec<u32>,
+    pub(crate) prefix_map: FxHashMap<Box<str>, u32>,
+    pub(crate) constraints: Vec<Constraint>,
+    pub(crate) constraint_map: FxHashMap<String, u32>,
+    pub(crate) res_map: FxHashMap<String, u16>,
+    pub(crate) res_workers: Vec<Vec<u32>>,
+
+    pub(crate) workers: Vec<Option<Worker>>,
+    pub(crate) free_workers: Vec<u32>,
+    pub(crate) worker_by_id: FxHashMap<WorkerId, u32>,
+    pub(crate) worker_by_name: FxHashMap<String, u32>,
+    pub(crate) worker_by_addr: FxHashMap<String, u32>,
+    pub(crate) by_occupancy: BTreeSet<OccKey>,
+    pub(crate) free_slots: BTreeSet<OccKey>,
+    pub(crate) queued: BTreeSet<QueueKey>,
+    pub(crate) steals: FxHashMap<u32, Steal>,
+    pub(crate) next_steal: Option<Instant>,
+    pub(crate) rr_cursor: usize,
+
+    pub(crate) clients: FxHashMap<ClientId, Client>,
+    pub(crate) dirty_clients: Vec<ClientId>,
+    pub(crate) dirty_workers: Vec<u32>,
+    pub(crate) out: VecDeque<Command>,
+
+    pub(crate) recs: Vec<Rec>,
+    pub(crate) res_freed: Vec<u32>,
+    pub(crate) log: TransitionLog,
+    pub(crate) counts: StateCounts,
+    pub(crate) errors: Vec<String>,
+    pub(crate) scratch_bytes: Vec<u64>,
+    pub(crate) scratch_seen: Vec<bool>,
+    pub(crate) scratch_touched: Vec<u32>,
+}
+
+impl Core {
+    /// A core with no tasks, workers or clients.
+    pub fn new(config: CoreConfig) -> Core {
+        let empty_key: Arc<str> = Arc::from("");
+        Core {
+            log: TransitionLog::new(config.transition_log_len),
+            config,
+            now: None,
+            stimulus: StimulusId::new(0, "init"),
+            stimulus_seq: 0,
+            tasks: Vec::new(),
+            free_tasks: Vec::new(),
+            by_id: FxHashMap::default(),
+            by_key: FxHashMap::default(),
+            next_task_id: 1,
+            empty_key,
+            prefixes: Vec::new(),
+            prefix_free: Vec::new(),
+            prefix_map: FxHashMap::default(),
+            constraints: vec![Constraint {
+                resources: Vec::new(),
+                resources_msg: Vec::new(),
+                workers: Vec::new(),
+                no_worker: BTreeSet::new(),
+            }],
+            constraint_map: FxHashMap::default(),
+            res_map: FxHashMap::default(),
+            res_workers: Vec::new(),
+            workers: Vec::new(),
+            free_workers: Vec::new(),
+            worker_by_id: FxHashMap::default(),
+            worker_by_name: FxHashMap::default(),
+            worker_by_addr: FxHashMap::default(),
+            by_occupancy: BTreeSet::new(),
+            free_slots: BTreeSet::new(),
+            queued: BTreeSet::new(),
+            steals: FxHashMap::default(),
+            next_steal: None,
+            rr_cursor: 0,
+            clients: FxHashMap::default(),
+            dirty_clients: Vec::new(),
+            dirty_workers: Vec::new(),
+            out: VecDeque::new(),
+            recs: Vec::new(),
+            res_freed: Vec::new(),
+            counts: StateCounts::default(),
+            errors: Vec::new(),
+            scratch_bytes: Vec::new(),
+            scratch_seen: Vec::new(),
+            scratch_touched: Vec::new(),
+        }
+    }
+
+    /// Feed one event. Afterwards drain [`poll_command`](Self::poll_command) and re-read
+    /// [`poll_timeout`](Self::poll_timeout).
+    pub fn handle_event(&mut self, now: Instant, event: Event) {
+        self.begin(now, event.kind());
+        match event {
+            Event::ClientConnected { client } => {
+                self.clients.entry(client).or_default();
+            }
+            Event::ClientDisconnected { client } => self.client_disconnected(client),
+            Event::UpdateGraph {
+                client,
+                submit_id,
+                tasks,
+                wanted,
+            } => self.update_graph(client, submit_id, tasks, wanted),
+            Event::ReleaseKeys { client, keys } => {
+                for key in &keys {
+                    if let Some(&slot) = self.by_key.get(key.as_str()) {
+                        self.remove_want(client, slot);
+                    }
+                }
+            }
+            Event::CancelKeys { client, keys } => self.cancel_keys(client, keys),
+            Event::Scatter {
+                client,
+                submit_id,
+                keys,
+                worker,
+            } => self.scatter(client, submit_id, keys, worker),
+            Event::GetWorkers { client } => {
+                let list = self.workers();
+                self.out
+                    .push_back(Command::ToClient(client, ToClient::Workers(list)));
+            }
+            Event::WorkerJoined { worker, info } => self.worker_joined(worker, info),
+            Event::WorkerLeft { worker, reason: _ } => self.worker_left(worker),
+            Event::TasksFinished { worker, tasks } => self.tasks_finished(worker, tasks),
+            Event::TasksErred { worker, errors } => self.tasks_erred(worker, errors),
+            Event::MissingData {
+                worker,
+                task,
+                missing,
+            } => self.missing_data(worker, task, missing),
+            Event::DataAdded { worker, tasks } => self.data_added(worker, tasks),
+            Event::Released { worker, tasks } => self.released(worker, tasks),
+            Event::Heartbeat {
+                worker,
+                memory,
+                executing,
+            } => {
+                if let Some(w) = self.worker_mut(worker) {
+                    w.memory = memory;
+                    w.executing = executing;
+                }
+            }
+        }
+        self.finish(now);
+    }
+
+    /// Tell the core that time has passed; runs work stealing when its timer is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.next_steal {
+            Some(at) if at <= now => {}
+            _ => return,
+        }
+        self.begin(now, "steal");
+        self.next_steal = None;
+        if self.config.work_stealing {
+            self.balance();
+        }
+        self.finish(now);
+    }
+
+    /// The next command to send, if any.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.out.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_steal
+    }
+
+    /// The transitions of `key` still in the log, oldest first (also for forgotten keys).
+    pub fn story(&self, key: &str) -> Vec<TransitionRecord> {
+        self.log.story(key)
+    }
+
+    /// The registered workers, by id.
+    pub fn workers(&self) -> Vec<WorkerInfoMsg> {
+        let mut list: Vec<WorkerInfoMsg> = self
+            .workers
+            .iter()
+            .flatten()
+            .map(|w| WorkerInfoMsg {
+                id: w.id,
+                name: w.name.clone(),
+                address: w.address.clone(),
+                nthreads: w.nthreads,
+                memory_limit: w.memory_limit,
+                resources: w.resources_msg.clone(),
+                processing: w.processing.len() as u64,
+                in_memory: w.has_what.len() as u64,
+            })
+            .collect();
+        list.sort_by_key(|w| w.id);
+        list
+    }
+
+    /// How many tasks are in each state.
+    pub fn counts(&self) -> StateCounts {
+        self.counts
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Event plumbing
+
+    fn begin(&mut self, now: Instant, kind: &'static str) {
+        self.now = Some(now);
+        self.stimulus_seq += 1;
+        self.stimulus = StimulusId::new(self.stimulus_seq, kind);
+    }
+
+    fn finish(&mut self, now: Instant) {
+        self.settle();
+        self.flush();
+        let want_timer =
+            self.config.work_stealing && self.worker_by_id.len() >= 2 && self.counts.processing > 0;
+        if !want_timer {
+            self.next_steal = None;
+        } else if self.next_steal.is_none() {
+            self.next_steal = Some(now + self.config.steal_interval);
+        }
+    }
+
+    /// Emit the batches built while handling one event: per worker `Free` then `Compute`, per
+    /// client `KeysInMemory` then `KeysErred`.
+    fn flush(&mut self) {
+        for w in std::mem::take(&mut self.dirty_workers) {
+            let Some(worker) = self.workers[w as usize].as_mut() else {
+                continue;
+            };
+            worker.dirty = false;
+            if !worker.out_free.is_empty() {
+                let free = std::mem::take(&mut worker.out_free);
+                self.out
+                    .push_back(Command::ToWorker(worker.id, ToWorker::Free(free)));
+            }
+            if !worker.out_compute.is_empty() {
+                let compute = std::mem::take(&mut worker.out_compute);
+                self.out
+                    .push_back(Command::ToWorker(worker.id, ToWorker::Compute(compute)));
+            }
+        }
+        for c in std::mem::take(&mut self.dirty_clients) {
+            let Some(client) = self.clients.get_mut(&c) else {
+                continue;
+            };
+            client.dirty = false;
+            if !client.out_memory.is_empty() {
+                let m = std::mem::take(&mut client.out_memory);
+                self.out
+                    .push_back(Command::ToClient(c, ToClient::KeysInMemory(m)));
+            }
+            if !client.out_erred.is_empty() {
+                let e = std::mem::take(&mut client.out_erred);
+                self.out
+                    .push_back(Command::ToClient(c, ToClient::KeysErred(e)));
+            }
+        }
+    }
+
+    pub(crate) fn worker_mut(&mut self, id: WorkerId) -> Option<&mut Worker> {
+        let slot = *self.worker_by_id.get(&id)?;
+        self.workers[slot as usize].as_mut()
+    }
+
+    pub(crate) fn task_slot(&self, id: TaskId) -> Option<u32> {
+        self.by_id.get(&id.0).copied()
+    }
+
+    pub(crate) fn rec(&mut self, slot: u32, to: TaskState) {
+        let g = self.tasks[slot as usize].generation;
+        self.recs.push((slot, g, to));
+    }
+
+    pub(crate) fn fail(&mut self, message: String) {
+        debug_assert!(false, "{message}");
+        self.errors.push(message);
+    }
+
+    pub(crate) fn mark_worker_dirty(workers: &mut [Option<Worker>], dirty: &mut Vec<u32>, w: u32) {
+        if let Some(worker) = workers[w as usize].as_mut()
+            && !worker.dirty
+        {
+            worker.dirty = true;
+            dirty.push(w);
+        }
+    }
+
+    pub(crate) fn send_free(&mut self, w: u32, id: TaskId) {
+        if let Some(worker) = self.workers[w as usize].as_mut() {
+            if !worker.alive {
+                return;
+            }
+            worker.out_free.push(id);
+        }
+        Self::mark_worker_dirty(&mut self.workers, &mut self.dirty_workers, w);
+    }
+
+    pub(crate) fn client_mut(&mut self, c: ClientId) -> &mut Client {
+        let client = self.clients.entry(c).or_default();
+        if !client.dirty {
+            client.dirty = true;
+            self.dirty_clients.push(c);
+        }
+        client
+    }
+
+    pub(crate) fn notify_memory(&mut self, slot: u32) {
+        let t = &self.tasks[slot as usize];
+        if t.wanted.is_empty() {
+            return;
+        }
+        let holder = t.who_has[0];
+        let address = self.workers[holder as usize]
+            .as_ref()
+            .map(|w| w.address.clone());
+        let (key, id, nbytes) = (t.key.clone(), t.id, t.nbytes);
+        for i in 0..self.tasks[slot as usize].wanted.len() {
+            let c = self.tasks[slot as usize].wanted[i];
+            let msg = KeyInMemoryMsg {
+                key: key.to_string(),
+                task: id,
+                worker: address.clone().unwrap_or_default(),
+                nbytes,
+            };
+            self.client_mut(c).out_memory.push(msg);
+        }
+    }
+
+    pub(crate) fn notify_erred(&mut self, slot: u32) {
+        let t = &self.tasks[slot as usize];
+        if t.wanted.is_empty() {
+            return;
+        }
+        let key = t.key.clone();
+        let error = t.error.as_deref().cloned().unwrap_or(TaskErrorMsg {
+            kind: ErrorKindMsg::Failed,
+            message: "unknown error".into(),
+        });
+        for i in 0..self.tasks[slot as usize].wanted.len() {
+            let c = self.tasks[slot as usize].wanted[i];
+            self.client_mut(c)
+                .out_erred
+                .push((key.to_string(), error.clone()));
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Clients
+
+    pub(crate) fn add_want(&mut self, client: ClientId, slot: u32) -> bool {
+        let c = self.clients.entry(client).or_default();
+        if !c.wants.insert(slot) {
+            return false;
+        }
+        self.tasks[slot as usize].wanted.push(client);
+        true
+    }
+
+    pub(crate) fn remove_want(&mut self, client: ClientId, slot: u32) {
+        let Some(c) = self.clients.get_mut(&client) else {
+            return;
+        };
+        if !c.wants.remove(&slot) {
+            return;
+        }
+        let t = &mut self.tasks[slot as usize];
+        t.wanted.retain(|&x| x != client);
+        if !t.needed() {
+            self.rec(slot, TaskState::Released);
+        }
+    }
+
+    fn client_disconnected(&mut self, client: ClientId) {
+        let Some(c) = self.clients.remove(&client) else {
+            return;
+        };
+        let mut wants: Vec<u32> = c.wants.into_iter().collect();
+        wants.sort_unstable();
+        for slot in wants {
+            let t = &mut self.tasks[slot as usize];
+            t.wanted.retain(|&x| x != client);
+            if !t.needed() {
+                self.rec(slot, TaskState::Released);
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Tasks: creation and submission
+
+    fn intern_prefix(&mut self, key: &str) -> u32 {
+        let p = key_prefix(key);
+        if let Some(&i) = self.prefix_map.get(p) {
+            self.prefixes[i as usize].live += 1;
+            return i;
+        }
+        let prefix = Prefix {
+            name: p.into(),
+            duration_us: None,
+            live: 1,
+        };
+        let i = match self.prefix_free.pop() {
+            Some(i) => {
+                self.prefixes[i as usize] = prefix;
+                i
+            }
+            None => {
+                self.prefixes.push(prefix);
+                (self.prefixes.len() - 1) as u32
+            }
+        };
+        self.prefix_map.insert(p.into(), i);
+        i
+    }
+
+    pub(crate) fn release_prefix(&mut self, i: u32) {
+        let p = &mut self.prefixes[i as usize];
+        p.live -= 1;
+        // Keep durations of prefixes that come back, unless there are very many.
+        if p.live == 0 && self.prefix_map.len() > 10_000 {
+            let name = std::mem::take(&mut p.name);
+            self.prefix_map.remove(&name);
+            self.prefix_free.push(i);
+        }
+    }
+
+    fn resource_index(&mut self, name: &str) -> u16 {
+        if let Some(&r) = self.res_map.get(name) {
+            return r;
+        }
+        let r = self.res_workers.len() as u16;
+        self.res_map.insert(name.to_string(), r);
+        self.res_workers.push(Vec::new());
+        r
+    }
+
+    fn intern_constraint(&mut self, resources: &[ResourceMsg], workers: &[String]) -> u32 {
+        if resources.is_empty() && workers.is_empty() {
+            return 0;
+        }
+        let mut sig = String::new();
+        for r in resources {
+            sig.push_str(&format!(
+                "r{}:{}={};",
+                r.name.len(),
+                r.name,
+                r.amount.to_bits()
+            ));
+        }
+        for w in workers {
+            sig.push_str(&format!("w{}:{};", w.len(), w));
+        }
+        if let Some(&c) = self.constraint_map.get(&sig) {
+            return c;
+        }
+        let res = resources
+            .iter()
+            .map(|r| (self.resource_index(&r.name), r.amount))
+            .collect();
+        self.constraints.push(Constraint {
+            resources: res,
+            resources_msg: resources.to_vec(),
+            workers: workers.to_vec(),
+            no_worker: BTreeSet::new(),
+        });
+        let c = (self.constraints.len() - 1) as u32;
+        self.constraint_map.insert(sig, c);
+        c
+    }
+
+    fn alloc_task(&mut self, key: Arc<str>, prefix: u32) -> u32 {
+        let id = TaskId(self.next_task_id);
+        self.next_task_id += 1;
+        let slot = match self.free_tasks.pop() {
+            Some(s) => s,
+            None => {
+                self.tasks.push(Task::vacant(self.empty_key.clone()));
+                (self.tasks.len() - 1) as u32
+            }
+        };
+        let t = &mut self.tasks[slot as usize];
+        t.key = key.clone();
+        t.id = id;
+        t.state = TaskState::Released;
+        t.prefix = prefix;
+        self.counts.released += 1;
+        self.by_id.insert(id.0, slot);
+        self.by_key.insert(key, slot);
+        slot
+    }
+
+    fn update_graph(
+        &mut self,
+        client: ClientId,
+        submit_id: u64,
+        specs: Vec<TaskSpecMsg>,
+        wanted: Vec<String>,
+    ) {
+        self.clients.entry(client).or_default();
+        let (resolved, offsets) = match self.validate_graph(&specs, &wanted) {
+            Ok(r) => r,
+            Err(reason) => {
+                self.out.push_back(Command::ToClient(
+                    client,
+                    ToClient::GraphRejected { submit_id, reason },
+                ));
+                return;
+            }
+        };
+        let mut slots = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let prefix = self.intern_prefix(&spec.key);
+            let constraint = self.intern_constraint(&spec.resources, &spec.workers);
+            let slot = self.alloc_task(Arc::from(spec.key), prefix);
+            let t = &mut self.tasks[slot as usize];
+            t.kind = Some(Box::new(spec.kind));
+            t.constraint = constraint;
+            t.priority = spec.priority;
+            t.retries_left = spec.retries;
+            slots.push(slot);
+        }
+        for (i, &slot) in slots.iter().enumerate() {
+            let deps: Box<[u32]> = resolved[offsets[i] as usize..offsets[i + 1] as usize]
+                .iter()
+                .map(|&e| {
+                    if e & IN_GRAPH != 0 {
+                        slots[(e & !IN_GRAPH) as usize]
+                    } else {
+                        e
+                    }
+                })
+                .collect();
+            let r = TaskRef {
+                slot,
+                generation: self.tasks[slot as usize].generation,
+            };
+            for &d in deps.iter() {
+                let dt = &mut self.tasks[d as usize];
+                dt.dependents.push(r);
+                dt.n_dependents += 1;
+            }
+            self.tasks[slot as usize].deps = deps;
+        }
+        self.out.push_back(Command::ToClient(
+            client,
+            ToClient::GraphAccepted { submit_id },
+        ));
+        for key in &wanted {
+            let slot = self.by_key[key.as_str()];
+            if !self.add_want(client, slot) {
+                continue;
+            }
+            match self.tasks[slot as usize].state {
+                TaskState::Memory => self.notify_one_memory(client, slot),
+                TaskState::Erred => self.notify_one_erred(client, slot),
+                TaskState::Released => self.rec(slot, TaskState::Waiting),
+                _ => {}
+            }
+        }
+        // Recommendations pop last-in first; push in reverse so the first wanted keys are
+        // considered first.
+        self.recs.reverse();
+        self.settle();
+        for &slot in &slots {
+            if self.tasks[slot as usize].forgettable() {
+                self.rec(slot, TaskState::Forgotten);
+            }
+        }
+    }
+
+    fn notify_one_memory(&mut self, client: ClientId, slot: u32) {
+        let t = &self.tasks[slot as usize];
+        let address = self.workers[t.who_has[0] as usize]
+            .as_ref()
+            .map(|w| w.address.clone())
+            .unwrap_or_default();
+        let msg = KeyInMemoryMsg {
+            key: t.key.to_string(),
+            task: t.id,
+            worker: address,
+            nbytes: t.nbytes,
+        };
+        self.client_mut(client).out_memory.push(msg);
+    }
+
+    fn notify_one_erred(&mut self, client: ClientId, slot: u32) {
+        let t = &self.tasks[slot as usize];
+        let key = t.key.to_string();
+        let err = t.error.as_deref().cloned().unwrap_or(TaskErrorMsg {
+            kind: ErrorKindMsg::Failed,
+            message: "unknown error".into(),
+        });
+        self.client_mut(client).out_erred.push((key, err));
+    }
+
+    /// All-or-nothing validation. Returns the dependencies resolved to existing slots or, with
+    /// [`IN_GRAPH`] set, to indices in the submitted list (CSR: `offsets[i]..offsets[i+1]`).
+    fn validate_graph(
+        &self,
+        specs: &[TaskSpecMsg],
+        wanted: &[String],
+    ) -> Result<(Vec<u32>, Vec<u32>), String> {
+        let mut local: FxHashMap<&str, u32> = FxHashMap::default();
+        local.reserve(specs.len());
+        for (i, t) in specs.iter().enumerate() {
+            if t.key.is_empty() {
+                return Err(format!("task #{i} has an empty key"));
+            }
+            if local.insert(t.key.as_str(), i as u32).is_some() {
+                return Err(format!("duplicate key '{}' in graph", t.key));
+            }
+            if self.by_key.contains_key(t.key.as_str()) {
+                return Err(format!("key '{}' already exists", t.key));
+            }
+            for r in &t.resources {
+                if r.name.is_empty() || !r.amount.is_finite() || r.amount < 0.0 {
+                    return Err(format!(
+                        "task '{}' asks for an invalid resource '{}={}'",
+                        t.key, r.name, r.amount
+                    ));
+                }
+            }
+        }
+        let mut resolved = Vec::with_capacity(specs.len());
+        let mut offsets = Vec::with_capacity(specs.len() + 1);
+        offsets.push(0u32);
+        for t in specs {
+            for d in &t.deps {
+                if let Some(&j) = local.get(d.as_str()) {
+                    resolved.push(j | IN_GRAPH);
+                } else if let Some(&s) = self.by_key.get(d.as_str()) {
+                    resolved.push(s);
+                } else {
+                    return Err(format!("task '{}' depends on unknown key '{}'", t.key, d));
+                }
+            }
+            offsets.push(resolved.len() as u32);
+        }
+        for k in wanted {
+            if !local.contains_key(k.as_str()) && !self.by_key.contains_key(k.as_str()) {
+                return Err(format!("wanted key '{k}' is unknown"));
+            }
+        }
+        // Cycles can only run through new tasks: existing ones never depend on new ones.
+        let n = specs.len();
+        let mut color = vec![0u8; n];
+        let mut stack: Vec<(u32, u32)> = Vec::new();
+        for root in 0..n {
+            if color[root] != 0 {
+                continue;
+            }
+            color[root] = 1;
+            stack.push((root as u32, offsets[root]));
+            while let Some(top) = stack.last_mut() {
+                let v = top.0 as usize;
+                if top.1 < offsets[v + 1] {
+                    let e = resolved[top.1 as usize];
+                    top.1 += 1;
+                    if e & IN_GRAPH != 0 {
+                        let u = (e & !IN_GRAPH) as usize;
+                        match color[u] {
+                            0 => {
+                                color[u] = 1;
+                                stack.push((u as u32, offsets[u]));
+                            }
+                            1 => {
+                                return Err(format!(
+                                    "cycle detected involving key '{}'",
+                                    specs[u].key
+                                ));
+                            }
+                            _ => {}
+                        }
+                    }
+                } else {
+                    color[v] = 2;
+                    stack.pop();
+                }
+            }
+        }
+        Ok((resolved, offsets))
+    }
+
+    fn cancel_keys(&mut self, client: ClientId, keys: Vec<String>) {
+        let mut stack: Vec<u32> = keys
+            .iter()
+            .filter_map(|k| self.by_key.get(k.as_str()).copied())
+            .collect();
+        let named = stack.clone();
+        let mut seen: FxHashSet<u32> = FxHashSet::default();
+        let mut to_cancel = Vec::new();
+        while let Some(slot) = stack.pop() {
+            if !seen.insert(slot) {
+                continue;
+            }
+            let t = &self.tasks[slot as usize];
+            if t.state.is_pending() {
+                to_cancel.push(slot);
+            }
+            for r in &t.dependents {
+                let d = &self.tasks[r.slot as usize];
+                if d.generation == r.generation && d.state.is_pending() {
+                    stack.push(r.slot);
+                }
+            }
+        }
+        for &slot in &to_cancel {
+            let t = &mut self.tasks[slot as usize];
+            t.error = Some(Box::new(TaskErrorMsg {
+                kind: ErrorKindMsg::Cancelled,
+                message: format!("'{}' was cancelled", t.key),
+            }));
+            self.rec(slot, TaskState::Erred);
+        }
+        self.settle();
+        for slot in named {
+            self.remove_want(client, slot);
+        }
+    }
+
+    fn scatter(
+        &mut self,
+        client: ClientId,
+        submit_id: u64,
+        keys: Vec<(String, u64)>,
+        worker: Option<String>,
+    ) {
+        self.clients.entry(client).or_default();
+        let targets = self.scatter_inner(client, keys, worker);
+        self.out.push_back(Command::ToClient(
+            client,
+            ToClient::ScatterTargets { submit_id, targets },
+        ));
+    }
+
+    fn scatter_inner(
+        &mut self,
+        client: ClientId,
+        keys: Vec<(String, u64)>,
+        worker: Option<String>,
+    ) -> Result<Vec<(String, TaskId, String)>, String> {
+        if self.worker_by_id.is_empty() {
+            return Err("no workers to scatter to".into());
+        }
+        let mut seen: FxHashSet<&str> = FxHashSet::default();
+        for (k, _) in &keys {
+            if k.is_empty() {
+                return Err("empty key".into());
+            }
+            if !seen.insert(k.as_str()) {
+                return Err(format!("duplicate key '{k}'"));
+            }
+            if self.by_key.contains_key(k.as_str()) {
+                return Err(format!("key '{k}' already exists"));
+            }
+        }
+        let fixed = match &worker {
+            Some(name) => match self
+                .worker_by_name
+                .get(name.as_str())
+                .or_else(|| self.worker_by_addr.get(name.as_str()))
+            {
+                Some(&w) => Some(w),
+                None => return Err(format!("unknown worker '{name}'")),
+            },
+            None => None,
+        };
+        let mut targets = Vec::with_capacity(keys.len());
+        for (key, nbytes) in keys {
+            let w = fixed.unwrap_or_else(|| self.next_round_robin());
+            let prefix = self.intern_prefix(&key);
+            let slot = self.alloc_task(Arc::from(key.as_str()), prefix);
+            let t = &mut self.tasks[slot as usize];
+            t.flags |= F_SCATTER;
+            t.nbytes = nbytes;
+            let id = t.id;
+            self.set_state(slot, TaskState::Waiting);
+            self.add_want(client, slot);
+            let address = self.workers[w as usize]
+                .as_ref()
+                .expect("live")
+                .address
+                .clone();
+            targets.push((key, id, address));
+        }
+        Ok(targets)
+    }
+
+    fn next_round_robin(&mut self) -> u32 {
+        let n = self.workers.len();
+        for _ in 0..n {
+            self.rr_cursor = (self.rr_cursor + 1) % n;
+            if self.workers[self.rr_cursor]
+                .as_ref()
+                .is_some_and(|w| w.alive)
+            {
+                return self.rr_cursor as u32;
+            }
+        }
+        unreachable!("scatter checked there are workers")
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Workers
+
+    fn worker_joined(&mut self, id: WorkerId, info: RegisterWorkerMsg) {
+        let refuse = if self.worker_by_name.contains_key(&info.name) {
+            Some(format!(
+                "a worker named {} is already registered",
+                info.name
+            ))
+        } else if self.worker_by_id.contains_key(&id) {
+            Some(format!("worker id {id} is already registered"))
+        } else if self.worker_by_addr.contains_key(&info.address) {
+            Some(format!(
+                "a worker at {} is already registered",
+                info.address
+            ))
+        } else if info.nthreads == 0 {
+            Some("a worker needs at least one thread".to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = refuse {
+            self.out
+                .push_back(Command::ToWorker(id, ToWorker::Refused(reason)));
+            return;
+        }
+        let slot = match self.free_workers.pop() {
+            Some(s) => s,
+            None => {
+                self.workers.push(None);
+                self.scratch_bytes.push(0);
+                self.scratch_seen.push(false);
+                (self.workers.len() - 1) as u32
+            }
+        };
+        let res: Vec<(u16, f64, f64)> = info
+            .resources
+            .iter()
+            .map(|r| (self.resource_index(&r.name), r.amount, 0.0))
+            .collect();
+        for &(r, _, _) in &res {
+            self.res_workers[r as usize].push(slot);
+        }
+        let slots = if self.config.worker_saturation.is_finite() {
+            ((self.config.worker_saturation * info.nthreads as f64).ceil() as u64).max(1)
+        } else {
+            u64::MAX
+        };
+        let worker = Worker {
+            id,
+            name: info.name.clone(),
+            address: info.address.clone(),
+            nthreads: info.nthreads,
+            memory_limit: info.memory_limit,
+            resources_msg: info.resources,
+            res,
+            slots,
+            alive: true,
+            processing: FxHashSet::default(),
+            occupancy_us: 0,
+            has_what: FxHashSet::default(),
+            nbytes: 0,
+            memory: 0,
+            executing: 0,
+            occ_key: (0, 0, slot),
+            in_free_slots: true,
+            steals_incoming: 0,
+            out_compute: Vec::new(),
+            out_free: Vec::new(),
+            dirty: false,
+        };
+        self.by_occupancy.insert(worker.occ_key);
+        self.free_slots.insert(worker.occ_key);
+        self.workers[slot as usize] = Some(worker);
+        self.worker_by_id.insert(id, slot);
+        self.worker_by_name.insert(info.name, slot);
+        self.worker_by_addr.insert(info.address, slot);
+        let heartbeat_ms = heartbeat_ms(self.worker_by_id.len());
+        self.out.push_back(Command::ToWorker(
+            id,
+            ToWorker::Registered { id, heartbeat_ms },
+        ));
+        self.retry_no_worker(None);
+    }
+
+    fn worker_left(&mut self, id: WorkerId) {
+        let Some(&w) = self.worker_by_id.get(&id) else {
+            return;
+        };
+        // Take it out of every placement index first so nothing rescheduled lands on it.
+        {
+            let worker = self.workers[w as usize].as_mut().expect("live");
+            worker.alive = false;
+            self.by_occupancy.remove(&worker.occ_key);
+            if worker.in_free_slots {
+                self.free_slots.remove(&worker.occ_key);
+                worker.in_free_slots = false;
+            }
+            self.worker_by_name.remove(&worker.name);
+            self.worker_by_addr.remove(&worker.address);
+            for &(r, _, _) in &worker.res {
+                self.res_workers[r as usize].retain(|&x| x != w);
+            }
+        }
+        self.worker_by_id.remove(&id);
+        let stale: Vec<u32> = self
+            .steals
+            .iter()
+            .filter(|(_, s)| s.victim == w || s.thief == w)
+            .map(|(&t, _)| t)
+            .collect();
+        for t in stale {
+            let s = self.steals.remove(&t).expect("present");
+            if let Some(thief) = self.workers[s.thief as usize].as_mut() {
+                thief.steals_incoming -= 1;
+            }
+        }
+        let worker = self.workers[w as usize].as_ref().expect("live");
+        let mut processing: Vec<u32> = worker.processing.iter().copied().collect();
+        let mut held: Vec<u32> = worker.has_what.iter().copied().collect();
+        processing.sort_unstable_by_key(|&s| self.tasks[s as usize].id);
+        held.sort_unstable_by_key(|&s| self.tasks[s as usize].id);
+        for slot in processing {
+            let allowed = self.config.allowed_failures;
+            let t = &mut self.tasks[slot as usize];
+            t.suspicious += 1;
+            if t.suspicious > allowed {
+                t.error = Some(Box::new(TaskErrorMsg {
+                    kind: ErrorKindMsg::KilledWorker,
+                    message: format!(
+                        "task '{}' was running on {} workers that died",
+                        t.key, t.suspicious
+                    ),
+                }));
+                self.to_erred(slot);
+            } else {
+                self.reschedule(slot, false);
+            }
+        }
+        for slot in held {
+            let t = &mut self.tasks[slot as usize];
+            t.who_has.retain(|&h| h != w);
+            if t.who_has.is_empty() {
+                self.memory_released(slot);
+            }
+        }
+        let worker = self.workers[w as usize].take().expect("live");
+        debug_assert!(worker.processing.is_empty());
+        self.free_workers.push(w);
+    }
+
+    fn tasks_finished(&mut self, id: WorkerId, finished: Vec<TaskFinishedMsg>) {
+        let Some(&w) = self.worker_by_id.get(&id) else {
+            return;
+        };
+        for f in finished {
+            let Some(slot) = self.task_slot(f.task) else {
+                self.send_free(w, f.task);
+                continue;
+            };
+            let t = &self.tasks[slot as usize];
+            match t.state {
+                TaskState::Processing => {
+                    let on = t.processing_on;
+                    if on != w {
+                        // Another worker was given the task (a steal, a reschedule) but this
+                        // one ran it anyway: keep the result, cancel the other copy.
+                        self.remove_from_processing(slot, true);
+                        self.finish_task(slot, w, f.nbytes, f.duration_us, false);
+                    } else {
+                        self.finish_task(slot, w, f.nbytes, f.duration_us, true);
+                    }
+                }
+                TaskState::Memory => {
+                    if !t.who_has.contains(&w) {
+                        self.add_holder(slot, w);
+                    }
+                }
+                _ => self.send_free(w, f.task),
+            }
+        }
+    }
+
+    fn tasks_erred(&mut self, id: WorkerId, errors: Vec<(TaskId, TaskErrorMsg)>) {
+        let Some(&w) = self.worker_by_id.get(&id) else {
+            return;
+        };
+        for (task, error) in errors {
+            let Some(slot) = self.task_slot(task) else {
+                continue;
+            };
+            let t = &mut self.tasks[slot as usize];
+            if t.state != TaskState::Processing || t.processing_on != w {
+                continue;
+            }
+            if t.retries_left > 0 {
+                t.retries_left -= 1;
+                self.reschedule(slot, false);
+            } else {
+                t.error = Some(Box::new(error));
+                self.to_erred(slot);
+            }
+        }
+    }
+
+    fn missing_data(&mut self, id: WorkerId, task: TaskId, missing: Vec<TaskId>) {
+        let Some(&w) = self.worker_by_id.get(&id) else {
+            return;
+        };
+        for m in missing {
+            let Some(slot) = self.task_slot(m) else {
+                continue;
+            };
+            if self.tasks[slot as usize].state != TaskState::Memory {
+                continue;
+            }
+            let holders = if self.tasks[slot as usize].who_has.contains(&w) {
+                // We told it "you have it", and it did not.
+                vec![w]
+            } else {
+                // It tried every holder we named: none of them could serve it.
+                self.tasks[slot as usize].who_has.clone()
+            };
+            for h in holders {
+                self.remove_holder(slot, h, h != w);
+            }
+            if self.tasks[slot as usize].who_has.is_empty() {
+                self.memory_released(slot);
+            }
+        }
+        if let Some(slot) = self.task_slot(task) {
+            let t = &self.tasks[slot as usize];
+            if t.state == TaskState::Processing && t.processing_on == w {
+                self.reschedule(slot, false);
+            }
+        }
+    }
+
+    fn data_added(&mut self, id: WorkerId, added: Vec<(TaskId, u64)>) {
+        let Some(&w) = self.worker_by_id.get(&id) else {
+            return;
+        };
+        for (task, nbytes) in added {
+            let Some(slot) = self.task_slot(task) else {
+                self.send_free(w, task);
+                continue;
+            };
+            let t = &self.tasks[slot as usize];
+            match t.state {
+                TaskState::Waiting if t.flags & F_SCATTER != 0 => {
+                    self.tasks[slot as usize].flags &= !F_SCATTER;
+                    self.enter_memory(slot, w, nbytes);
+                }
+                TaskState::Memory => {
+                    if !t.who_has.contains(&w) {
+                        self.add_holder(slot, w);
+                    }
+                }
+                _ => self.send_free(w, task),
+            }
+        }
+    }
+
+    fn released(&mut self, id: WorkerId, tasks: Vec<TaskId>) {
+        let Some(&w) = self.worker_by_id.get(&id) else {
+            return;
+        };
+        for task in tasks {
+            let Some(slot) = self.task_slot(task) else {
+                continue;
+            };
+            let t = &self.tasks[slot as usize];
+            if t.state != TaskState::Processing || t.processing_on != w {
+                continue;
+            }
+            match self.steals.get(&slot).copied() {
+                Some(s) if s.victim == w => self.move_stolen(slot, s.thief),
+                _ => self.reschedule(slot, false),
+            }
+        }
+    }
+
+    pub(crate) fn add_holder(&mut self, slot: u32, w: u32) {
+        let t = &mut self.tasks[slot as usize];
+        t.who_has.push(w);
+        let nbytes = t.nbytes;
+        let worker = self.workers[w as usize].as_mut().expect("live");
+        worker.has_what.insert(slot);
+        worker.nbytes += nbytes;
+    }
+
+    pub(crate) fn remove_holder(&mut self, slot: u32, w: u32, free: bool) {
+        let t = &mut self.tasks[slot as usize];
+        t.who_has.retain(|&h| h != w);
+        let (nbytes, id) = (t.nbytes, t.id);
+        if let Some(worker) = self.workers[w as usize].as_mut() {
+            worker.has_what.remove(&slot);
+            worker.nbytes -= nbytes;
+        }
+        if free {
+            self.send_free(w, id);
+        }
+    }
+}
+
+/// Marks a resolved dependency as an index into the submitted list rather than a slot.
+const IN_GRAPH: u32 = 1 << 31;

@@ -1,0 +1,156 @@
+//! What goes into the core ([`Event`]) and what comes out ([`Command`]).
+
+use taskwire_protocol::{
+    ClientId, RegisterWorkerMsg, TaskErrorMsg, TaskFinishedMsg, TaskId, TaskSpecMsg, ToClient,
+    ToWorker, WorkerId,
+};
+
+/// An input to [`Core::handle_event`](crate::Core::handle_event): a decoded message or a
+/// connection change, with the ids the shell assigned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A client connected.
+    ClientConnected {
+        /// Its id.
+        client: ClientId,
+    },
+    /// A client left; everything it wanted is released.
+    ClientDisconnected {
+        /// Its id.
+        client: ClientId,
+    },
+    /// A client submitted tasks; answered by `GraphAccepted` or `GraphRejected`.
+    UpdateGraph {
+        /// Who submitted.
+        client: ClientId,
+        /// Echoed in the answer.
+        submit_id: u64,
+        /// New tasks, any order.
+        tasks: Vec<TaskSpecMsg>,
+        /// Keys (new or existing) the client wants kept and reported.
+        wanted: Vec<String>,
+    },
+    /// The client no longer wants these keys.
+    ReleaseKeys {
+        /// Who.
+        client: ClientId,
+        /// Which keys.
+        keys: Vec<String>,
+    },
+    /// Cancel these keys and their unfinished dependents.
+    CancelKeys {
+        /// Who.
+        client: ClientId,
+        /// Which keys.
+        keys: Vec<String>,
+    },
+    /// The client will put data on workers; answered by `ScatterTargets`.
+    Scatter {
+        /// Who.
+        client: ClientId,
+        /// Echoed in the answer.
+        submit_id: u64,
+        /// Keys and sizes.
+        keys: Vec<(String, u64)>,
+        /// Preferred worker (name or address).
+        worker: Option<String>,
+    },
+    /// The client asks for the worker list.
+    GetWorkers {
+        /// Who.
+        client: ClientId,
+    },
+    /// A worker registered; answered by `Registered` or `Refused`.
+    WorkerJoined {
+        /// The id the shell gave its connection.
+        worker: WorkerId,
+        /// What it said about itself.
+        info: RegisterWorkerMsg,
+    },
+    /// A worker is gone (connection closed, heartbeat timeout).
+    WorkerLeft {
+        /// Which.
+        worker: WorkerId,
+        /// Why, for logs.
+        reason: String,
+    },
+    /// Tasks finished on a worker.
+    TasksFinished {
+        /// Which worker.
+        worker: WorkerId,
+        /// What finished.
+        tasks: Vec<TaskFinishedMsg>,
+    },
+    /// Tasks failed on a worker.
+    TasksErred {
+        /// Which worker.
+        worker: WorkerId,
+        /// What failed and why.
+        errors: Vec<(TaskId, TaskErrorMsg)>,
+    },
+    /// `worker` could not fetch the inputs `missing` of `task` from the holders it was given.
+    MissingData {
+        /// The worker that tried.
+        worker: WorkerId,
+        /// The task that needed the inputs.
+        task: TaskId,
+        /// The inputs it could not get.
+        missing: Vec<TaskId>,
+    },
+    /// Scattered data arrived on a worker: (task, nbytes).
+    DataAdded {
+        /// Which worker.
+        worker: WorkerId,
+        /// The tasks and their sizes.
+        tasks: Vec<(TaskId, u64)>,
+    },
+    /// A worker gave these tasks back (answer to `StealRequest`).
+    Released {
+        /// Which worker.
+        worker: WorkerId,
+        /// The tasks it had not started.
+        tasks: Vec<TaskId>,
+    },
+    /// A worker's liveness and load report.
+    Heartbeat {
+        /// Which worker.
+        worker: WorkerId,
+        /// Bytes of results it holds.
+        memory: u64,
+        /// Tasks it is executing.
+        executing: u32,
+    },
+}
+
+impl Event {
+    /// Short kebab-case name of the event kind, used in stimulus ids.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Event::ClientConnected { .. } => "client-connected",
+            Event::ClientDisconnected { .. } => "client-disconnected",
+            Event::UpdateGraph { .. } => "update-graph",
+            Event::ReleaseKeys { .. } => "release-keys",
+            Event::CancelKeys { .. } => "cancel-keys",
+            Event::Scatter { .. } => "scatter",
+            Event::GetWorkers { .. } => "get-workers",
+            Event::WorkerJoined { .. } => "worker-joined",
+            Event::WorkerLeft { .. } => "worker-left",
+            Event::TasksFinished { .. } => "tasks-finished",
+            Event::TasksErred { .. } => "tasks-erred",
+            Event::MissingData { .. } => "missing-data",
+            Event::DataAdded { .. } => "data-added",
+            Event::Released { .. } => "released",
+            Event::Heartbeat { .. } => "heartbeat",
+        }
+    }
+}
+
+/// An output of the core, taken with [`Core::poll_command`](crate::Core::poll_command): a message
+/// for the shell to send.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Send to a client.
+    ToClient(ClientId, ToClient),
+    /// Send to a worker.
+    ToWorker(WorkerId, ToWorker),
+}

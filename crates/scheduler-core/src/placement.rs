@@ -1,0 +1,288 @@
+//! Where ready tasks go: worker choice (locality, occupancy, resources, restrictions), the
+//! root-task queue, `no-worker` groups and the per-worker occupancy order. Nothing here scans
+//! all workers per task: candidates come from the inputs' holders, the head of the occupancy
+//! order, the named workers of a restriction, or the (short) list offering a resource.
+
+use taskwire_protocol::{ComputeTaskMsg, DepMsg};
+
+use crate::core::Core;
+use crate::state::TaskState;
+use crate::task::NONE;
+
+/// Dask's `scheduler.bandwidth`: 100 MB/s, in bytes per microsecond.
+const BANDWIDTH_BYTES_PER_US: u64 = 100;
+
+/// Resource lists longer than this are not scanned; the occupancy order is walked instead.
+const SCAN_LIMIT: usize = 64;
+
+impl Core {
+    /// Re-sort a worker after its processing set or occupancy changed.
+    pub(crate) fn reindex_worker(&mut self, w: u32) {
+        let Some(worker) = self.workers[w as usize].as_mut() else {
+            return;
+        };
+        if !worker.alive {
+            return;
+        }
+        let new = worker.compute_key(w);
+        let old = worker.occ_key;
+        if new != old {
+            self.by_occupancy.remove(&old);
+            self.by_occupancy.insert(new);
+        }
+        let free = worker.has_free_slot();
+        if worker.in_free_slots && (!free || new != old) {
+            self.free_slots.remove(&old);
+        }
+        if free && (!worker.in_free_slots || new != old) {
+            self.free_slots.insert(new);
+        }
+        worker.in_free_slots = free;
+        worker.occ_key = new;
+    }
+
+    /// Assign to `w` and queue the `Compute` message.
+    pub(crate) fn add_to_processing(&mut self, slot: u32, w: u32) {
+        let t = &self.tasks[slot as usize];
+        let est = self.prefixes[t.prefix as usize].estimate_us();
+        let c = &self.constraints[t.constraint as usize];
+        let deps = t
+            .deps
+            .iter()
+            .map(|&d| {
+                let dt = &self.tasks[d as usize];
+                let holders = if dt.who_has.contains(&w) {
+                    Vec::new()
+                } else {
+                    dt.who_has
+                        .iter()
+                        .filter_map(|&h| self.workers[h as usize].as_ref())
+                        .map(|x| x.address.clone())
+                        .collect()
+                };
+                DepMsg {
+                    task: dt.id,
+                    nbytes: dt.nbytes,
+                    holders,
+                }
+            })
+            .collect();
+        let msg = ComputeTaskMsg {
+            task: t.id,
+            key: t.key.to_string(),
+            kind: t
+                .kind
+                .as_deref()
+                .cloned()
+                .expect("computed tasks have a kind"),
+            deps,
+            resources: c.resources_msg.clone(),
+            priority: t.priority,
+        };
+        let worker = self.workers[w as usize].as_mut().expect("live worker");
+        worker.processing.insert(slot);
+        worker.occupancy_us += est;
+        worker.consume(&c.resources, 1.0);
+        worker.out_compute.push(msg);
+        let t = &mut self.tasks[slot as usize];
+        t.processing_on = w;
+        t.est_us = est.min(u32::MAX as u64) as u32;
+        t.waiting_on = 0;
+        Self::mark_worker_dirty(&mut self.workers, &mut self.dirty_workers, w);
+        self.reindex_worker(w);
+    }
+
+    /// Undo [`add_to_processing`](Self::add_to_processing); `free` tells the worker to drop it.
+    pub(crate) fn remove_from_processing(&mut self, slot: u32, free: bool) {
+        let t = &mut self.tasks[slot as usize];
+        let w = t.processing_on;
+        t.processing_on = NONE;
+        let (est, c, id) = (t.est_us as u64, t.constraint as usize, t.id);
+        if let Some(s) = self.steals.remove(&slot)
+            && let Some(thief) = self.workers[s.thief as usize].as_mut()
+        {
+            thief.steals_incoming -= 1;
+        }
+        let Some(worker) = self.workers[w as usize].as_mut() else {
+            return;
+        };
+        worker.processing.remove(&slot);
+        worker.occupancy_us -= est;
+        let need = &self.constraints[c].resources;
+        if !need.is_empty() {
+            worker.consume(need, -1.0);
+            self.res_freed.push(w);
+        }
+        if free {
+            self.send_free(w, id);
+        }
+        self.reindex_worker(w);
+    }
+
+    /// Move a stolen task to the thief (or anywhere, if the thief cannot take it now).
+    pub(crate) fn move_stolen(&mut self, slot: u32, thief: u32) {
+        self.remove_from_processing(slot, false);
+        if self.can_run_now(slot, thief) {
+            self.set_state(slot, TaskState::Processing);
+            self.add_to_processing(slot, thief);
+        } else {
+            self.set_state(slot, TaskState::Waiting);
+            self.rec(slot, TaskState::Processing);
+        }
+    }
+
+    /// `w` is alive, allowed by the task's restrictions and has its resources free now.
+    pub(crate) fn can_run_now(&self, slot: u32, w: u32) -> bool {
+        let Some(worker) = self.workers[w as usize].as_ref() else {
+            return false;
+        };
+        let c = &self.constraints[self.tasks[slot as usize].constraint as usize];
+        worker.alive && worker.matches(&c.workers) && worker.fits(&c.resources)
+    }
+
+    /// Pick a worker for a ready task, or `None` when no worker can run it now.
+    pub(crate) fn decide_worker(&mut self, slot: u32) -> Option<u32> {
+        if self.worker_by_id.is_empty() {
+            return None;
+        }
+        // Bytes of the inputs each holder has.
+        let mut touched = std::mem::take(&mut self.scratch_touched);
+        touched.clear();
+        let mut total = 0u64;
+        let t = &self.tasks[slot as usize];
+        for &d in t.deps.iter() {
+            let dt = &self.tasks[d as usize];
+            total += dt.nbytes;
+            for &h in &dt.who_has {
+                let h = h as usize;
+                if !self.scratch_seen[h] {
+                    self.scratch_seen[h] = true;
+                    touched.push(h as u32);
+                }
+                self.scratch_bytes[h] += dt.nbytes;
+            }
+        }
+        let c = &self.constraints[t.constraint as usize];
+        let mut best: Option<((u64, u64, u32), u32)> = None;
+        let consider = |w: u32, best: &mut Option<((u64, u64, u32), u32)>| {
+            let Some(worker) = self.workers[w as usize].as_ref() else {
+                return;
+            };
+            if !worker.alive {
+                return;
+            }
+            let local = self.scratch_bytes[w as usize];
+            let comm = total.saturating_sub(local) / BANDWIDTH_BYTES_PER_US;
+            let (occ, load, _) = worker.occ_key;
+            let score = (occ + comm, load, w);
+            if best.is_none_or(|(b, _)| score < b) {
+                *best = Some((score, w));
+            }
+        };
+        if t.constraint == 0 {
+            for &w in &touched {
+                consider(w, &mut best);
+            }
+            if let Some(&(_, _, w)) = self.by_occupancy.first() {
+                consider(w, &mut best);
+            }
+        } else if !c.workers.is_empty() {
+            for name in &c.workers {
+                let w = self
+                    .worker_by_name
+                    .get(name.as_str())
+                    .or_else(|| self.worker_by_addr.get(name.as_str()));
+                if let Some(&w) = w
+                    && self.workers[w as usize]
+                        .as_ref()
+                        .is_some_and(|x| x.fits(&c.resources))
+                {
+                    consider(w, &mut best);
+                }
+            }
+        } else {
+            let offering = &self.res_workers[c.resources[0].0 as usize];
+            if offering.len() <= SCAN_LIMIT {
+                for &w in offering {
+                    if self.workers[w as usize]
+                        .as_ref()
+                        .is_some_and(|x| x.fits(&c.resources))
+                    {
+                        consider(w, &mut best);
+                    }
+                }
+            } else {
+                for &w in &touched {
+                    if self.workers[w as usize]
+                        .as_ref()
+                        .is_some_and(|x| x.fits(&c.resources))
+                    {
+                        consider(w, &mut best);
+                    }
+                }
+                let first = self.by_occupancy.iter().find(|&&(_, _, w)| {
+                    self.workers[w as usize]
+                        .as_ref()
+                        .is_some_and(|x| x.fits(&c.resources))
+                });
+                if let Some(&(_, _, w)) = first {
+                    consider(w, &mut best);
+                }
+            }
+        }
+        for &w in &touched {
+            self.scratch_seen[w as usize] = false;
+            self.scratch_bytes[w as usize] = 0;
+        }
+        self.scratch_touched = touched;
+        best.map(|(_, w)| w)
+    }
+
+    /// Give queued root tasks to workers with free slots, highest priority first.
+    pub(crate) fn drain_queue(&mut self) -> bool {
+        let mut moved = false;
+        while let (Some(&q), Some(&(_, _, w))) = (self.queued.first(), self.free_slots.first()) {
+            self.queued.pop_first();
+            let slot = q.2;
+            self.set_state(slot, TaskState::Processing);
+            self.add_to_processing(slot, w);
+            moved = true;
+        }
+        moved
+    }
+
+    /// Retry `no-worker` tasks: all groups when a worker joined (`only == None`), or the
+    /// groups needing resources on the one worker that just freed some.
+    pub(crate) fn retry_no_worker(&mut self, only: Option<u32>) -> bool {
+        let mut moved = false;
+        let queuing = self.config.worker_saturation.is_finite();
+        for c in 0..self.constraints.len() {
+            if self.constraints[c].no_worker.is_empty() {
+                continue;
+            }
+            if only.is_some() && self.constraints[c].resources.is_empty() {
+                continue;
+            }
+            while let Some(&q) = self.constraints[c].no_worker.first() {
+                let slot = q.2;
+                if queuing && self.tasks[slot as usize].rootish() {
+                    self.constraints[c].no_worker.pop_first();
+                    self.queued.insert(q);
+                    self.set_state(slot, TaskState::Queued);
+                    moved = true;
+                    continue;
+                }
+                let target = match only {
+                    Some(w) => self.can_run_now(slot, w).then_some(w),
+                    None => self.decide_worker(slot),
+                };
+                let Some(w) = target else { break };
+                self.constraints[c].no_worker.pop_first();
+                self.set_state(slot, TaskState::Processing);
+                self.add_to_processing(slot, w);
+                moved = true;
+            }
+        }
+        moved
+    }
+}
