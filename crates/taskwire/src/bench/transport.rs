@@ -158,7 +158,7 @@ impl Budget {
     fn more(self, done: u64, start: Instant) -> bool {
         match self {
             Budget::Iters(n) => done < n,
-            Budget::Time(d) => done % 256 != 0 || done == 0 || start.elapsed() < d,
+            Budget::Time(d) => !done.is_multiple_of(256) || done == 0 || start.elapsed() < d,
         }
     }
 

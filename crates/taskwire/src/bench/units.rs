@@ -37,7 +37,7 @@ pub(crate) fn parse_size(input: &str) -> Result<usize, String> {
 /// `65536` → `64 KiB`; sizes that are not a whole number of a binary unit stay in bytes.
 pub(crate) fn format_size(bytes: usize) -> String {
     for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{} {unit}", bytes >> shift);
         }
     }
