@@ -10,7 +10,9 @@ use taskwire::{Functions, Worker, decode_i64, encode_i64};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let scheduler = std::env::args().nth(1).unwrap_or_else(|| "tcp://127.0.0.1:8786".into());
+    let scheduler = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "tcp://127.0.0.1:8786".into());
 
     let mut functions = Functions::stock();
     functions.register("square", |_ctx, args, inputs| {
@@ -18,7 +20,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(encode_i64(x * x))
     });
 
-    let worker = Worker::builder(scheduler.parse()?).functions(functions).start().await?;
+    let worker = Worker::builder(scheduler.parse()?)
+        .functions(functions)
+        .start()
+        .await?;
     println!("Start worker at: {}", worker.address());
     println!("Registered to: {}", worker.scheduler());
     worker.finished().await;

@@ -41,7 +41,9 @@ fn spawn(args: &[&str], wanted: &[&str]) -> (Proc, Vec<String>) {
     let mut found = Vec::new();
     for w in wanted {
         loop {
-            let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("no '{w}' line from taskwire {args:?}"));
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no '{w}' line from taskwire {args:?}"));
             if let Some(rest) = line.strip_prefix(w) {
                 found.push(rest.trim().to_string());
                 break;
@@ -57,7 +59,10 @@ struct Cluster {
 }
 
 fn cluster() -> Cluster {
-    let (sched, lines) = spawn(&["scheduler", "--host", "127.0.0.1", "--port", "0"], &["Scheduler at:"]);
+    let (sched, lines) = spawn(
+        &["scheduler", "--host", "127.0.0.1", "--port", "0"],
+        &["Scheduler at:"],
+    );
     let address = lines[0].clone();
     assert!(address.starts_with("tcp://127.0.0.1:"), "{address}");
     let mut procs = vec![sched];
@@ -70,26 +75,35 @@ fn cluster() -> Cluster {
         assert_eq!(lines[1], address);
         procs.push(w);
     }
-    Cluster { address, _procs: procs }
+    Cluster {
+        address,
+        _procs: procs,
+    }
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
 fn graphs_commands_errors_and_cancellation_across_two_worker_processes() {
     let cluster = cluster();
     rt().block_on(async {
-        let client = tokio::time::timeout(Duration::from_secs(30), Client::connect(&cluster.address))
-            .await
-            .expect("connect in time")
-            .expect("connect");
+        let client =
+            tokio::time::timeout(Duration::from_secs(30), Client::connect(&cluster.address))
+                .await
+                .expect("connect in time")
+                .expect("connect");
         let workers = client.workers().await.unwrap();
         assert_eq!(workers.len(), 2, "{workers:?}");
 
         // Fan-out: 200 independent inc tasks.
-        let tasks: Vec<Task> = (0..200).map(|i| Task::function(format!("inc-{i}"), "inc").arg_i64(i)).collect();
+        let tasks: Vec<Task> = (0..200)
+            .map(|i| Task::function(format!("inc-{i}"), "inc").arg_i64(i))
+            .collect();
         let incs = client.submit_graph(tasks).await.unwrap();
         let values = client.gather(&incs).await.unwrap();
         for (i, v) in values.iter().enumerate() {
@@ -121,28 +135,64 @@ fn graphs_commands_errors_and_cancellation_across_two_worker_processes() {
         assert_eq!(root.result_i64().await.unwrap(), (1..=200).sum::<i64>());
 
         // Large data made on one worker and consumed where the scheduler puts it.
-        let big = client.submit(Task::function("bytes-1", "make-bytes").arg_u64(8 << 20)).await.unwrap();
-        let sum = client.submit(Task::function("checksum-1", "checksum").dep(&big)).await.unwrap();
+        let big = client
+            .submit(Task::function("bytes-1", "make-bytes").arg_u64(8 << 20))
+            .await
+            .unwrap();
+        let sum = client
+            .submit(Task::function("checksum-1", "checksum").dep(&big))
+            .await
+            .unwrap();
         let got = sum.result().await.unwrap();
         let want = taskwire_worker::fnv1a64(&taskwire_worker::pattern_bytes(8 << 20).unwrap());
         assert_eq!(u64::from_le_bytes(got[..8].try_into().unwrap()), want);
 
         // An erroring task: readable error, dependents fail naming it, the cluster carries on.
-        let bad = client.submit(Task::function("bad-1", "fail").args(b"disk on fire".to_vec())).await.unwrap();
-        let after = client.submit(Task::function("after-bad", "inc").dep(&bad)).await.unwrap();
+        let bad = client
+            .submit(Task::function("bad-1", "fail").args(b"disk on fire".to_vec()))
+            .await
+            .unwrap();
+        let after = client
+            .submit(Task::function("after-bad", "inc").dep(&bad))
+            .await
+            .unwrap();
         let err = bad.result().await.unwrap_err();
         assert!(err.to_string().contains("disk on fire"), "{err}");
         let err = after.result().await.unwrap_err();
-        assert!(err.to_string().contains("bad-1"), "dependent error should name the failed ancestor: {err}");
-        let unknown = client.submit(Task::function("nope-1", "no-such-function")).await.unwrap();
-        assert!(unknown.result().await.unwrap_err().to_string().contains("unknown function"));
+        assert!(
+            err.to_string().contains("bad-1"),
+            "dependent error should name the failed ancestor: {err}"
+        );
+        let unknown = client
+            .submit(Task::function("nope-1", "no-such-function"))
+            .await
+            .unwrap();
+        assert!(
+            unknown
+                .result()
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("unknown function")
+        );
 
         // A cancelled task: a long sleep, cancelled while it runs or waits.
-        let slow = client.submit(Task::function("sleep-1", "sleep").arg_u64(60_000)).await.unwrap();
+        let slow = client
+            .submit(Task::function("sleep-1", "sleep").arg_u64(60_000))
+            .await
+            .unwrap();
         client.cancel(std::slice::from_ref(&slow)).await.unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(30), slow.done()).await.expect("cancel resolves");
-        assert!(matches!(status, Status::Cancelled | Status::Error(_)), "{status:?}");
-        assert!(matches!(slow.result().await, Err(ClientError::Cancelled(_)) | Err(ClientError::Task { .. })));
+        let status = tokio::time::timeout(Duration::from_secs(30), slow.done())
+            .await
+            .expect("cancel resolves");
+        assert!(
+            matches!(status, Status::Cancelled | Status::Error(_)),
+            "{status:?}"
+        );
+        assert!(matches!(
+            slow.result().await,
+            Err(ClientError::Cancelled(_)) | Err(ClientError::Task { .. })
+        ));
 
         // Bad input from a client: a cyclic graph is refused and nothing else is disturbed.
         let cyc = client
@@ -151,8 +201,14 @@ fn graphs_commands_errors_and_cancellation_across_two_worker_processes() {
                 Task::function("cyc-b", "inc").dep_key("cyc-a"),
             ])
             .await;
-        assert!(matches!(cyc, Err(ClientError::GraphRejected(ref r)) if r.contains("cycle")), "{cyc:?}");
-        let ok = client.submit(Task::function("inc-final", "inc").arg_i64(1)).await.unwrap();
+        assert!(
+            matches!(cyc, Err(ClientError::GraphRejected(ref r)) if r.contains("cycle")),
+            "{cyc:?}"
+        );
+        let ok = client
+            .submit(Task::function("inc-final", "inc").arg_i64(1))
+            .await
+            .unwrap();
         assert_eq!(ok.result_i64().await.unwrap(), 2);
         client.close().await;
     });
@@ -160,27 +216,60 @@ fn graphs_commands_errors_and_cancellation_across_two_worker_processes() {
     // A command array through the CLI, as a user without Rust runs work.
     let out = tempdir("submit-out");
     let status = Command::new(BIN)
-        .args(["submit", "--scheduler", &cluster.address, "--array", "1-20", "--wait", "--output"])
+        .args([
+            "submit",
+            "--scheduler",
+            &cluster.address,
+            "--array",
+            "1-20",
+            "--wait",
+            "--output",
+        ])
         .arg(&out)
         .args(["--", "sh", "-c", "echo task {i}; echo err {i} >&2"])
         .status()
         .unwrap();
     assert!(status.success());
-    let mut files: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     files.sort();
-    assert_eq!(files.iter().filter(|f| f.ends_with(".stdout")).count(), 20, "{files:?}");
+    assert_eq!(
+        files.iter().filter(|f| f.ends_with(".stdout")).count(),
+        20,
+        "{files:?}"
+    );
     for i in 1..=20 {
-        let f = files.iter().find(|f| f.ends_with(&format!("-{i}.stdout"))).unwrap();
-        assert_eq!(std::fs::read_to_string(out.join(f)).unwrap(), format!("task {i}\n"));
+        let f = files
+            .iter()
+            .find(|f| f.ends_with(&format!("-{i}.stdout")))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join(f)).unwrap(),
+            format!("task {i}\n")
+        );
     }
     // A failing command: nonzero exit of `taskwire submit`, with the exit status and stderr.
     let output = Command::new(BIN)
-        .args(["submit", "--scheduler", &cluster.address, "--wait", "--", "sh", "-c", "echo broken >&2; exit 3"])
+        .args([
+            "submit",
+            "--scheduler",
+            &cluster.address,
+            "--wait",
+            "--",
+            "sh",
+            "-c",
+            "echo broken >&2; exit 3",
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("broken") && stderr.contains('3'), "{stderr}");
+    assert!(
+        stderr.contains("broken") && stderr.contains('3'),
+        "{stderr}"
+    );
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {

@@ -10,6 +10,10 @@ use taskwire_protocol::{
     ComputeTaskMsg, DepMsg, TaskId, TaskKindMsg, ToWorker, access, decode, encode,
 };
 
+/// The `taskwire` binary's allocator, so allocation costs match what users get.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TASKS: u64 = 10_000;
 
 /// What the scheduler sends when it hands a worker 10,000 `inc` tasks, each needing one input

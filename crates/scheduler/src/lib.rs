@@ -90,7 +90,11 @@ impl SchedulerBuilder {
     /// Listen on this host (keeps the scheme and port).
     pub fn host(mut self, host: &str) -> Self {
         if let Address::Net { scheme, port, .. } = self.address {
-            self.address = Address::Net { scheme, host: host.to_string(), port };
+            self.address = Address::Net {
+                scheme,
+                host: host.to_string(),
+                port,
+            };
         }
         self
     }
@@ -115,24 +119,35 @@ impl SchedulerBuilder {
 
     /// Start listening and scheduling. Returns once the listener is bound.
     pub async fn start(self) -> Result<SchedulerHandle, SchedulerError> {
-        let registry = self
-            .registry
-            .unwrap_or_else(|| taskwire_transport_tcp::standard_registry(TransportConfig::default()));
+        let registry = self.registry.unwrap_or_else(|| {
+            taskwire_transport_tcp::standard_registry(TransportConfig::default())
+        });
         let listener = registry.listen(&self.address).await?;
         let address = taskwire_transport_tcp::contact_address(listener.local_addr());
         if let Some(path) = &self.scheduler_file {
             let body = serde_json::json!({ "type": "Scheduler", "address": address.to_string() });
-            std::fs::write(path, format!("{body:#}\n")).map_err(|e| SchedulerError::SchedulerFile {
-                path: path.clone(),
-                reason: e.to_string(),
+            std::fs::write(path, format!("{body:#}\n")).map_err(|e| {
+                SchedulerError::SchedulerFile {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }
             })?;
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(false);
         let core = core_thread::spawn(self.core);
-        let shared = Arc::new(server::Shared::new(core.inputs.clone(), address.to_string()));
-        tokio::spawn(server::accept_loop(listener, shared, stop_rx, core, done_tx));
-        Ok(SchedulerHandle { address, stop: stop_tx, done: done_rx })
+        let shared = Arc::new(server::Shared::new(
+            core.inputs.clone(),
+            address.to_string(),
+        ));
+        tokio::spawn(server::accept_loop(
+            listener, shared, stop_rx, core, done_tx,
+        ));
+        Ok(SchedulerHandle {
+            address,
+            stop: stop_tx,
+            done: done_rx,
+        })
     }
 }
 
@@ -168,4 +183,3 @@ impl Drop for SchedulerHandle {
         let _ = self.stop.send(true);
     }
 }
-

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use taskwire_protocol::{
-    ClientId, FromClient, FromWorker, Role, ToClient, WorkerId, Welcome, decode, encode,
-    read_hello,
+    ClientId, FromClient, FromWorker, Role, ToClient, Welcome, WorkerId, decode, encode, read_hello,
 };
 use taskwire_scheduler_core::Event;
 use taskwire_transport::{ConnReceiver, ConnSender, Connection, Listener, Message};
@@ -27,7 +26,12 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(inputs: Sender<Input>, name: String) -> Shared {
-        Shared { inputs, next_client: AtomicU64::new(1), next_worker: AtomicU64::new(1), name }
+        Shared {
+            inputs,
+            next_client: AtomicU64::new(1),
+            next_worker: AtomicU64::new(1),
+            name,
+        }
     }
 
     fn event(&self, event: Event) {
@@ -100,22 +104,33 @@ async fn serve(mut conn: Connection, shared: Arc<Shared>, stop: watch::Receiver<
         Ok(h) => h,
         Err(e) => {
             info!("refusing {peer_addr}: {e}");
-            let _ = conn.send(Message::new(Welcome::refuse(e.to_string()).encode())).await;
+            let _ = conn
+                .send(Message::new(Welcome::refuse(e.to_string()).encode()))
+                .await;
             return;
         }
     };
-    if conn.send(Message::new(Welcome::accept(shared.name.clone()).encode())).await.is_err() {
+    if conn
+        .send(Message::new(Welcome::accept(shared.name.clone()).encode()))
+        .await
+        .is_err()
+    {
         return;
     }
     let (sender, receiver) = conn.split();
     match hello.role {
         Role::Client => serve_client(sender, receiver, shared, stop, peer_addr).await,
         Role::Worker => serve_worker(sender, receiver, shared, stop, peer_addr).await,
-        other => info!("closing connection from {peer_addr}: role {other} does not talk to the scheduler"),
+        other => info!(
+            "closing connection from {peer_addr}: role {other} does not talk to the scheduler"
+        ),
     }
 }
 
-async fn next_message(receiver: &mut ConnReceiver, stop: &mut watch::Receiver<bool>) -> Option<Result<Message, String>> {
+async fn next_message(
+    receiver: &mut ConnReceiver,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Result<Message, String>> {
     tokio::select! {
         _ = stop.wait_for(|s| *s) => None,
         m = receiver.recv() => match m {
@@ -135,7 +150,9 @@ async fn serve_client(
 ) {
     let client = ClientId(shared.next_client.fetch_add(1, Ordering::Relaxed));
     let out = spawn_writer(sender);
-    let _ = shared.inputs.send(Input::Attach(Peer::Client(client), out.clone()));
+    let _ = shared
+        .inputs
+        .send(Input::Attach(Peer::Client(client), out.clone()));
     shared.event(Event::ClientConnected { client });
     debug!("client {client} connected from {peer_addr}");
     while let Some(msg) = next_message(&mut receiver, &mut stop).await {
@@ -147,20 +164,36 @@ async fn serve_client(
             }
         };
         let event = match decode::<FromClient>(&msg.header) {
-            Ok(FromClient::UpdateGraph { submit_id, tasks, wanted }) => {
-                Event::UpdateGraph { client, submit_id, tasks, wanted }
-            }
+            Ok(FromClient::UpdateGraph {
+                submit_id,
+                tasks,
+                wanted,
+            }) => Event::UpdateGraph {
+                client,
+                submit_id,
+                tasks,
+                wanted,
+            },
             Ok(FromClient::ReleaseKeys(keys)) => Event::ReleaseKeys { client, keys },
             Ok(FromClient::CancelKeys(keys)) => Event::CancelKeys { client, keys },
-            Ok(FromClient::Scatter { submit_id, keys, worker }) => {
-                Event::Scatter { client, submit_id, keys, worker }
-            }
+            Ok(FromClient::Scatter {
+                submit_id,
+                keys,
+                worker,
+            }) => Event::Scatter {
+                client,
+                submit_id,
+                keys,
+                worker,
+            },
             Ok(FromClient::GetWorkers) => Event::GetWorkers { client },
             Ok(FromClient::Heartbeat) => continue,
             Ok(FromClient::Close) => break,
             Err(e) => {
                 warn!("client {client} ({peer_addr}) sent a malformed message: {e}");
-                let _ = out.send(Message::new(encode(&ToClient::Error(format!("malformed message: {e}")))));
+                let _ = out.send(Message::new(encode(&ToClient::Error(format!(
+                    "malformed message: {e}"
+                )))));
                 continue;
             }
         };
@@ -195,7 +228,10 @@ async fn serve_worker(
     let name = info.name.clone();
     let out = spawn_writer(sender);
     let _ = shared.inputs.send(Input::Attach(Peer::Worker(worker), out));
-    info!("register worker {name} at {} ({} threads)", info.address, info.nthreads);
+    info!(
+        "register worker {name} at {} ({} threads)",
+        info.address, info.nthreads
+    );
     shared.event(Event::WorkerJoined { worker, info });
     let mut reason = String::from("connection closed");
     while let Some(msg) = next_message(&mut receiver, &mut stop).await {
@@ -209,10 +245,18 @@ async fn serve_worker(
         let event = match decode::<FromWorker>(&msg.header) {
             Ok(FromWorker::TasksFinished(tasks)) => Event::TasksFinished { worker, tasks },
             Ok(FromWorker::TasksErred(errors)) => Event::TasksErred { worker, errors },
-            Ok(FromWorker::MissingData { task, missing }) => Event::MissingData { worker, task, missing },
+            Ok(FromWorker::MissingData { task, missing }) => Event::MissingData {
+                worker,
+                task,
+                missing,
+            },
             Ok(FromWorker::DataAdded(tasks)) => Event::DataAdded { worker, tasks },
             Ok(FromWorker::Released(tasks)) => Event::Released { worker, tasks },
-            Ok(FromWorker::Heartbeat { memory, executing }) => Event::Heartbeat { worker, memory, executing },
+            Ok(FromWorker::Heartbeat { memory, executing }) => Event::Heartbeat {
+                worker,
+                memory,
+                executing,
+            },
             Ok(FromWorker::Register(_)) => {
                 warn!("worker {name} registered twice; ignoring the second registration");
                 continue;

@@ -146,9 +146,11 @@ impl Transport for TcpTransport {
 /// `::`) becomes this host's address ([`host_ip`]); anything else is kept.
 pub fn contact_address(local: &Address) -> Address {
     match local {
-        Address::Net { scheme, host, port } if host == "0.0.0.0" || host == "::" => {
-            Address::Net { scheme: *scheme, host: host_ip(), port: *port }
-        }
+        Address::Net { scheme, host, port } if host == "0.0.0.0" || host == "::" => Address::Net {
+            scheme: *scheme,
+            host: host_ip(),
+            port: *port,
+        },
         other => other.clone(),
     }
 }
@@ -174,5 +176,8 @@ pub fn host_ip() -> String {
 
 /// True for `localhost` and loopback IPs.
 pub fn is_loopback_host(host: &str) -> bool {
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

@@ -9,6 +9,10 @@ use std::hint::black_box;
 use taskwire_transport::codec::{Decoder, encode_into, put_prelude, wire_len};
 use taskwire_transport::{Message, TransportConfig};
 
+/// The `taskwire` binary's allocator, so allocation costs match what users get.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Small messages are measured in batches, the way a busy connection sees them.
 const SMALL_BATCH: usize = 1000;
 

@@ -153,10 +153,10 @@ fn io_error_text(e: &io::Error) -> String {
 fn stderr_tail(stderr: &[u8]) -> String {
     let mut start = stderr.len().saturating_sub(STDERR_TAIL);
     if start > 0 {
-        if let Some(nl) = stderr[start..].iter().position(|&b| b == b'\n') {
-            if start + nl + 1 < stderr.len() {
-                start += nl + 1;
-            }
+        if let Some(nl) = stderr[start..].iter().position(|&b| b == b'\n')
+            && start + nl + 1 < stderr.len()
+        {
+            start += nl + 1;
         }
         // Never start inside a UTF-8 sequence.
         while start < stderr.len() && (stderr[start] & 0b1100_0000) == 0b1000_0000 {

@@ -52,16 +52,27 @@ async fn serve_peer(
     match hello {
         Ok(h) if h.role == Role::Peer => {}
         Ok(h) => {
-            let reason = format!("this is a worker's data port; role {} is not served here", h.role);
-            let _ = conn.send(Message::new(Welcome::refuse(reason).encode())).await;
+            let reason = format!(
+                "this is a worker's data port; role {} is not served here",
+                h.role
+            );
+            let _ = conn
+                .send(Message::new(Welcome::refuse(reason).encode()))
+                .await;
             return;
         }
         Err(e) => {
-            let _ = conn.send(Message::new(Welcome::refuse(e.to_string()).encode())).await;
+            let _ = conn
+                .send(Message::new(Welcome::refuse(e.to_string()).encode()))
+                .await;
             return;
         }
     }
-    if conn.send(Message::new(Welcome::accept(name).encode())).await.is_err() {
+    if conn
+        .send(Message::new(Welcome::accept(name).encode()))
+        .await
+        .is_err()
+    {
         return;
     }
     loop {
@@ -89,11 +100,21 @@ async fn serve_peer(
                         (*t, hit)
                     })
                     .collect();
-                Message::with_frames(encode(&FromPeer::Data { request, tasks: found }), frames)
+                Message::with_frames(
+                    encode(&FromPeer::Data {
+                        request,
+                        tasks: found,
+                    }),
+                    frames,
+                )
             }
             Ok(ToPeer::PutData { request, tasks }) => {
                 if tasks.len() != msg.frames.len() {
-                    let message = format!("PutData names {} tasks but carries {} frames", tasks.len(), msg.frames.len());
+                    let message = format!(
+                        "PutData names {} tasks but carries {} frames",
+                        tasks.len(),
+                        msg.frames.len()
+                    );
                     Message::new(encode(&FromPeer::Error { request, message }))
                 } else {
                     let mut report = Vec::with_capacity(tasks.len());
@@ -105,7 +126,10 @@ async fn serve_peer(
                     Message::new(encode(&FromPeer::PutDone { request }))
                 }
             }
-            Err(e) => Message::new(encode(&FromPeer::Error { request: 0, message: format!("malformed request: {e}") })),
+            Err(e) => Message::new(encode(&FromPeer::Error {
+                request: 0,
+                message: format!("malformed request: {e}"),
+            })),
         };
         if conn.send(reply).await.is_err() {
             return;
@@ -131,7 +155,12 @@ pub(crate) struct PeerPool {
 
 impl PeerPool {
     pub(crate) fn new(registry: Registry, name: String) -> PeerPool {
-        PeerPool { registry, name, conns: Default::default(), next_request: Arc::new(AtomicU64::new(1)) }
+        PeerPool {
+            registry,
+            name,
+            conns: Default::default(),
+            next_request: Arc::new(AtomicU64::new(1)),
+        }
     }
 
     async fn conn(&self, addr: &str) -> Result<Arc<PeerConn>, String> {
@@ -142,8 +171,16 @@ impl PeerPool {
             return Ok(c.clone());
         }
         let address: Address = addr.parse().map_err(|e| format!("{e}"))?;
-        let mut conn = self.registry.connect(&address).await.map_err(|e| e.to_string())?;
-        conn.send(Message::new(Hello::new(Role::Peer, self.name.clone()).encode())).await.map_err(|e| e.to_string())?;
+        let mut conn = self
+            .registry
+            .connect(&address)
+            .await
+            .map_err(|e| e.to_string())?;
+        conn.send(Message::new(
+            Hello::new(Role::Peer, self.name.clone()).encode(),
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
         let welcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.recv_msg())
             .await
             .map_err(|_| format!("no handshake answer from {addr}"))?
@@ -157,7 +194,11 @@ impl PeerPool {
                 match receiver.recv().await {
                     Ok(Some(msg)) => {
                         let request = match decode::<FromPeer>(&msg.header) {
-                            Ok(FromPeer::Data { request, .. } | FromPeer::PutDone { request } | FromPeer::Error { request, .. }) => request,
+                            Ok(
+                                FromPeer::Data { request, .. }
+                                | FromPeer::PutDone { request }
+                                | FromPeer::Error { request, .. },
+                            ) => request,
                             Err(e) => break format!("malformed answer: {e}"),
                         };
                         if let Some(tx) = reader_pending.lock().expect("pending").remove(&request) {
@@ -179,7 +220,11 @@ impl PeerPool {
 
     /// Fetch `tasks` from the worker at `addr`: one entry per task, `None` where it did not
     /// have it.
-    pub(crate) async fn get(&self, addr: &str, tasks: Vec<TaskId>) -> Result<Vec<(TaskId, Option<Bytes>)>, String> {
+    pub(crate) async fn get(
+        &self,
+        addr: &str,
+        tasks: Vec<TaskId>,
+    ) -> Result<Vec<(TaskId, Option<Bytes>)>, String> {
         let conn = self.conn(addr).await?;
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -195,7 +240,11 @@ impl PeerPool {
                 let mut frames = msg.frames.into_iter();
                 let mut out = Vec::with_capacity(tasks.len());
                 for (task, found) in tasks {
-                    let value = if found { Some(frames.next().ok_or("fewer frames than found tasks")?) } else { None };
+                    let value = if found {
+                        Some(frames.next().ok_or("fewer frames than found tasks")?)
+                    } else {
+                        None
+                    };
                     out.push((task, value));
                 }
                 Ok(out)

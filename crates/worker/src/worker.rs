@@ -73,7 +73,10 @@ pub struct WorkerBuilder {
 
 impl std::fmt::Debug for WorkerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerBuilder").field("scheduler", &self.scheduler).field("name", &self.name).finish()
+        f.debug_struct("WorkerBuilder")
+            .field("scheduler", &self.scheduler)
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -129,10 +132,12 @@ impl WorkerBuilder {
 
     /// Listen, connect, register; returns once the scheduler has accepted the worker.
     pub async fn start(self) -> Result<WorkerHandle, WorkerError> {
-        let transports = self
-            .transports
-            .unwrap_or_else(|| taskwire_transport_tcp::standard_registry(TransportConfig::default()));
-        let listen = self.listen.unwrap_or_else(|| default_listen(&self.scheduler));
+        let transports = self.transports.unwrap_or_else(|| {
+            taskwire_transport_tcp::standard_registry(TransportConfig::default())
+        });
+        let listen = self
+            .listen
+            .unwrap_or_else(|| default_listen(&self.scheduler));
         let listener = transports.listen(&listen).await?;
         let address = taskwire_transport_tcp::contact_address(listener.local_addr());
         let name = self.name.unwrap_or_else(|| address.to_string());
@@ -142,11 +147,18 @@ impl WorkerBuilder {
             Some(d) => d,
             None => std::env::temp_dir().join(format!("taskwire-worker-{}", sanitize(&name))),
         };
-        std::fs::create_dir_all(&local_dir)
-            .map_err(|e| WorkerError::Setup(format!("cannot create local directory {}: {e}", local_dir.display())))?;
+        std::fs::create_dir_all(&local_dir).map_err(|e| {
+            WorkerError::Setup(format!(
+                "cannot create local directory {}: {e}",
+                local_dir.display()
+            ))
+        })?;
 
         let mut conn = transports.connect(&self.scheduler).await?;
-        conn.send(Message::new(Hello::new(Role::Worker, name.clone()).encode())).await?;
+        conn.send(Message::new(
+            Hello::new(Role::Worker, name.clone()).encode(),
+        ))
+        .await?;
         let welcome = conn.recv_msg().await?;
         read_welcome(&welcome.header).map_err(|e| WorkerError::Refused(e.to_string()))?;
         let register = RegisterWorkerMsg {
@@ -154,14 +166,26 @@ impl WorkerBuilder {
             address: address.to_string(),
             nthreads: nthreads as u32,
             memory_limit,
-            resources: self.resources.iter().map(|(n, a)| ResourceMsg { name: n.clone(), amount: *a }).collect(),
+            resources: self
+                .resources
+                .iter()
+                .map(|(n, a)| ResourceMsg {
+                    name: n.clone(),
+                    amount: *a,
+                })
+                .collect(),
             pid: std::process::id(),
         };
-        conn.send(Message::new(encode(&FromWorker::Register(register)))).await?;
+        conn.send(Message::new(encode(&FromWorker::Register(register))))
+            .await?;
         let (id, heartbeat_ms) = match decode::<ToWorker>(&conn.recv_msg().await?.header) {
             Ok(ToWorker::Registered { id, heartbeat_ms }) => (id, heartbeat_ms),
             Ok(ToWorker::Refused(reason)) => return Err(WorkerError::Refused(reason)),
-            Ok(other) => return Err(WorkerError::Protocol(format!("expected Registered, got {other:?}"))),
+            Ok(other) => {
+                return Err(WorkerError::Protocol(format!(
+                    "expected Registered, got {other:?}"
+                )));
+            }
             Err(e) => return Err(WorkerError::Protocol(e.to_string())),
         };
         let (sender, receiver) = conn.split();
@@ -170,9 +194,21 @@ impl WorkerBuilder {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(false);
         let (added_tx, added_rx) = mpsc::unbounded_channel();
-        tokio::spawn(peer::serve(listener, store.clone(), name.clone(), added_tx, stop_rx.clone()));
+        tokio::spawn(peer::serve(
+            listener,
+            store.clone(),
+            name.clone(),
+            added_tx,
+            stop_rx.clone(),
+        ));
         let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
-        let executor = Executor::start(nthreads, self.functions, name.clone(), local_dir, outcome_tx);
+        let executor = Executor::start(
+            nthreads,
+            self.functions,
+            name.clone(),
+            local_dir,
+            outcome_tx,
+        );
         let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
         let state = State {
             id,
@@ -191,12 +227,27 @@ impl WorkerBuilder {
         let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
             let reason = state
-                .run(receiver, outcome_rx, fetch_rx, added_rx, Duration::from_millis(heartbeat_ms.max(10)), stop_rx)
+                .run(
+                    receiver,
+                    outcome_rx,
+                    fetch_rx,
+                    added_rx,
+                    Duration::from_millis(heartbeat_ms.max(10)),
+                    stop_rx,
+                )
                 .await;
             info!("worker stopped: {reason}");
             let _ = done_tx.send(true);
         });
-        Ok(WorkerHandle { id, name, address, scheduler, nthreads, stop: stop_tx, done: done_rx })
+        Ok(WorkerHandle {
+            id,
+            name,
+            address,
+            scheduler,
+            nthreads,
+            stop: stop_tx,
+            done: done_rx,
+        })
     }
 }
 
@@ -255,19 +306,37 @@ fn default_listen(scheduler: &Address) -> Address {
     match scheduler {
         Address::Inproc(_) => Address::inproc(""),
         Address::Net { scheme, host, .. } if taskwire_transport_tcp::is_loopback_host(host) => {
-            Address::Net { scheme: *scheme, host: "127.0.0.1".into(), port: 0 }
+            Address::Net {
+                scheme: *scheme,
+                host: "127.0.0.1".into(),
+                port: 0,
+            }
         }
-        Address::Net { scheme, .. } => Address::Net { scheme: *scheme, host: "0.0.0.0".into(), port: 0 },
+        Address::Net { scheme, .. } => Address::Net {
+            scheme: *scheme,
+            host: "0.0.0.0".into(),
+            port: 0,
+        },
     }
 }
 
 fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// CPUs this process may use.
 pub fn available_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Total machine memory in bytes (from /proc/meminfo), 0 when unknown.
@@ -403,10 +472,15 @@ impl State {
                         false
                     })
                     .collect();
-                let _ = self.sender.try_send(Message::new(encode(&FromWorker::Released(released))));
+                let _ = self
+                    .sender
+                    .try_send(Message::new(encode(&FromWorker::Released(released))));
             }
             ToWorker::Registered { .. } | ToWorker::Refused(_) => {
-                debug!("worker {}: ignoring a repeated registration answer", self.id);
+                debug!(
+                    "worker {}: ignoring a repeated registration answer",
+                    self.id
+                );
             }
             ToWorker::Close => {}
         }
@@ -420,10 +494,16 @@ impl State {
                 continue;
             }
             if dep.holders.is_empty() {
-                self.erred.push((msg.task, TaskErrorMsg {
-                    kind: ErrorKindMsg::MissingInput,
-                    message: format!("input {} of '{}' is not on this worker and no holder was named", dep.task, msg.key),
-                }));
+                self.erred.push((
+                    msg.task,
+                    TaskErrorMsg {
+                        kind: ErrorKindMsg::MissingInput,
+                        message: format!(
+                            "input {} of '{}' is not on this worker and no holder was named",
+                            dep.task, msg.key
+                        ),
+                    },
+                ));
                 return None;
             }
             missing += 1;
@@ -432,7 +512,13 @@ impl State {
                 None => {
                     let mut holders = dep.holders.clone();
                     let first = holders.remove(0);
-                    self.fetching.insert(dep.task, Fetch { holders, waiters: vec![msg.task] });
+                    self.fetching.insert(
+                        dep.task,
+                        Fetch {
+                            holders,
+                            waiters: vec![msg.task],
+                        },
+                    );
                     self.start_fetch(first, vec![dep.task]);
                 }
             }
@@ -466,7 +552,12 @@ impl State {
             inputs.push(value);
         }
         self.running.insert(msg.task);
-        Job { task: msg.task, key: msg.key, kind: msg.kind, inputs }
+        Job {
+            task: msg.task,
+            key: msg.key,
+            kind: msg.kind,
+            inputs,
+        }
     }
 
     fn start_fetch(&self, from: String, tasks: Vec<TaskId>) {
@@ -474,7 +565,11 @@ impl State {
         let tx = self.fetch_tx.clone();
         tokio::spawn(async move {
             let result = peers.get(&from, tasks.clone()).await;
-            let _ = tx.send(Fetched { from, asked: tasks, result });
+            let _ = tx.send(Fetched {
+                from,
+                asked: tasks,
+                result,
+            });
         });
     }
 
@@ -490,7 +585,9 @@ impl State {
         for (dep, value) in values {
             match value {
                 Some(bytes) => {
-                    let Some(fetch) = self.fetching.remove(&dep) else { continue };
+                    let Some(fetch) = self.fetching.remove(&dep) else {
+                        continue;
+                    };
                     self.fetched.insert(dep, (bytes, fetch.waiters.len()));
                     for waiter in fetch.waiters {
                         if let Some(w) = self.waiting.get_mut(&waiter) {
@@ -517,7 +614,9 @@ impl State {
 
     /// Forget a task that waits for inputs, releasing the inputs it already holds.
     fn drop_waiting(&mut self, task: TaskId) -> bool {
-        let Some(w) = self.waiting.remove(&task) else { return false };
+        let Some(w) = self.waiting.remove(&task) else {
+            return false;
+        };
         for d in &w.msg.deps {
             self.release_fetched(d.task);
         }
@@ -542,7 +641,9 @@ impl State {
     }
 
     fn retry_or_give_up_one(&mut self, dep: TaskId, reason: &str) {
-        let Some(fetch) = self.fetching.get_mut(&dep) else { return };
+        let Some(fetch) = self.fetching.get_mut(&dep) else {
+            return;
+        };
         if !fetch.holders.is_empty() {
             let next = fetch.holders.remove(0);
             self.start_fetch(next, vec![dep]);
@@ -557,7 +658,10 @@ impl State {
                         self.release_fetched(d.task);
                     }
                 }
-                let msg = FromWorker::MissingData { task: waiter, missing: vec![dep] };
+                let msg = FromWorker::MissingData {
+                    task: waiter,
+                    missing: vec![dep],
+                };
                 let _ = self.sender.try_send(Message::new(encode(&msg)));
             }
         }
@@ -585,11 +689,15 @@ impl State {
     async fn flush(&mut self) -> Result<(), TransportError> {
         if !self.finished.is_empty() {
             let batch = std::mem::take(&mut self.finished);
-            self.sender.send(Message::new(encode(&FromWorker::TasksFinished(batch)))).await?;
+            self.sender
+                .send(Message::new(encode(&FromWorker::TasksFinished(batch))))
+                .await?;
         }
         if !self.erred.is_empty() {
             let batch = std::mem::take(&mut self.erred);
-            self.sender.send(Message::new(encode(&FromWorker::TasksErred(batch)))).await?;
+            self.sender
+                .send(Message::new(encode(&FromWorker::TasksErred(batch))))
+                .await?;
         }
         Ok(())
     }

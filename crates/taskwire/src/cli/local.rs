@@ -30,7 +30,11 @@ pub(crate) struct LocalArgs {
 pub(crate) fn run(args: LocalArgs) -> Result<(), String> {
     super::runtime()?.block_on(async {
         let t0 = Instant::now();
-        let transport = if args.inproc { LocalTransport::Inproc } else { LocalTransport::Tcp };
+        let transport = if args.inproc {
+            LocalTransport::Inproc
+        } else {
+            LocalTransport::Tcp
+        };
         let cluster = LocalCluster::builder()
             .workers(args.workers)
             .threads_per_worker(args.threads)
@@ -40,7 +44,12 @@ pub(crate) fn run(args: LocalArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         println!("Scheduler at: {}", cluster.scheduler_address());
         for w in cluster.workers() {
-            println!("Worker {} at: {} ({} threads)", w.name(), w.address(), w.nthreads());
+            println!(
+                "Worker {} at: {} ({} threads)",
+                w.name(),
+                w.address(),
+                w.nthreads()
+            );
         }
         println!("cluster up in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
         let client = cluster.client().await.map_err(|e| e.to_string())?;
@@ -89,7 +98,10 @@ async fn sample(client: &taskwire::Client, args: &LocalArgs) -> Result<(), Strin
     let ntasks = tasks.len();
     let root = level[0].clone();
     let futures = client.submit_graph(tasks).await.map_err(e)?;
-    let root_future = futures.into_iter().find(|f| f.key() == root).expect("root future");
+    let root_future = futures
+        .into_iter()
+        .find(|f| f.key() == root)
+        .expect("root future");
     let total = root_future.result_i64().await.map_err(e)?;
     let expected: i64 = (1..=leaves as i64).sum();
     println!(
@@ -103,21 +115,38 @@ async fn sample(client: &taskwire::Client, args: &LocalArgs) -> Result<(), Strin
     // 2. Command tasks, as `taskwire submit` runs them.
     let t = Instant::now();
     let cmds: Vec<Task> = (0..4)
-        .map(|i| Task::command(format!("echo-{i}"), vec!["echo".into(), format!("hello from command {i}")]))
+        .map(|i| {
+            Task::command(
+                format!("echo-{i}"),
+                vec!["echo".into(), format!("hello from command {i}")],
+            )
+        })
         .collect();
     let futures = client.submit_graph(cmds).await.map_err(e)?;
     for f in &futures {
         let out = f.command_output().await.map_err(e)?;
-        print!("command {}: exit {} stdout: {}", f.key(), out.exit_code, String::from_utf8_lossy(&out.stdout));
+        print!(
+            "command {}: exit {} stdout: {}",
+            f.key(),
+            out.exit_code,
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
-    println!("commands: {} in {:.1} ms", futures.len(), t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "commands: {} in {:.1} ms",
+        futures.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
 
     // 3. An error, reported with its message; the cluster carries on.
     let bad = client
         .submit(Task::function("fail-demo", "fail").args(b"this task fails on purpose".to_vec()))
         .await
         .map_err(e)?;
-    let dependent = client.submit(Task::function("inc-after-fail", "inc").dep(&bad)).await.map_err(e)?;
+    let dependent = client
+        .submit(Task::function("inc-after-fail", "inc").dep(&bad))
+        .await
+        .map_err(e)?;
     match dependent.result().await {
         Err(err) => println!("erroring task: {err}"),
         Ok(_) => return Err("a task depending on a failed task succeeded".into()),
@@ -126,11 +155,16 @@ async fn sample(client: &taskwire::Client, args: &LocalArgs) -> Result<(), Strin
     // 4. Throughput: independent no-op tasks.
     if args.tasks > 0 {
         let t = Instant::now();
-        let tasks: Vec<Task> = (0..args.tasks).map(|i| Task::function(format!("noop-{i}"), "noop")).collect();
+        let tasks: Vec<Task> = (0..args.tasks)
+            .map(|i| Task::function(format!("noop-{i}"), "noop"))
+            .collect();
         let futures = client.submit_graph(tasks).await.map_err(e)?;
         client.wait(&futures).await;
         let secs = t.elapsed().as_secs_f64();
-        let failed = futures.iter().filter(|f| !matches!(f.status(), taskwire::Status::Finished)).count();
+        let failed = futures
+            .iter()
+            .filter(|f| !matches!(f.status(), taskwire::Status::Finished))
+            .count();
         println!(
             "throughput: {} no-op tasks in {:.3} s = {:.0} tasks/s ({failed} failed)",
             args.tasks,
@@ -141,7 +175,10 @@ async fn sample(client: &taskwire::Client, args: &LocalArgs) -> Result<(), Strin
             return Err(format!("{failed} no-op tasks did not finish"));
         }
     }
-    let check = client.submit(Task::function("inc-check", "inc").arg_i64(41)).await.map_err(e)?;
+    let check = client
+        .submit(Task::function("inc-check", "inc").arg_i64(41))
+        .await
+        .map_err(e)?;
     let v = decode_i64(&check.result().await.map_err(e)?).map_err(|x| x.to_string())?;
     println!("cluster still healthy: inc(41) = {v}");
     Ok(())

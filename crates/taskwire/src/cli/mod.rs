@@ -29,8 +29,12 @@ pub(crate) fn scheduler_address(
     match (addr, file) {
         (Some(a), None) => a.parse().map_err(|e| format!("{e}")),
         (None, Some(f)) => read_scheduler_file(f),
-        (Some(_), Some(_)) => Err("give the scheduler address or --scheduler-file, not both".into()),
-        (None, None) => Err("give the scheduler address (e.g. tcp://host:8786) or --scheduler-file".into()),
+        (Some(_), Some(_)) => {
+            Err("give the scheduler address or --scheduler-file, not both".into())
+        }
+        (None, None) => {
+            Err("give the scheduler address (e.g. tcp://host:8786) or --scheduler-file".into())
+        }
     }
 }
 

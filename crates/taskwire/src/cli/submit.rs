@@ -46,14 +46,23 @@ pub(crate) fn parse_array(spec: &str) -> Result<Vec<u64>, String> {
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.split_once('-') {
             Some((a, b)) => {
-                let a: u64 = a.trim().parse().map_err(|_| format!("--array: '{a}' is not a number"))?;
-                let b: u64 = b.trim().parse().map_err(|_| format!("--array: '{b}' is not a number"))?;
+                let a: u64 = a
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("--array: '{a}' is not a number"))?;
+                let b: u64 = b
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("--array: '{b}' is not a number"))?;
                 if b < a {
                     return Err(format!("--array: range {part} runs backwards"));
                 }
                 out.extend(a..=b);
             }
-            None => out.push(part.parse().map_err(|_| format!("--array: '{part}' is not a number"))?),
+            None => out.push(
+                part.parse()
+                    .map_err(|_| format!("--array: '{part}' is not a number"))?,
+            ),
         }
     }
     if out.is_empty() {
@@ -63,7 +72,8 @@ pub(crate) fn parse_array(spec: &str) -> Result<Vec<u64>, String> {
 }
 
 pub(crate) fn run(args: SubmitArgs) -> Result<(), String> {
-    let scheduler = super::scheduler_address(args.scheduler.as_deref(), args.scheduler_file.as_deref())?;
+    let scheduler =
+        super::scheduler_address(args.scheduler.as_deref(), args.scheduler_file.as_deref())?;
     let resources = super::worker::parse_resources(&args.resources)?;
     let indices = match &args.array {
         Some(spec) => Some(parse_array(spec)?),
@@ -71,19 +81,32 @@ pub(crate) fn run(args: SubmitArgs) -> Result<(), String> {
     };
     let prefix = args.name.clone().unwrap_or_else(|| {
         let prog = std::path::Path::new(&args.command[0]);
-        prog.file_name().map_or("cmd".into(), |n| n.to_string_lossy().replace(['{', '}'], ""))
+        prog.file_name().map_or("cmd".into(), |n| {
+            n.to_string_lossy().replace(['{', '}'], "")
+        })
     });
-    let run_id = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64));
+    let run_id = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64)
+    );
     let make = |i: Option<u64>| {
         let argv: Vec<String> = match i {
-            Some(i) => args.command.iter().map(|a| a.replace("{i}", &i.to_string())).collect(),
+            Some(i) => args
+                .command
+                .iter()
+                .map(|a| a.replace("{i}", &i.to_string()))
+                .collect(),
             None => args.command.clone(),
         };
         let key = match i {
             Some(i) => format!("{prefix}-{run_id}-{i}"),
             None => format!("{prefix}-{run_id}"),
         };
-        let mut t = Task::command(key, argv).priority(args.priority).retries(args.retries);
+        let mut t = Task::command(key, argv)
+            .priority(args.priority)
+            .retries(args.retries);
         for (r, a) in &resources {
             t = t.resource(r, *a);
         }
@@ -94,12 +117,18 @@ pub(crate) fn run(args: SubmitArgs) -> Result<(), String> {
         None => vec![make(None)],
     };
     if let Some(dir) = &args.output {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     super::runtime()?.block_on(async {
-        let client = Client::connect(&scheduler.to_string()).await.map_err(|e| e.to_string())?;
+        let client = Client::connect(&scheduler.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
         let n = tasks.len();
-        let futures = client.submit_graph(tasks).await.map_err(|e| e.to_string())?;
+        let futures = client
+            .submit_graph(tasks)
+            .await
+            .map_err(|e| e.to_string())?;
         eprintln!("submitted {n} task(s) to {scheduler}");
         let result = collect(&client, futures, &args).await;
         client.close().await;
@@ -107,7 +136,11 @@ pub(crate) fn run(args: SubmitArgs) -> Result<(), String> {
     })
 }
 
-async fn collect(client: &Client, futures: Vec<taskwire::Future>, args: &SubmitArgs) -> Result<(), String> {
+async fn collect(
+    client: &Client,
+    futures: Vec<taskwire::Future>,
+    args: &SubmitArgs,
+) -> Result<(), String> {
     let n = futures.len();
     let mut done = 0usize;
     let mut failed: Vec<String> = Vec::new();
@@ -121,7 +154,9 @@ async fn collect(client: &Client, futures: Vec<taskwire::Future>, args: &SubmitA
                     write_file(dir, &format!("{}.stdout", f.key()), &out.stdout)?;
                     write_file(dir, &format!("{}.stderr", f.key()), &out.stderr)?;
                 } else if !args.wait {
-                    std::io::stdout().write_all(&out.stdout).map_err(|e| e.to_string())?;
+                    std::io::stdout()
+                        .write_all(&out.stdout)
+                        .map_err(|e| e.to_string())?;
                 }
             }
             Status::Error(err) => {
@@ -137,7 +172,12 @@ async fn collect(client: &Client, futures: Vec<taskwire::Future>, args: &SubmitA
         if args.wait {
             let width = 30;
             let filled = done * width / n.max(1);
-            eprint!("\r[{}{}] {done}/{n} done, {} failed", "#".repeat(filled), " ".repeat(width - filled), failed.len());
+            eprint!(
+                "\r[{}{}] {done}/{n} done, {} failed",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                failed.len()
+            );
         }
     }
     if args.wait {

@@ -45,15 +45,17 @@ pub(crate) fn parse_resources(spec: &str) -> Result<Vec<(String, f64)>, String> 
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|item| {
-            let (name, amount) = item
-                .split_once('=')
-                .ok_or_else(|| format!("resource '{item}' should look like NAME=AMOUNT, e.g. GPU=1"))?;
+            let (name, amount) = item.split_once('=').ok_or_else(|| {
+                format!("resource '{item}' should look like NAME=AMOUNT, e.g. GPU=1")
+            })?;
             let amount: f64 = amount
                 .trim()
                 .parse()
                 .map_err(|_| format!("resource '{item}': '{amount}' is not a number"))?;
             if !(amount.is_finite() && amount >= 0.0) {
-                return Err(format!("resource '{item}': amount must be a non-negative number"));
+                return Err(format!(
+                    "resource '{item}': amount must be a non-negative number"
+                ));
             }
             Ok((name.trim().to_string(), amount))
         })
@@ -66,9 +68,14 @@ pub(crate) fn parse_memory(spec: &str, nworkers: usize) -> Result<u64, String> {
         return Ok(taskwire_worker::machine_memory() / nworkers.max(1) as u64);
     }
     let s = spec.trim();
-    let split = s.find(|c: char| c.is_ascii_alphabetic() && c != 'e').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| c.is_ascii_alphabetic() && c != 'e')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let num: f64 = num.trim().parse().map_err(|_| format!("memory limit '{spec}' is not a size like 4GB"))?;
+    let num: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("memory limit '{spec}' is not a size like 4GB"))?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "kb" => 1e3,
@@ -85,7 +92,8 @@ pub(crate) fn parse_memory(spec: &str, nworkers: usize) -> Result<u64, String> {
 }
 
 pub(crate) fn run(args: WorkerArgs) -> Result<(), String> {
-    let scheduler = super::scheduler_address(args.scheduler.as_deref(), args.scheduler_file.as_deref())?;
+    let scheduler =
+        super::scheduler_address(args.scheduler.as_deref(), args.scheduler_file.as_deref())?;
     let resources = parse_resources(&args.resources)?;
     let memory_limit = parse_memory(&args.memory_limit, args.nworkers)?;
     let nthreads = args
@@ -94,9 +102,15 @@ pub(crate) fn run(args: WorkerArgs) -> Result<(), String> {
     super::runtime()?.block_on(async {
         let mut handles = Vec::new();
         for i in 0..args.nworkers.max(1) {
-            let mut b = Worker::builder(scheduler.clone()).nthreads(nthreads).memory_limit(memory_limit);
+            let mut b = Worker::builder(scheduler.clone())
+                .nthreads(nthreads)
+                .memory_limit(memory_limit);
             if let Some(name) = &args.name {
-                b = b.name(if args.nworkers > 1 { format!("{name}-{i}") } else { name.clone() });
+                b = b.name(if args.nworkers > 1 {
+                    format!("{name}-{i}")
+                } else {
+                    name.clone()
+                });
             }
             for (r, a) in &resources {
                 b = b.resource(r.clone(), *a);
@@ -109,7 +123,10 @@ pub(crate) fn run(args: WorkerArgs) -> Result<(), String> {
                 let port = args.worker_port.map_or(0, |p| p + i as u16);
                 b = b.listen(Address::tcp(host, port));
             }
-            let w = b.start().await.map_err(|e| format!("worker failed to start: {e}"))?;
+            let w = b
+                .start()
+                .await
+                .map_err(|e| format!("worker failed to start: {e}"))?;
             println!("Start worker at: {}", w.address());
             println!("Registered to: {}", w.scheduler());
             handles.push(w);
@@ -140,10 +157,17 @@ mod tests {
 
     #[test]
     fn resources_parse_and_complain() {
-        assert_eq!(parse_resources("GPU=1, MEM=4e9").unwrap(), vec![("GPU".into(), 1.0), ("MEM".into(), 4e9)]);
+        assert_eq!(
+            parse_resources("GPU=1, MEM=4e9").unwrap(),
+            vec![("GPU".into(), 1.0), ("MEM".into(), 4e9)]
+        );
         assert!(parse_resources("").unwrap().is_empty());
         assert!(parse_resources("GPU").unwrap_err().contains("NAME=AMOUNT"));
-        assert!(parse_resources("GPU=x").unwrap_err().contains("not a number"));
+        assert!(
+            parse_resources("GPU=x")
+                .unwrap_err()
+                .contains("not a number")
+        );
         assert!(parse_resources("GPU=-1").is_err());
     }
 
