@@ -59,26 +59,29 @@ struct Cluster {
 }
 
 fn cluster() -> Cluster {
+    let file = tempdir("scheduler-file").join("scheduler.json");
+    let file_arg = file.to_str().unwrap();
     let (sched, lines) = spawn(
-        &["scheduler", "--host", "127.0.0.1", "--port", "0"],
+        &["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", file_arg],
         &["Scheduler at:"],
     );
     let address = lines[0].clone();
     assert!(address.starts_with("tcp://127.0.0.1:"), "{address}");
     let mut procs = vec![sched];
-    for i in 0..2 {
-        let name = format!("e2e-worker-{i}");
-        let (w, lines) = spawn(
-            &["worker", &address, "--nthreads", "2", "--name", &name],
-            &["Start worker at:", "Registered to:"],
-        );
-        assert_eq!(lines[1], address);
-        procs.push(w);
-    }
-    Cluster {
-        address,
-        _procs: procs,
-    }
+    // One worker is given the address, the other finds it in the scheduler file.
+    let (w, lines) = spawn(
+        &["worker", &address, "--nthreads", "2", "--name", "e2e-worker-0"],
+        &["Start worker at:", "Registered to:"],
+    );
+    assert_eq!(lines[1], address);
+    procs.push(w);
+    let (w, lines) = spawn(
+        &["worker", "--scheduler-file", file_arg, "--nthreads", "2", "--name", "e2e-worker-1"],
+        &["Start worker at:", "Registered to:"],
+    );
+    assert_eq!(lines[1], address);
+    procs.push(w);
+    Cluster { address, _procs: procs }
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -99,6 +102,9 @@ fn graphs_commands_errors_and_cancellation_across_two_worker_processes() {
                 .expect("connect");
         let workers = client.workers().await.unwrap();
         assert_eq!(workers.len(), 2, "{workers:?}");
+        let mut names: Vec<&str> = workers.iter().map(|w| w.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["e2e-worker-0", "e2e-worker-1"]);
 
         // Fan-out: 200 independent inc tasks.
         let tasks: Vec<Task> = (0..200)
@@ -109,6 +115,9 @@ fn graphs_commands_errors_and_cancellation_across_two_worker_processes() {
         for (i, v) in values.iter().enumerate() {
             assert_eq!(taskwire::decode_i64(v).unwrap(), i as i64 + 1);
         }
+        // Both worker processes hold part of the fan-out, so the reduction below moves data.
+        let held: Vec<u64> = client.workers().await.unwrap().iter().map(|w| w.in_memory).collect();
+        assert!(held.iter().all(|&n| n > 0) && held.iter().sum::<u64>() == 200, "{held:?}");
 
         // Tree reduction over the fan-out: inputs move between the two worker processes.
         let mut level: Vec<String> = incs.iter().map(|f| f.key().to_string()).collect();
