@@ -69,6 +69,7 @@ pub struct Core {
     pub(crate) steals: FxHashMap<u32, Steal>,
     pub(crate) next_steal: Option<Instant>,
     pub(crate) rr_cursor: usize,
+    pub(crate) assign_seq: u32,
 
     pub(crate) clients: FxHashMap<ClientId, Client>,
     pub(crate) dirty_clients: Vec<ClientId>,
@@ -124,6 +125,7 @@ impl Core {
             steals: FxHashMap::default(),
             next_steal: None,
             rr_cursor: 0,
+            assign_seq: 0,
             clients: FxHashMap::default(),
             dirty_clients: Vec::new(),
             dirty_workers: Vec::new(),

@@ -87,6 +87,8 @@ impl Core {
         let t = &mut self.tasks[slot as usize];
         t.processing_on = w;
         t.est_us = est.min(u32::MAX as u64) as u32;
+        self.assign_seq = self.assign_seq.wrapping_add(1);
+        t.assigned_seq = self.assign_seq;
         t.waiting_on = 0;
         Self::mark_worker_dirty(&mut self.workers, &mut self.dirty_workers, w);
         self.reindex_worker(w);

@@ -73,21 +73,30 @@ impl Core {
                     continue;
                 }
                 let take = want.min(surplus.div_ceil(2));
-                let mut picked = Vec::with_capacity(take);
-                for &slot in v.processing.iter() {
-                    if picked.len() == take {
-                        break;
-                    }
-                    if self.steals.contains_key(&slot) || !self.can_run_now(slot, thief) {
-                        continue;
-                    }
-                    let task = &self.tasks[slot as usize];
-                    let comm = transfer_us(self, slot, thief);
-                    if comm > 2 * task.est_us as u64 && !task.deps.is_empty() {
-                        continue;
-                    }
-                    picked.push(slot);
+                // Workers run their tasks in priority order, so the last in that order are the
+                // ones most likely not started yet.
+                let mut candidates: Vec<_> = v
+                    .processing
+                    .iter()
+                    .filter(|&&slot| {
+                        if self.steals.contains_key(&slot) || !self.can_run_now(slot, thief) {
+                            return false;
+                        }
+                        let task = &self.tasks[slot as usize];
+                        task.deps.is_empty()
+                            || transfer_us(self, slot, thief) <= 2 * task.est_us as u64
+                    })
+                    .map(|&slot| {
+                        let t = &self.tasks[slot as usize];
+                        (t.priority, std::cmp::Reverse(t.assigned_seq), slot)
+                    })
+                    .collect();
+                if candidates.len() > take {
+                    candidates.select_nth_unstable(take);
+                    candidates.truncate(take);
                 }
+                candidates.sort_unstable();
+                let picked: Vec<u32> = candidates.iter().map(|k| k.2).collect();
                 if picked.is_empty() {
                     continue;
                 }

@@ -48,6 +48,8 @@ pub(crate) struct Task {
     pub(crate) n_dependents: u32,
     /// Estimated duration, fixed when it was assigned to its worker.
     pub(crate) est_us: u32,
+    /// Assignment order (wrapping): workers run same-priority tasks in arrival order.
+    pub(crate) assigned_seq: u32,
     pub(crate) processing_on: u32,
     pub(crate) nbytes: u64,
     /// What to run; `None` for scattered data, which has no lineage.
@@ -77,6 +79,7 @@ impl Task {
             waiters: 0,
             n_dependents: 0,
             est_us: 0,
+            assigned_seq: 0,
             processing_on: NONE,
             nbytes: 0,
             kind: None,

@@ -363,15 +363,18 @@ impl Core {
         }
         self.set_state(slot, Released);
         let dependents = std::mem::take(&mut self.tasks[slot as usize].dependents);
+        // Two passes: a task listing this one twice is counted once per listing, and one
+        // rescheduled by the second pass has been counted afresh.
         for r in &dependents {
             let d = &mut self.tasks[r.slot as usize];
-            if d.generation != r.generation {
-                continue;
+            if d.generation == r.generation && d.state == Waiting {
+                d.waiting_on += 1;
             }
-            match d.state {
-                Waiting => d.waiting_on += 1,
-                Processing | Queued | NoWorker => self.reschedule(r.slot, true),
-                _ => {}
+        }
+        for r in &dependents {
+            let d = &self.tasks[r.slot as usize];
+            if d.generation == r.generation && matches!(d.state, Processing | Queued | NoWorker) {
+                self.reschedule(r.slot, true);
             }
         }
         self.tasks[slot as usize].dependents = dependents;
