@@ -15,13 +15,29 @@
 //!
 //! # Example
 //!
-//! ```no_run
-//! use taskwire_client::{Client, Task};
+//! A scheduler and a worker started in this process (the stock worker functions `inc`, `add`
+//! and `fail`), and a client that uses them:
 //!
-//! # async fn demo() -> Result<(), taskwire_client::ClientError> {
-//! let client = Client::connect("tcp://127.0.0.1:8786").await?;
+//! ```
+//! use taskwire_client::{Address, Client, ClientError, Task};
+//! use taskwire_scheduler::Scheduler;
+//! use taskwire_worker::Worker;
 //!
-//! // inc(41), then add(inc(41), 100): a chain, submitted as one graph.
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let scheduler = Scheduler::builder()
+//!     .address(Address::inproc("doc-scheduler"))
+//!     .start()
+//!     .await
+//!     .unwrap();
+//! let worker = Worker::builder(scheduler.address().clone())
+//!     .nthreads(2)
+//!     .start()
+//!     .await
+//!     .unwrap();
+//! // `Client::connect("tcp://host:8786")` for a scheduler elsewhere.
+//! let client = Client::connect(&scheduler.address().to_string()).await?;
+//!
+//! // inc(41), then add(inc(41), 100): a chain.
 //! let x = client.submit(Task::function("inc-0", "inc").arg_i64(41)).await?;
 //! let y = client
 //!     .submit(Task::function("add-0", "add").arg_i64(100).dep(&x))
@@ -42,9 +58,18 @@
 //! let err = bad.result().await.unwrap_err();
 //! assert_eq!(err.to_string(), "task 'fail-0' failed: boom");
 //!
+//! // Data from here, used as an input.
+//! let data = client
+//!     .scatter(vec![("ten".into(), 10i64.to_le_bytes().to_vec().into())])
+//!     .await?;
+//! let z = client.submit(Task::function("inc-1", "inc").dep(&data[0])).await?;
+//! assert_eq!(z.result_i64().await?, 11);
+//!
 //! client.close().await;
-//! # Ok(())
-//! # }
+//! worker.close().await;
+//! scheduler.close().await;
+//! # Ok::<(), ClientError>(())
+//! # }).unwrap();
 //! ```
 
 mod client;
