@@ -435,7 +435,10 @@ impl State {
                 break "lost the scheduler while reporting".into();
             }
         };
-        self.executor.shutdown();
+        // Joining the executor waits for running tasks, which may take long and cannot be
+        // interrupted: do it off the async runtime and do not hold up the worker's shutdown.
+        let executor = self.executor;
+        tokio::task::spawn_blocking(move || executor.shutdown());
         reason
     }
 
