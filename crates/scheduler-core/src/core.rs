@@ -989,7 +989,7 @@ impl Core {
                         t.key, t.suspicious
                     ),
                 }));
-                self.to_erred(slot);
+                self.transition_to_erred(slot);
             } else {
                 self.reschedule(slot, false);
             }
@@ -1055,7 +1055,7 @@ impl Core {
                 self.reschedule(slot, false);
             } else {
                 t.error = Some(Box::new(error));
-                self.to_erred(slot);
+                self.transition_to_erred(slot);
             }
         }
     }

@@ -7,7 +7,8 @@ use crate::task::{F_SCATTER, NONE};
 
 macro_rules! ensure {
     ($cond:expr, $($arg:tt)*) => {
-        if !$cond {
+        let ok: bool = $cond;
+        if !ok {
             return Err(format!($($arg)*));
         }
     };

@@ -99,7 +99,7 @@ impl Core {
             }
             Erred => {
                 if (from == Released || from.is_pending()) && t.error.is_some() {
-                    self.to_erred(slot);
+                    self.transition_to_erred(slot);
                 }
             }
             _ => {
@@ -230,7 +230,7 @@ impl Core {
                     t.key
                 ),
             }));
-            self.to_erred(slot);
+            self.transition_to_erred(slot);
             return;
         }
         self.set_state(slot, Waiting);
@@ -311,7 +311,7 @@ impl Core {
     }
 
     /// released/pending -> erred; `error` is set. Pending dependents err with it.
-    pub(crate) fn to_erred(&mut self, slot: u32) {
+    pub(crate) fn transition_to_erred(&mut self, slot: u32) {
         let from = self.tasks[slot as usize].state;
         match from {
             Processing => {

@@ -213,7 +213,7 @@ impl Sim {
 
     fn after_core(&mut self) {
         self.events += 1;
-        if self.events % self.check_every == 0
+        if self.events.is_multiple_of(self.check_every)
             && let Err(e) = self.core.check_invariants()
         {
             panic!(
@@ -326,7 +326,7 @@ impl Sim {
         );
     }
 
-    fn to_worker(&mut self, id: u64, m: ToWorker) {
+    fn deliver_to_worker(&mut self, id: u64, m: ToWorker) {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
@@ -519,7 +519,7 @@ impl Sim {
             self.now_ns = at;
             match self.msgs.remove(&seq).unwrap() {
                 Msg::ToCore(e) => self.core_event(e),
-                Msg::ToWorker(id, m) => self.to_worker(id, m),
+                Msg::ToWorker(id, m) => self.deliver_to_worker(id, m),
                 Msg::Finished { worker, exec, task } => self.finished(worker, exec, task),
                 Msg::Kill => self.kill(),
                 Msg::Join => self.join(),
@@ -543,7 +543,7 @@ impl Sim {
 fn simulate(seed: u64, n: usize, deaths: usize, check_every: u64) {
     eprintln!("simulator seed {seed}: {n} tasks, {deaths} deaths");
     let mut rng = SmallRng::seed_from_u64(seed);
-    let bad_rate = if seed % 3 == 0 { 0.002 } else { 0.0 };
+    let bad_rate = if seed.is_multiple_of(3) { 0.002 } else { 0.0 };
     let graph = random_graph(&mut rng, n, bad_rate);
     let config = CoreConfig {
         allowed_failures: 1000,
