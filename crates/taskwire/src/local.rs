@@ -2,6 +2,7 @@
 //! users (Dask's `LocalCluster`, built from the same library objects a program can start itself).
 
 use taskwire_client::{Client, ClientError};
+use taskwire_scheduler_core::CoreConfig;
 use taskwire_scheduler::{Scheduler, SchedulerError, SchedulerHandle};
 use taskwire_transport::{Address, mem};
 use taskwire_worker::{Registry as Functions, Worker, WorkerError, WorkerHandle};
@@ -34,9 +35,16 @@ pub struct LocalClusterBuilder {
     transport: LocalTransport,
     functions: Option<Functions>,
     resources: Vec<(String, f64)>,
+    core: CoreConfig,
 }
 
 impl LocalClusterBuilder {
+    /// Scheduling policy (worker saturation, stealing, ...).
+    pub fn core_config(mut self, core: CoreConfig) -> Self {
+        self.core = core;
+        self
+    }
+
     /// Number of workers (default 2).
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
@@ -73,7 +81,7 @@ impl LocalClusterBuilder {
             LocalTransport::Inproc => mem::unique_address("scheduler"),
             LocalTransport::Tcp => Address::tcp("127.0.0.1", 0),
         };
-        let scheduler = Scheduler::builder().address(address).start().await?;
+        let scheduler = Scheduler::builder().address(address).core_config(self.core).start().await?;
         let mut workers = Vec::with_capacity(self.workers);
         for i in 0..self.workers {
             let mut b = Worker::builder(scheduler.address().clone())
@@ -107,6 +115,7 @@ impl LocalCluster {
             transport: LocalTransport::Tcp,
             functions: None,
             resources: Vec::new(),
+            core: CoreConfig::default(),
         }
     }
 

@@ -25,6 +25,8 @@ pub(crate) struct LocalArgs {
     /// Keep the cluster running after the sample graph until Ctrl-C.
     #[arg(long)]
     keep_running: bool,
+    #[command(flatten)]
+    policy: super::PolicyArgs,
 }
 
 pub(crate) fn run(args: LocalArgs) -> Result<(), String> {
@@ -39,6 +41,7 @@ pub(crate) fn run(args: LocalArgs) -> Result<(), String> {
             .workers(args.workers)
             .threads_per_worker(args.threads)
             .transport(transport)
+            .core_config(args.policy.core_config())
             .start()
             .await
             .map_err(|e| e.to_string())?;

@@ -6,6 +6,7 @@ pub(crate) mod submit;
 pub(crate) mod worker;
 
 use std::path::Path;
+use taskwire::CoreConfig;
 use taskwire_transport::Address;
 
 /// Read the scheduler address from a `--scheduler-file` written by `taskwire scheduler`.
@@ -53,5 +54,31 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Scheduling policy flags shared by `taskwire scheduler` and `taskwire local`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct PolicyArgs {
+    /// Root tasks in flight per worker thread before the rest wait in `queued` (Dask's
+    /// worker-saturation); `inf` sends everything at once.
+    #[arg(long, default_value_t = CoreConfig::default().worker_saturation)]
+    worker_saturation: f64,
+    /// Times a task may be on a worker that dies before it fails with "killed worker".
+    #[arg(long, default_value_t = CoreConfig::default().allowed_failures)]
+    allowed_failures: u32,
+    /// Turn work stealing off.
+    #[arg(long)]
+    no_work_stealing: bool,
+}
+
+impl PolicyArgs {
+    pub(crate) fn core_config(&self) -> CoreConfig {
+        CoreConfig {
+            worker_saturation: self.worker_saturation,
+            allowed_failures: self.allowed_failures,
+            work_stealing: !self.no_work_stealing,
+            ..CoreConfig::default()
+        }
     }
 }

@@ -16,11 +16,16 @@ pub(crate) struct SchedulerArgs {
     /// Write the scheduler's address to this JSON file (for `--scheduler-file` elsewhere).
     #[arg(long)]
     scheduler_file: Option<PathBuf>,
+    #[command(flatten)]
+    policy: super::PolicyArgs,
 }
 
 pub(crate) fn run(args: SchedulerArgs) -> Result<(), String> {
     super::runtime()?.block_on(async {
-        let mut builder = Scheduler::builder().host(&args.host).port(args.port);
+        let mut builder = Scheduler::builder()
+            .host(&args.host)
+            .port(args.port)
+            .core_config(args.policy.core_config());
         if let Some(f) = &args.scheduler_file {
             builder = builder.scheduler_file(f);
         }
