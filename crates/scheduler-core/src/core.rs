@@ -266,12 +266,35 @@ impl Core {
     fn finish(&mut self, now: Instant) {
         self.settle();
         self.flush();
+        self.shrink();
         let want_timer =
             self.config.work_stealing && self.worker_by_id.len() >= 2 && self.counts.processing > 0;
         if !want_timer {
             self.next_steal = None;
         } else if self.next_steal.is_none() {
             self.next_steal = Some(now + self.config.steal_interval);
+        }
+    }
+
+    /// Give back table capacity after a big graph is gone. Slots cannot move while tasks
+    /// refer to them, so the task table is only reset once it is empty; the indexes shrink
+    /// whenever they are mostly empty (amortized: only after they emptied to a quarter).
+    fn shrink(&mut self) {
+        const BIG: usize = 4096;
+        if self.counts.total() == 0 && self.tasks.len() > BIG {
+            self.tasks = Vec::new();
+            self.free_tasks = Vec::new();
+            for w in self.workers.iter_mut().flatten() {
+                w.processing.shrink_to_fit();
+                w.has_what.shrink_to_fit();
+            }
+            for c in self.clients.values_mut() {
+                c.wants.shrink_to_fit();
+            }
+        }
+        if self.by_id.capacity() > BIG && self.by_id.len() * 4 < self.by_id.capacity() {
+            self.by_id.shrink_to_fit();
+            self.by_key.shrink_to_fit();
         }
     }
 
