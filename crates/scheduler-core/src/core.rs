@@ -53,6 +53,7 @@ pub struct Core {
     pub(crate) prefixes: Vec<Prefix>,
     pub(crate) prefix_free: Vec<u32>,
     pub(crate) prefix_map: FxHashMap<Box<str>, u32>,
+    pub(crate) last_prefix: u32,
     pub(crate) constraints: Vec<Constraint>,
     pub(crate) constraint_map: FxHashMap<String, u32>,
     pub(crate) res_map: FxHashMap<String, u16>,
@@ -105,6 +106,7 @@ impl Core {
             prefixes: Vec::new(),
             prefix_free: Vec::new(),
             prefix_map: FxHashMap::default(),
+            last_prefix: 0,
             constraints: vec![Constraint {
                 resources: Vec::new(),
                 resources_msg: Vec::new(),
@@ -280,10 +282,13 @@ impl Core {
     /// refer to them, so the task table is only reset once it is empty; the indexes shrink
     /// whenever they are mostly empty (amortized: only after they emptied to a quarter).
     fn shrink(&mut self) {
-        const BIG: usize = 4096;
-        if self.counts.total() == 0 && self.tasks.len() > BIG {
-            self.tasks = Vec::new();
-            self.free_tasks = Vec::new();
+        // Below this many slots the capacity is kept for the next graph.
+        const KEEP: usize = 1 << 17;
+        if self.counts.total() == 0 && self.tasks.capacity() > KEEP {
+            self.tasks.clear();
+            self.tasks.shrink_to(KEEP);
+            self.free_tasks.clear();
+            self.free_tasks.shrink_to(KEEP);
             for w in self.workers.iter_mut().flatten() {
                 w.processing.shrink_to_fit();
                 w.has_what.shrink_to_fit();
@@ -292,9 +297,9 @@ impl Core {
                 c.wants.shrink_to_fit();
             }
         }
-        if self.by_id.capacity() > BIG && self.by_id.len() * 4 < self.by_id.capacity() {
-            self.by_id.shrink_to_fit();
-            self.by_key.shrink_to_fit();
+        if self.by_id.capacity() > 2 * KEEP && self.by_id.len() * 4 < self.by_id.capacity() {
+            self.by_id.shrink_to(KEEP.max(2 * self.by_id.len()));
+            self.by_key.shrink_to(KEEP.max(2 * self.by_key.len()));
         }
     }
 
@@ -468,7 +473,17 @@ impl Core {
 
     fn intern_prefix(&mut self, key: &str) -> u32 {
         let p = key_prefix(key);
+        // Graphs come in runs of one prefix: try the last one before hashing.
+        let last = self.last_prefix as usize;
+        if let Some(lp) = self.prefixes.get(last)
+            && lp.live > 0
+            && *lp.name == *p
+        {
+            self.prefixes[last].live += 1;
+            return last as u32;
+        }
         if let Some(&i) = self.prefix_map.get(p) {
+            self.last_prefix = i;
             self.prefixes[i as usize].live += 1;
             return i;
         }
@@ -488,6 +503,7 @@ impl Core {
             }
         };
         self.prefix_map.insert(p.into(), i);
+        self.last_prefix = i;
         i
     }
 
@@ -575,7 +591,7 @@ impl Core {
         wanted: Vec<String>,
     ) {
         self.clients.entry(client).or_default();
-        let (resolved, offsets) = match self.validate_graph(&specs, &wanted) {
+        let (resolved, offsets, wanted_at) = match self.validate_graph(&specs, &wanted) {
             Ok(r) => r,
             Err(reason) => {
                 self.out.push_back(Command::ToClient(
@@ -623,8 +639,12 @@ impl Core {
             client,
             ToClient::GraphAccepted { submit_id },
         ));
-        for key in &wanted {
-            let slot = self.by_key[key.as_str()];
+        for &e in &wanted_at {
+            let slot = if e & IN_GRAPH != 0 {
+                slots[(e & !IN_GRAPH) as usize]
+            } else {
+                e
+            };
             if !self.add_want(client, slot) {
                 continue;
             }
@@ -677,7 +697,7 @@ impl Core {
         &self,
         specs: &[TaskSpecMsg],
         wanted: &[String],
-    ) -> Result<(Vec<u32>, Vec<u32>), String> {
+    ) -> Result<(Vec<u32>, Vec<u32>, Vec<u32>), String> {
         let mut local: FxHashMap<&str, u32> = FxHashMap::default();
         local.reserve(specs.len());
         for (i, t) in specs.iter().enumerate() {
@@ -687,7 +707,7 @@ impl Core {
             if local.insert(t.key.as_str(), i as u32).is_some() {
                 return Err(format!("duplicate key '{}' in graph", t.key));
             }
-            if self.by_key.contains_key(t.key.as_str()) {
+            if !self.by_key.is_empty() && self.by_key.contains_key(t.key.as_str()) {
                 return Err(format!("key '{}' already exists", t.key));
             }
             for r in &t.resources {
@@ -714,8 +734,13 @@ impl Core {
             }
             offsets.push(resolved.len() as u32);
         }
+        let mut wanted_at = Vec::with_capacity(wanted.len());
         for k in wanted {
-            if !local.contains_key(k.as_str()) && !self.by_key.contains_key(k.as_str()) {
+            if let Some(&j) = local.get(k.as_str()) {
+                wanted_at.push(j | IN_GRAPH);
+            } else if let Some(&s) = self.by_key.get(k.as_str()) {
+                wanted_at.push(s);
+            } else {
                 return Err(format!("wanted key '{k}' is unknown"));
             }
         }
@@ -756,7 +781,7 @@ impl Core {
                 }
             }
         }
-        Ok((resolved, offsets))
+        Ok((resolved, offsets, wanted_at))
     }
 
     fn cancel_keys(&mut self, client: ClientId, keys: Vec<String>) {

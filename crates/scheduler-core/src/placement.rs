@@ -100,7 +100,8 @@ impl Core {
         let w = t.processing_on;
         t.processing_on = NONE;
         let (est, c, id) = (t.est_us as u64, t.constraint as usize, t.id);
-        if let Some(s) = self.steals.remove(&slot)
+        if !self.steals.is_empty()
+            && let Some(s) = self.steals.remove(&slot)
             && let Some(thief) = self.workers[s.thief as usize].as_mut()
         {
             thief.steals_incoming -= 1;
