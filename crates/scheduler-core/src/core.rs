@@ -697,7 +697,7 @@ impl Core {
         &self,
         specs: &[TaskSpecMsg],
         wanted: &[String],
-    ) -> Result<(Vec<u32>, Vec<u32>, Vec<u32>), String> {
+    ) -> Result<ResolvedGraph, String> {
         let mut local: FxHashMap<&str, u32> = FxHashMap::default();
         local.reserve(specs.len());
         for (i, t) in specs.iter().enumerate() {
@@ -1207,6 +1207,10 @@ impl Core {
         }
     }
 }
+
+/// Dependencies in CSR form (flat list, offsets per task) and the wanted keys, each a slot or,
+/// with [`IN_GRAPH`], an index into the submitted list.
+type ResolvedGraph = (Vec<u32>, Vec<u32>, Vec<u32>);
 
 /// Marks a resolved dependency as an index into the submitted list rather than a slot.
 const IN_GRAPH: u32 = 1 << 31;
