@@ -54,6 +54,7 @@ impl Worker {
             transports: None,
             functions: Functions::stock(),
             local_directory: None,
+            zero_worker: false,
         }
     }
 }
@@ -69,6 +70,7 @@ pub struct WorkerBuilder {
     transports: Option<Registry>,
     functions: Functions,
     local_directory: Option<PathBuf>,
+    zero_worker: bool,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -127,6 +129,14 @@ impl WorkerBuilder {
     /// Directory for command tasks' working directory and spilled data.
     pub fn local_directory(mut self, dir: impl Into<PathBuf>) -> Self {
         self.local_directory = Some(dir.into());
+        self
+    }
+
+    /// Zero-worker mode (a benchmark tool, after RSDS and HyperQueue): report every task
+    /// finished the moment it arrives, without running it or fetching its inputs, so that a
+    /// benchmark measures the scheduler's own cost per task. Results are not stored.
+    pub fn zero_worker(mut self, on: bool) -> Self {
+        self.zero_worker = on;
         self
     }
 
@@ -223,6 +233,7 @@ impl WorkerBuilder {
             finished: Vec::new(),
             erred: Vec::new(),
             fetch_tx,
+            zero_worker: self.zero_worker,
         };
         let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
@@ -387,6 +398,7 @@ struct State {
     finished: Vec<TaskFinishedMsg>,
     erred: Vec<(TaskId, TaskErrorMsg)>,
     fetch_tx: mpsc::UnboundedSender<Fetched>,
+    zero_worker: bool,
 }
 
 impl State {
@@ -444,6 +456,13 @@ impl State {
 
     fn handle_scheduler(&mut self, msg: ToWorker) {
         match msg {
+            ToWorker::Compute(tasks) if self.zero_worker => {
+                self.finished.extend(tasks.iter().map(|t| TaskFinishedMsg {
+                    task: t.task,
+                    nbytes: 8,
+                    duration_us: 0,
+                }));
+            }
             ToWorker::Compute(tasks) => {
                 let mut jobs = Vec::with_capacity(tasks.len());
                 for t in tasks {

@@ -37,6 +37,9 @@ pub(crate) struct WorkerArgs {
     /// Directory for command tasks and spilled data.
     #[arg(long)]
     local_directory: Option<PathBuf>,
+    /// Benchmark mode: report tasks finished without running them (measures the scheduler).
+    #[arg(long)]
+    zero_worker: bool,
 }
 
 /// Parse "GPU=1,MEM=4e9".
