@@ -40,7 +40,19 @@ fn init_logging() {
         .init();
 }
 
+/// mimalloc's `purge_delay` option (see mimalloc.h, `mi_option_e`).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keep freed memory for a second before returning it to the OS. With mimalloc's default of
+/// 10 ms, every burst of tasks re-faults (and the kernel re-zeroes) the memory the previous
+/// burst freed: a third of a no-op run's time went to page faults.
+fn tune_allocator() {
+    // SAFETY: setting an option is thread-safe and takes plain integers.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
+}
+
 fn main() -> std::process::ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
