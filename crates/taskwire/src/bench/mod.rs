@@ -2,7 +2,9 @@
 
 use clap::{Args, Subcommand};
 
+mod cluster;
 mod report;
+mod tasks;
 mod transport;
 mod units;
 
@@ -17,11 +19,14 @@ pub(crate) struct BenchArgs {
 enum Which {
     /// Latency, message rate and bandwidth of a transport (like ucx_perftest).
     Transport(transport::TransportArgs),
+    /// Workloads on a real cluster: noop, tree, roundtrip, transfer, startup, scale, commands.
+    Tasks(tasks::TasksArgs),
 }
 
 /// Run a benchmark.
 pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
     match args.which {
         Which::Transport(t) => transport::run(t),
+        Which::Tasks(t) => tasks::run(t),
     }
 }
