@@ -8,16 +8,22 @@ one JSON object per result in the schema of `taskwire bench tasks --json`,
 with "system": "dask" added.
 
 Workloads (same definitions as Taskwire's):
-  noop       N independent no-op tasks submitted at once, all awaited   tasks/s
-  tree       L `inc` leaves, pairwise `add` to one root (2L-1 tasks)    tasks/s
-  roundtrip  submit one trivial task and await it, N times              µs (median, p99)
-  transfer   SIZE bytes made on worker A, `len` taken on worker B       GB/s (1e9 B/s)
-  startup    create the LocalCluster and wait for both workers           ms
-  commands   N tasks each running subprocess.run(["/bin/true"])         tasks/s
+  noop       N independent no-op tasks in one client.map, all awaited
+             -> tasks_per_s, us_per_task
+  tree       L `inc` leaves, pairwise `add` to one root (2L-1 tasks) in one
+             dict graph (client.get); root checked -> tasks_per_s
+  roundtrip  submit(inc, i).result(), N times -> latency_median, latency_p99 (µs)
+  transfer   make_bytes(SIZE) on worker A and len() of it on worker B
+             (remote_pair_ms), the same pair with both on A (local_pair_ms);
+             transfer_ms = remote - local, transfer_gb_per_s = SIZE/transfer_ms,
+             end_to_end_gb_per_s = SIZE/remote_pair_ms (GB = 1e9 B)
+  startup    LocalCluster(...) until both workers registered -> startup_ms
+  commands   N tasks each running subprocess.run(["/bin/true"]) -> tasks_per_s
 
-Every workload gets one untimed warm-up (smaller for the large ones) on the
-same cluster, then --runs timed runs.  `startup` is timed on fresh clusters,
-after the main cluster is closed.
+Every workload runs --warmup discarded runs and then --runs measured runs on
+one cluster; after every run the script waits until the scheduler holds no
+task.  `startup` is timed on fresh clusters after the main one is closed (the
+main cluster's start is its warm-up).
 
 Usage:
   dask_bench.py [--workloads noop,tree,...] [--n-noop N] [--leaves L]
@@ -126,33 +132,41 @@ def tree_graph(leaves, tag):
     return dsk, level[0]
 
 
-# ---- one timed run of each workload; each returns the figure ----
+# ---- one timed run of each workload; each returns [(metric, unit, value)] ----
+# Timings start before the graph is built (building it is part of what a user
+# pays) and stop when the client has seen the last awaited key finish, as in
+# Taskwire's crates/taskwire/src/bench/tasks.rs.
 
 def run_noop(client, n):
     t0 = time.perf_counter()
     futs = client.map(noop, range(n), pure=False)
     wait(futs)
     dt = time.perf_counter() - t0
-    errs = [f for f in futs if f.status != "finished"]
-    if errs:
-        raise RuntimeError(f"noop: {len(errs)} tasks did not finish")
+    bad = sum(f.status != "finished" for f in futs)
+    if bad:
+        raise RuntimeError(f"noop: {bad} tasks did not finish")
     del futs
-    return n / dt
+    rate = n / dt
+    return [("tasks_per_s", "tasks/s", rate), ("us_per_task", "us", 1e6 / rate)]
 
 
-_tree_seq = [0]
+_seq = [0]
+
+
+def next_tag():
+    _seq[0] += 1
+    return f"{_seq[0]}-{os.getpid()}"
 
 
 def run_tree(client, leaves):
-    _tree_seq[0] += 1
-    dsk, root = tree_graph(leaves, _tree_seq[0])
     t0 = time.perf_counter()
+    dsk, root = tree_graph(leaves, next_tag())
     result = client.get(dsk, root, sync=True)
     dt = time.perf_counter() - t0
     expect = leaves * (leaves + 1) // 2  # sum of inc(i) for i in 0..L
     if result != expect:
         raise RuntimeError(f"tree: root {result} != {expect}")
-    return (2 * leaves - 1) / dt
+    return [("tasks_per_s", "tasks/s", (2 * leaves - 1) / dt)]
 
 
 def run_roundtrip(client, n):
@@ -161,25 +175,39 @@ def run_roundtrip(client, n):
         t0 = time.perf_counter()
         r = client.submit(inc, i, pure=False).result()
         lat.append((time.perf_counter() - t0) * 1e6)
-        assert r == i + 1
+        if r != i + 1:
+            raise RuntimeError(f"inc({i}) returned {r}")
     lat.sort()
-    return statistics.median(lat), percentile(lat, 99)
+    return [("latency_median", "us", statistics.median(lat)),
+            ("latency_p99", "us", percentile(lat, 99))]
 
 
-_xfer_seq = [0]
+def transfer_pair(client, size, wa, wb):
+    """make_bytes on worker wa, len of it on worker wb: seconds until len is done."""
+    tag = next_tag()
+    t0 = time.perf_counter()
+    src = client.submit(make_bytes, size, tag, workers=[wa], pure=False)
+    ln = client.submit(len, src, workers=[wb], pure=False)
+    wait(ln)
+    dt = time.perf_counter() - t0
+    n = ln.result()
+    if n != size:
+        raise RuntimeError(f"transfer: len {n} != {size}")
+    del src, ln
+    wait_idle(client)
+    return dt
 
 
 def run_transfer(client, size, wa, wb):
-    _xfer_seq[0] += 1
-    src = client.submit(make_bytes, size, _xfer_seq[0], workers=[wa], pure=False)
-    wait(src)  # the bytes exist on worker A before the clock starts
-    t0 = time.perf_counter()
-    n = client.submit(len, src, workers=[wb], pure=False).result()
-    dt = time.perf_counter() - t0
-    if n != size:
-        raise RuntimeError(f"transfer: len {n} != {size}")
-    del src
-    return size / dt / 1e9
+    local = transfer_pair(client, size, wa, wa)
+    remote = transfer_pair(client, size, wa, wb)
+    moved = remote - local
+    gbps = size / moved / 1e9 if moved > 0 else float("nan")
+    return [("remote_pair_ms", "ms", remote * 1e3),
+            ("local_pair_ms", "ms", local * 1e3),
+            ("transfer_ms", "ms", moved * 1e3),
+            ("transfer_gb_per_s", "GB/s", gbps),
+            ("end_to_end_gb_per_s", "GB/s", size / remote / 1e9)]
 
 
 def run_commands(client, n):
@@ -187,11 +215,11 @@ def run_commands(client, n):
     futs = client.map(run_true, range(n), pure=False)
     wait(futs)
     dt = time.perf_counter() - t0
-    errs = [f for f in futs if f.status != "finished"]
-    if errs:
-        raise RuntimeError(f"commands: {len(errs)} tasks did not finish")
+    bad = sum(f.status != "finished" for f in futs)
+    if bad:
+        raise RuntimeError(f"commands: {bad} tasks did not finish")
     del futs
-    return n / dt
+    return [("tasks_per_s", "tasks/s", n / dt)]
 
 
 def run_startup():
@@ -200,49 +228,64 @@ def run_startup():
     dt = (time.perf_counter() - t0) * 1e3
     client.close()
     cluster.close()
-    return dt
+    return [("startup_ms", "ms", dt)]
 
 
 # ---- driver ----
 
-def summary(runs):
-    return statistics.median(runs), min(runs), max(runs)
+def summarise(args, workload, per_run, **extra):
+    """One row per metric, in the order the first run reported them."""
+    rows = []
+    for j, (metric, unit, _) in enumerate(per_run[0]):
+        runs = [r[j][2] for r in per_run]
+        finite = [v for v in runs if not math.isnan(v)]
+        r = {
+            "system": "dask",
+            "bench": "tasks",
+            "workload": workload,
+            "n": extra.get("n"),
+            "metric": metric,
+            "unit": unit,
+            "median": statistics.median(runs),
+            "min": min(finite) if finite else None,
+            "max": max(finite) if finite else None,
+            "runs": runs,
+            "workers": 2,
+            "threads": 1,
+            "worker_saturation": args.ws_label,
+            "work_stealing": bool(dask.config.get("distributed.scheduler.work-stealing")),
+            "zero_worker": False,
+            "cluster": "local",
+            "version": dask.__version__,
+            "loadavg": loadavg(),
+        }
+        r.update({k: v for k, v in extra.items() if k != "n"})
+        rows.append(r)
+    return rows
 
 
-def row(args, workload, metric, unit, runs, **extra):
-    med, lo, hi = summary(runs)
-    r = {
-        "system": "dask",
-        "bench": "tasks",
-        "workload": workload,
-        "metric": metric,
-        "median": med,
-        "min": lo,
-        "max": hi,
-        "runs": runs,
-        "unit": unit,
-        "workers": 2,
-        "threads": 1,
-        "worker_saturation": args.ws_label,
-        "zero_worker": False,
-        "version": dask.__version__,
-        "loadavg": loadavg(),
-    }
-    r.update(extra)
-    return r
+def nan_to_null(v):
+    """JSON has no NaN; Taskwire writes null for a NaN figure, and so do we."""
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, list):
+        return [nan_to_null(x) for x in v]
+    if isinstance(v, dict):
+        return {k: nan_to_null(x) for k, x in v.items()}
+    return v
 
 
-def emit(r, table):
-    if table:
-        p99 = f"  p99 {r['p99']:.1f}" if "p99" in r else ""
-        print(
-            f"{r['workload']:<10} {r['metric']:<12} ws={r['worker_saturation']:<4} "
-            f"median {r['median']:12.2f}  min {r['min']:12.2f}  max {r['max']:12.2f} "
-            f"{r['unit']}{p99}  (runs {len(r['runs'])})",
-            flush=True,
-        )
-    else:
-        print(json.dumps(r), flush=True)
+def emit(rows, table):
+    for r in rows:
+        if table:
+            print(
+                f"{r['workload']:<10} {r['metric']:<20} ws={r['worker_saturation']:<4} "
+                f"median {r['median']:12.2f}  min {r['min']:12.2f}  max {r['max']:12.2f} "
+                f"{r['unit']}  (runs {len(r['runs'])})",
+                flush=True,
+            )
+        else:
+            print(json.dumps(nan_to_null(r)), flush=True)
 
 
 def main():
@@ -254,8 +297,8 @@ def main():
     ap.add_argument("--n-roundtrip", type=int, default=1_000)
     ap.add_argument("--size", type=int, default=64 << 20, help="transfer bytes (default 64 MiB)")
     ap.add_argument("--n-commands", type=int, default=1_000)
-    ap.add_argument("--runs", type=int, default=5, help="timed runs per workload after one warm-up")
-    ap.add_argument("--no-warmup", action="store_true")
+    ap.add_argument("--runs", type=int, default=5, help="timed runs per workload")
+    ap.add_argument("--warmup", type=int, default=1, help="discarded runs before the timed ones")
     ap.add_argument("--worker-saturation", default="default",
                     help="'default' (Dask's 1.1) or a number or 'inf'")
     ap.add_argument("--table", action="store_true", help="human-readable lines instead of JSON")
@@ -265,14 +308,13 @@ def main():
     for w in workloads:
         if w not in WORKLOADS:
             ap.error(f"unknown workload {w!r}; known: {', '.join(WORKLOADS)}")
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
 
     if args.worker_saturation != "default":
         dask.config.set({"distributed.scheduler.worker-saturation": float(args.worker_saturation)})
     ws = float(dask.config.get("distributed.scheduler.worker-saturation"))
     args.ws_label = "inf" if math.isinf(ws) else f"{ws:g}"
-    # A quiet console: worker stderr warnings (e.g. event loop unresponsive) go to our stderr.
-    warm = not args.no_warmup
-    R = args.runs
 
     cluster_work = [w for w in workloads if w != "startup"]
     if cluster_work:
@@ -282,65 +324,34 @@ def main():
             wa, wb = workers[0], workers[1]
             for w in cluster_work:
                 if w == "noop":
-                    if warm:
-                        run_noop(client, min(args.n_noop, 2000))
-                        wait_idle(client)
-                    runs = []
-                    for _ in range(R):
-                        runs.append(run_noop(client, args.n_noop))
-                        wait_idle(client)
-                    emit(row(args, "noop", "tasks_per_s", "tasks/s", runs, n=args.n_noop), args.table)
+                    fn, extra = (lambda: run_noop(client, args.n_noop)), {"n": args.n_noop}
                 elif w == "tree":
-                    if warm:
-                        run_tree(client, min(args.leaves, 1024))
-                        wait_idle(client)
-                    runs = []
-                    for _ in range(R):
-                        runs.append(run_tree(client, args.leaves))
-                        wait_idle(client)
-                    emit(row(args, "tree", "tasks_per_s", "tasks/s", runs,
-                             n=2 * args.leaves - 1, leaves=args.leaves), args.table)
+                    fn = lambda: run_tree(client, args.leaves)  # noqa: E731
+                    extra = {"n": 2 * args.leaves - 1, "leaves": args.leaves}
                 elif w == "roundtrip":
-                    if warm:
-                        run_roundtrip(client, min(args.n_roundtrip, 100))
-                        wait_idle(client)
-                    meds, p99s = [], []
-                    for _ in range(R):
-                        m, p = run_roundtrip(client, args.n_roundtrip)
-                        meds.append(m)
-                        p99s.append(p)
-                        wait_idle(client)
-                    emit(row(args, "roundtrip", "latency_us", "us", meds, n=args.n_roundtrip,
-                             p99=statistics.median(p99s), runs_p99=p99s), args.table)
+                    fn, extra = (lambda: run_roundtrip(client, args.n_roundtrip)), {"n": args.n_roundtrip}
                 elif w == "transfer":
-                    if warm:
-                        run_transfer(client, args.size, wa, wb)
-                        wait_idle(client)
-                    runs = []
-                    for _ in range(R):
-                        runs.append(run_transfer(client, args.size, wa, wb))
-                        wait_idle(client)
-                    emit(row(args, "transfer", "gb_per_s", "GB/s", runs, n=1, size=args.size),
-                         args.table)
+                    fn = lambda: run_transfer(client, args.size, wa, wb)  # noqa: E731
+                    extra = {"n": 2, "size": args.size}
                 elif w == "commands":
-                    if warm:
-                        run_commands(client, min(args.n_commands, 100))
-                        wait_idle(client)
-                    runs = []
-                    for _ in range(R):
-                        runs.append(run_commands(client, args.n_commands))
-                        wait_idle(client)
-                    emit(row(args, "commands", "tasks_per_s", "tasks/s", runs, n=args.n_commands),
-                         args.table)
+                    fn, extra = (lambda: run_commands(client, args.n_commands)), {"n": args.n_commands}
+                per_run = []
+                for i in range(args.warmup + args.runs):
+                    m = fn()
+                    wait_idle(client)
+                    if i >= args.warmup:
+                        per_run.append(m)
+                emit(summarise(args, w, per_run, **extra), args.table)
         finally:
             client.close()
             cluster.close()
 
     if "startup" in workloads:
-        if warm and not cluster_work:
-            run_startup()  # first cluster in a process pays lazy imports
-        runs = [run_startup() for _ in range(R)]
-        emit(row(args, "startup", "ms", "ms", runs, n=2), args.table)
+        # With other workloads, the main cluster above was the warm-up.
+        for _ in range(args.warmup if not cluster_work else 0):
+            run_startup()
+        per_run = [run_startup() for _ in range(args.runs)]
+        emit(summarise(args, "startup", per_run, n=2), args.table)
 
 
 if __name__ == "__main__":
