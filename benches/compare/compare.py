@@ -79,6 +79,9 @@ class Taskwire:
         m = re.search(r"\[possible values: ([^\]]+)\]", self.help)
         if m:
             self.workloads = [w.strip() for w in m.group(1).split(",")]
+        elif "Possible values:" in self.help:  # clap's long help
+            block = self.help.split("Possible values:", 1)[1]
+            self.workloads = re.findall(r"^\s*- ([a-z][a-z0-9-]*):", block, re.M)
 
     def has(self, flag):
         return re.search(re.escape(flag) + r"(?![\w-])", self.help) is not None

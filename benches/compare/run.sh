@@ -6,6 +6,7 @@
 #   --quick   smaller sizes, 3 rounds (about 5 minutes instead of about 25)
 #   --ray     also install Ray in the venv and add a Ray column
 #   --build   run `cargo build --release -p taskwire` even if the binary exists
+#             (it is built anyway when missing or without `bench tasks`)
 #   TASKWIRE_BIN=/path/to/taskwire  use another binary
 #
 # Everything else is passed to compare.py (see `compare.py --help`).
@@ -25,7 +26,7 @@ for a in "$@"; do
     --ray) ray=1; args+=("$a") ;;
     --build) build=1 ;;
     -h|--help)
-      sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
       exit 0 ;;
     *) args+=("$a") ;;
   esac
@@ -45,9 +46,12 @@ if [ "$ray" = 1 ] && ! "$venv/bin/python" -c 'import ray' 2>/dev/null; then
 fi
 
 bin="${TASKWIRE_BIN:-$root/target/release/taskwire}"
-if [ "$build" = 1 ] || { [ -z "${TASKWIRE_BIN:-}" ] && [ ! -x "$bin" ]; }; then
+# Build when asked, when the binary is missing, or when it predates `bench tasks`.
+if [ -z "${TASKWIRE_BIN:-}" ] && { [ "$build" = 1 ] || [ ! -x "$bin" ] \
+     || ! "$bin" bench tasks --help >/dev/null 2>&1; }; then
   echo "== cargo build --release -p taskwire"
-  (cd "$root" && cargo build --release -p taskwire)
+  (cd "$root" && cargo build --release -p taskwire) \
+    || echo "== cargo build failed: Taskwire columns will be empty"
 fi
 
 echo "== versions: dask $("$venv/bin/python" -c 'import dask; print(dask.__version__)'), python $("$venv/bin/python" -c 'import platform; print(platform.python_version())'), taskwire $("$bin" --version 2>/dev/null || echo missing)"
