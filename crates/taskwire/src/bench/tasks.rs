@@ -36,7 +36,10 @@
 //! - `scale --n N` (1,000,000): N tasks in one graph: `noop` leaves plus a reduction tree of
 //!   `noop` tasks with fan-in 100 (one task with a million dependencies would be one huge
 //!   message), leaves chosen so the total is N or a few less (`n` in the output is the real
-//!   count). Only the root is held. Metrics `submit_tasks_per_s` (N / time until the
+//!   count). The graph goes out in messages of `--graph-chunk` tasks (250,000; 0 for one
+//!   message), each submitted once the previous one was accepted: the transport limits a
+//!   message header to 64 MiB, and a million such tasks take about 140 MB. Once all are
+//!   accepted only the root is held. Metrics `submit_tasks_per_s` (N / time until the
 //!   scheduler accepted the graph), `complete_tasks_per_s` (N / time until the root is done),
 //!   `build_ms` (the client building its Task list, included in both), and with an own
 //!   cluster `rss_bytes_per_task` ((scheduler VmHWM after completion - VmRSS before
@@ -57,7 +60,7 @@
 //!
 //! `--workers` (2), `--threads` (1), `--runs` (5; 3 for `scale`), `--warmup` (1), `--json`,
 //! `--scheduler ADDR`, `--worker-saturation F|inf` and `--no-work-stealing` (passed to the
-//! scheduler started here), `--zero-worker`, `--n`, `--leaves`, `--size`. Several workloads
+//! scheduler started here), `--zero-worker`, `--n`, `--leaves`, `--size`, `--graph-chunk`. Several workloads
 //! may be named at once; they share one cluster.
 //!
 //! # JSON lines (`--json`)
@@ -75,8 +78,8 @@
 //!   default when not given; `"unknown"` with `--scheduler`.
 //! - `cluster`: `"local"` (started here) or `"external"` (`--scheduler`); with `"external"`,
 //!   `workers` and `threads` are what the scheduler reported (threads: the largest per worker).
-//! - `leaves` (tree), `size` (transfer, bytes) and `fan_in` (scale) appear only for their
-//!   workload. A NaN figure (e.g. a transfer time that came out negative) is written `null`.
+//! - `leaves` (tree), `size` (transfer, bytes), `fan_in` and `graph_chunk` (scale) appear only
+//!   for their workload. A NaN figure (e.g. a transfer time that came out negative) is written `null`.
 
 use super::cluster::{ChildCluster, ClusterSpec, proc_status_bytes, reset_peak_rss};
 use super::report::{median, percentile};
@@ -168,6 +171,10 @@ pub(crate) struct TasksArgs {
     /// Workers report tasks finished without running them (measures the scheduler alone).
     #[arg(long)]
     zero_worker: bool,
+    /// `scale`: submit the graph in messages of at most this many tasks, one after another
+    /// (0: one message). A message header is limited to 64 MiB, about 450,000 such tasks.
+    #[arg(long, default_value_t = 250_000)]
+    graph_chunk: usize,
 }
 
 /// One metric of one workload over all measured runs (one JSON line, one table row).
@@ -194,6 +201,8 @@ struct TaskRow {
     size: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fan_in: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    graph_chunk: Option<u64>,
 }
 
 /// The cluster settings every row repeats.
@@ -229,6 +238,7 @@ struct Extra {
     leaves: Option<u64>,
     size: Option<u64>,
     fan_in: Option<u64>,
+    graph_chunk: Option<u64>,
 }
 
 /// `1.1` stays `1.1`, infinity is `inf`.
@@ -250,6 +260,9 @@ pub(crate) fn run(args: TasksArgs) -> Result<(), String> {
     }
     if args.leaves == 0 {
         return Err("--leaves must be at least 1".into());
+    }
+    if args.workload.contains(&Workload::Scale) && args.graph_chunk == 1 {
+        return Err("--graph-chunk 1 would submit a million one-task graphs".into());
     }
     if args.n == Some(0) {
         return Err("--n must be at least 1".into());
@@ -539,6 +552,7 @@ async fn run_async(args: &TasksArgs) -> Result<(), String> {
                     Extra {
                         n: (leaves + reductions(leaves)) as u64,
                         fan_in: Some(SCALE_FAN_IN as u64),
+                        graph_chunk: Some(args.graph_chunk as u64),
                         ..Extra::default()
                     },
                 )
@@ -558,7 +572,7 @@ async fn run_async(args: &TasksArgs) -> Result<(), String> {
                 Workload::Tree => tree_run(ctx, n).await?,
                 Workload::Roundtrip => roundtrip_run(ctx, n).await?,
                 Workload::Transfer => transfer_run(ctx, n).await?,
-                Workload::Scale => scale_run(ctx, n).await?,
+                Workload::Scale => scale_run(ctx, n, args.graph_chunk).await?,
                 Workload::Commands => commands_run(ctx, n).await?,
                 Workload::Startup => unreachable!("handled above"),
             };
@@ -620,6 +634,7 @@ fn summarise(
                 leaves: extra.leaves,
                 size: extra.size,
                 fan_in: extra.fan_in,
+                graph_chunk: extra.graph_chunk,
             }
         })
         .collect()
@@ -857,7 +872,7 @@ fn scale_tasks(p: &str, leaves: usize) -> Vec<Task> {
     tasks
 }
 
-async fn scale_run(ctx: &mut Ctx, leaves: usize) -> Result<Vec<Measure>, String> {
+async fn scale_run(ctx: &mut Ctx, leaves: usize, chunk: usize) -> Result<Vec<Measure>, String> {
     let p = ctx.prefix('s');
     let pid = ctx.cluster.as_ref().map(|c| c.scheduler_pid);
     let mut rss_before = 0;
@@ -874,7 +889,23 @@ async fn scale_run(ctx: &mut Ctx, leaves: usize) -> Result<Vec<Measure>, String>
     let tasks = scale_tasks(&p, leaves);
     let count = tasks.len();
     let built = t0.elapsed().as_secs_f64();
-    let mut futures = ctx.client.submit_graph(tasks).await.map_err(err)?;
+    // Leaves come before the reductions over them, so every chunk depends only on itself and
+    // earlier chunks. All futures are held until the last chunk is in, so no key an
+    // unsubmitted task needs can be released meanwhile.
+    let chunk = if chunk == 0 { count } else { chunk };
+    let mut futures = Vec::with_capacity(count);
+    let mut tasks = tasks.into_iter().peekable();
+    while tasks.peek().is_some() {
+        let part: Vec<Task> = tasks.by_ref().take(chunk).collect();
+        let len = part.len();
+        let got = ctx.client.submit_graph(part).await.map_err(|e| {
+            format!(
+                "submitting {len} tasks in one graph: {e} (a message header is limited to \
+                 64 MiB: try a smaller --graph-chunk)"
+            )
+        })?;
+        futures.extend(got);
+    }
     let accepted = t0.elapsed().as_secs_f64();
     let root = futures.pop().ok_or("no futures for the graph")?;
     drop(futures);
