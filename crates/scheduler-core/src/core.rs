@@ -227,7 +227,11 @@ impl Core {
 
     /// The transitions of `key` still in the log, oldest first (also for forgotten keys).
     pub fn story(&self, key: &str) -> Vec<TransitionRecord> {
-        self.log.story(key)
+        let live = self.by_key.get(key).map(|&slot| {
+            let t = &self.tasks[slot as usize];
+            (slot, t.generation, &t.key)
+        });
+        self.log.story(key, live)
     }
 
     /// The registered workers, by id.
@@ -400,7 +404,7 @@ impl Core {
         for i in 0..self.tasks[slot as usize].wanted.len() {
             let c = self.tasks[slot as usize].wanted[i];
             let msg = KeyInMemoryMsg {
-                key: key.to_string(),
+                key: String::from(&*key),
                 task: id,
                 worker: address.clone().unwrap_or_default(),
                 nbytes,
@@ -423,7 +427,7 @@ impl Core {
             let c = self.tasks[slot as usize].wanted[i];
             self.client_mut(c)
                 .out_erred
-                .push((key.to_string(), error.clone()));
+                .push((String::from(&*key), error.clone()));
         }
     }
 
@@ -613,6 +617,19 @@ impl Core {
             t.retries_left = spec.retries;
             slots.push(slot);
         }
+        // Size each new task's dependents list once.
+        let mut n_dependents = vec![0u32; slots.len()];
+        for &e in &resolved {
+            if e & IN_GRAPH != 0 {
+                n_dependents[(e & !IN_GRAPH) as usize] += 1;
+            }
+        }
+        for (&slot, &n) in slots.iter().zip(&n_dependents) {
+            if n > 0 {
+                self.tasks[slot as usize].dependents.reserve_exact(n as usize);
+            }
+        }
+        drop(n_dependents);
         for (i, &slot) in slots.iter().enumerate() {
             let deps: Box<[u32]> = resolved[offsets[i] as usize..offsets[i + 1] as usize]
                 .iter()
@@ -673,7 +690,7 @@ impl Core {
             .map(|w| w.address.clone())
             .unwrap_or_default();
         let msg = KeyInMemoryMsg {
-            key: t.key.to_string(),
+            key: String::from(&*t.key),
             task: t.id,
             worker: address,
             nbytes: t.nbytes,
@@ -683,7 +700,7 @@ impl Core {
 
     fn notify_one_erred(&mut self, client: ClientId, slot: u32) {
         let t = &self.tasks[slot as usize];
-        let key = t.key.to_string();
+        let key = String::from(&*t.key);
         let err = t.error.as_deref().cloned().unwrap_or(TaskErrorMsg {
             kind: ErrorKindMsg::Failed,
             message: "unknown error".into(),
@@ -961,7 +978,7 @@ impl Core {
             res,
             slots,
             alive: true,
-            processing: FxHashSet::default(),
+            processing: Vec::new(),
             occupancy_us: 0,
             has_what: FxHashSet::default(),
             nbytes: 0,
@@ -1124,7 +1141,7 @@ impl Core {
                 vec![w]
             } else {
                 // It tried every holder we named: none of them could serve it.
-                self.tasks[slot as usize].who_has.clone()
+                self.tasks[slot as usize].who_has.to_vec()
             };
             for h in holders {
                 self.remove_holder(slot, h, h != w);
@@ -1195,8 +1212,13 @@ impl Core {
     }
 
     pub(crate) fn remove_holder(&mut self, slot: u32, w: u32, free: bool) {
-        let t = &mut self.tasks[slot as usize];
-        t.who_has.retain(|&h| h != w);
+        self.tasks[slot as usize].who_has.retain(|&h| h != w);
+        self.detach_holder(slot, w, free);
+    }
+
+    /// The worker side of [`remove_holder`](Self::remove_holder): `w` no longer holds it.
+    pub(crate) fn detach_holder(&mut self, slot: u32, w: u32, free: bool) {
+        let t = &self.tasks[slot as usize];
         let (nbytes, id) = (t.nbytes, t.id);
         if let Some(worker) = self.workers[w as usize].as_mut() {
             worker.has_what.remove(&slot);

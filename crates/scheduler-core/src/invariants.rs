@@ -83,7 +83,7 @@ impl Core {
                     not_in_memory += 1;
                 }
             }
-            for c in &t.wanted {
+            for c in t.wanted.iter() {
                 let ok = self
                     .clients
                     .get(c)
@@ -159,14 +159,14 @@ impl Core {
                             .get(t.processing_on as usize)
                             .and_then(|w| w.as_ref());
                         ensure!(
-                            w.is_some_and(|w| w.alive && w.processing.contains(&slot)),
+                            w.is_some_and(|w| w.alive && w.processing.get(t.proc_pos as usize) == Some(&slot)),
                             "'{key}' processing on a worker that does not know it"
                         );
                     }
                 }
                 TaskState::Memory => {
                     ensure!(!t.who_has.is_empty(), "'{key}' in memory nowhere");
-                    for &h in &t.who_has {
+                    for &h in t.who_has.iter() {
                         let w = self.workers.get(h as usize).and_then(|w| w.as_ref());
                         ensure!(
                             w.is_some_and(|w| w.alive && w.has_what.contains(&slot)),
@@ -222,10 +222,12 @@ impl Core {
                 worker.id
             );
             let mut occ = 0u64;
-            for &s in &worker.processing {
+            for (i, &s) in worker.processing.iter().enumerate() {
                 let t = &self.tasks[s as usize];
                 ensure!(
-                    t.state == TaskState::Processing && t.processing_on == w,
+                    t.state == TaskState::Processing
+                        && t.processing_on == w
+                        && t.proc_pos as usize == i,
                     "worker {} lists '{}' ({}) as processing",
                     worker.id,
                     t.key,

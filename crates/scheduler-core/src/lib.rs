@@ -114,6 +114,7 @@ mod hash;
 mod invariants;
 mod placement;
 mod placement_cost;
+mod small;
 mod state;
 mod stealing;
 mod task;

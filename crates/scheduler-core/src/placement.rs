@@ -69,7 +69,7 @@ impl Core {
             .collect();
         let msg = ComputeTaskMsg {
             task: t.id,
-            key: t.key.to_string(),
+            key: String::from(&*t.key),
             kind: t
                 .kind
                 .as_deref()
@@ -80,12 +80,14 @@ impl Core {
             priority: t.priority,
         };
         let worker = self.workers[w as usize].as_mut().expect("live worker");
-        worker.processing.insert(slot);
+        let pos = worker.processing.len() as u32;
+        worker.processing.push(slot);
         worker.occupancy_us += est;
         worker.consume(&c.resources, 1.0);
         worker.out_compute.push(msg);
         let t = &mut self.tasks[slot as usize];
         t.processing_on = w;
+        t.proc_pos = pos;
         t.est_us = est.min(u32::MAX as u64) as u32;
         self.assign_seq = self.assign_seq.wrapping_add(1);
         t.assigned_seq = self.assign_seq;
@@ -99,7 +101,7 @@ impl Core {
         let t = &mut self.tasks[slot as usize];
         let w = t.processing_on;
         t.processing_on = NONE;
-        let (est, c, id) = (t.est_us as u64, t.constraint as usize, t.id);
+        let (est, c, id, pos) = (t.est_us as u64, t.constraint as usize, t.id, t.proc_pos);
         if !self.steals.is_empty()
             && let Some(s) = self.steals.remove(&slot)
             && let Some(thief) = self.workers[s.thief as usize].as_mut()
@@ -109,7 +111,11 @@ impl Core {
         let Some(worker) = self.workers[w as usize].as_mut() else {
             return;
         };
-        worker.processing.remove(&slot);
+        debug_assert_eq!(worker.processing[pos as usize], slot);
+        worker.processing.swap_remove(pos as usize);
+        if let Some(&moved) = worker.processing.get(pos as usize) {
+            self.tasks[moved as usize].proc_pos = pos;
+        }
         worker.occupancy_us -= est;
         let need = &self.constraints[c].resources;
         if !need.is_empty() {
@@ -156,7 +162,7 @@ impl Core {
         for &d in t.deps.iter() {
             let dt = &self.tasks[d as usize];
             total += dt.nbytes;
-            for &h in &dt.who_has {
+            for &h in dt.who_has.iter() {
                 let h = h as usize;
                 if !self.scratch_seen[h] {
                     self.scratch_seen[h] = true;

@@ -169,36 +169,141 @@ impl StateCounts {
     }
 }
 
-/// Ring buffer of the most recent transitions.
+/// One logged transition, `Copy` and fixed-size: the task is named by its slot and
+/// generation; its key is looked up only in `story`.
+#[derive(Clone, Copy)]
+struct Entry {
+    slot: u32,
+    generation: u32,
+    from: TaskState,
+    to: TaskState,
+    stimulus: StimulusId,
+    at: Instant,
+}
+
+/// Ring buffer of the most recent transitions. Writing one is a copy of a small record; keys
+/// are not copied: live tasks are found by slot and generation, and the keys of forgotten
+/// tasks (whose slot may hold another task since) are kept in `graves` until their last entry
+/// is overwritten.
 pub(crate) struct TransitionLog {
     cap: usize,
-    records: VecDeque<TransitionRecord>,
+    entries: Vec<Entry>,
+    /// Next position to overwrite once `entries` is full.
+    head: usize,
+    /// Entries ever written.
+    written: u64,
+    /// (position of its last entry, slot, generation, key) of forgotten tasks, oldest first.
+    graves: VecDeque<(u64, u32, u32, Arc<str>)>,
+    /// Position of the oldest grave's last entry (`u64::MAX` when there is none).
+    first_grave: u64,
 }
 
 impl TransitionLog {
     pub(crate) fn new(cap: usize) -> TransitionLog {
         TransitionLog {
             cap,
-            records: VecDeque::new(),
+            entries: Vec::new(),
+            head: 0,
+            written: 0,
+            graves: VecDeque::new(),
+            first_grave: u64::MAX,
         }
     }
 
+    #[inline]
     pub(crate) fn enabled(&self) -> bool {
         self.cap > 0
     }
 
-    pub(crate) fn push(&mut self, record: TransitionRecord) {
-        if self.records.len() == self.cap {
-            self.records.pop_front();
+    #[inline]
+    pub(crate) fn push(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        from: TaskState,
+        to: TaskState,
+        stimulus: StimulusId,
+        at: Instant,
+    ) {
+        let entry = Entry {
+            slot,
+            generation,
+            from,
+            to,
+            stimulus,
+            at,
+        };
+        self.written += 1;
+        if self.entries.len() < self.cap {
+            self.entries.push(entry);
+            return;
         }
-        self.records.push_back(record);
+        self.entries[self.head] = entry;
+        self.head += 1;
+        if self.head == self.cap {
+            self.head = 0;
+        }
+        // Positions below this have been overwritten.
+        let first_pos = self.written - self.cap as u64;
+        if self.first_grave < first_pos {
+            self.bury(first_pos);
+        }
     }
 
-    pub(crate) fn story(&self, key: &str) -> Vec<TransitionRecord> {
-        self.records
+    /// Drop the keys of forgotten tasks whose entries are all overwritten.
+    #[cold]
+    fn bury(&mut self, first_pos: u64) {
+        while self.graves.front().is_some_and(|g| g.0 < first_pos) {
+            self.graves.pop_front();
+        }
+        self.first_grave = self.graves.front().map_or(u64::MAX, |g| g.0);
+    }
+
+    /// The task in `slot` of `generation`, named `key`, was just forgotten (its last entry is
+    /// the newest): keep its key while entries refer to it.
+    pub(crate) fn forget(&mut self, slot: u32, generation: u32, key: Arc<str>) {
+        if self.enabled() && self.written > 0 {
+            let pos = self.written - 1;
+            if self.graves.is_empty() {
+                self.first_grave = pos;
+            }
+            self.graves.push_back((pos, slot, generation, key));
+        }
+    }
+
+    /// The entries of `key`, oldest first. `live` is the live task of that key, if any
+    /// (slot, generation, key).
+    pub(crate) fn story(
+        &self,
+        key: &str,
+        live: Option<(u32, u32, &Arc<str>)>,
+    ) -> Vec<TransitionRecord> {
+        let mut who: Vec<(u32, u32, &Arc<str>)> = self
+            .graves
             .iter()
-            .filter(|r| &*r.key == key)
-            .cloned()
+            .filter(|g| &*g.3 == key)
+            .map(|g| (g.1, g.2, &g.3))
+            .collect();
+        who.extend(live);
+        if who.is_empty() {
+            return Vec::new();
+        }
+        let (newer, older) = self.entries.split_at(self.head);
+        older
+            .iter()
+            .chain(newer)
+            .filter_map(|e| {
+                let &(_, _, k) = who
+                    .iter()
+                    .find(|w| w.0 == e.slot && w.1 == e.generation)?;
+                Some(TransitionRecord {
+                    key: k.clone(),
+                    from: e.from,
+                    to: e.to,
+                    stimulus: e.stimulus,
+                    at: e.at,
+                })
+            })
             .collect()
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use taskwire_protocol::{ClientId, ResourceMsg, TaskErrorMsg, TaskId, TaskKindMsg};
 
+use crate::small::SmallList;
 use crate::state::TaskState;
 
 /// "No slot" marker for worker and task slot fields.
@@ -51,14 +52,16 @@ pub(crate) struct Task {
     /// Assignment order (wrapping): workers run same-priority tasks in arrival order.
     pub(crate) assigned_seq: u32,
     pub(crate) processing_on: u32,
+    /// Index in its worker's `processing` list (valid while `processing`).
+    pub(crate) proc_pos: u32,
     pub(crate) nbytes: u64,
     /// What to run; `None` for scattered data, which has no lineage.
     pub(crate) kind: Option<Box<TaskKindMsg>>,
     pub(crate) deps: Box<[u32]>,
     /// May hold stale references to forgotten dependents; compacted lazily.
     pub(crate) dependents: Vec<TaskRef>,
-    pub(crate) who_has: Vec<u32>,
-    pub(crate) wanted: Vec<ClientId>,
+    pub(crate) who_has: SmallList<u32, 4>,
+    pub(crate) wanted: SmallList<ClientId, 2>,
     pub(crate) error: Option<Box<TaskErrorMsg>>,
 }
 
@@ -81,12 +84,13 @@ impl Task {
             est_us: 0,
             assigned_seq: 0,
             processing_on: NONE,
+            proc_pos: 0,
             nbytes: 0,
             kind: None,
             deps: Box::default(),
             dependents: Vec::new(),
-            who_has: Vec::new(),
-            wanted: Vec::new(),
+            who_has: SmallList::default(),
+            wanted: SmallList::default(),
             error: None,
         }
     }

@@ -6,7 +6,7 @@
 use taskwire_protocol::{ErrorKindMsg, TaskErrorMsg};
 
 use crate::core::Core;
-use crate::state::{TaskState, TransitionRecord};
+use crate::state::TaskState;
 use crate::task::{F_SCATTER, NONE};
 
 use TaskState::*;
@@ -124,14 +124,9 @@ impl Core {
             *c += 1;
         }
         if self.log.enabled() {
-            let record = TransitionRecord {
-                key: t.key.clone(),
-                from,
-                to,
-                stimulus: self.stimulus,
-                at: self.now.expect("transitions happen inside handle_*"),
-            };
-            self.log.push(record);
+            let at = self.now.expect("transitions happen inside handle_*");
+            self.log
+                .push(slot, t.generation, from, to, self.stimulus, at);
         }
         if !allowed(from, to) {
             let msg = format!(
@@ -205,13 +200,13 @@ impl Core {
             ) => e.clone(),
             Some(e) => TaskErrorMsg {
                 kind: ErrorKindMsg::Dependency {
-                    ancestor: t.key.to_string(),
+                    ancestor: String::from(&*t.key),
                 },
                 message: format!("dependency '{}' failed: {}", t.key, e.message),
             },
             None => TaskErrorMsg {
                 kind: ErrorKindMsg::Dependency {
-                    ancestor: t.key.to_string(),
+                    ancestor: String::from(&*t.key),
                 },
                 message: format!("dependency '{}' failed", t.key),
             },
@@ -356,10 +351,8 @@ impl Core {
     /// data. Dependents that counted on it wait again; recompute it if it is still needed.
     pub(crate) fn memory_released(&mut self, slot: u32) {
         let holders = std::mem::take(&mut self.tasks[slot as usize].who_has);
-        for h in holders {
-            // Put it back so remove_holder finds it.
-            self.tasks[slot as usize].who_has.push(h);
-            self.remove_holder(slot, h, true);
+        for &h in holders.iter() {
+            self.detach_holder(slot, h, true);
         }
         self.set_state(slot, Released);
         let dependents = std::mem::take(&mut self.tasks[slot as usize].dependents);
@@ -403,13 +396,13 @@ impl Core {
         self.set_state(slot, Forgotten);
         let t = &mut self.tasks[slot as usize];
         let key = std::mem::replace(&mut t.key, self.empty_key.clone());
-        let (id, prefix) = (t.id, t.prefix);
+        let (id, prefix, generation) = (t.id, t.prefix, t.generation);
         let deps = std::mem::take(&mut t.deps);
         t.generation = t.generation.wrapping_add(1);
         t.kind = None;
         t.dependents = Vec::new();
-        t.who_has = Vec::new();
-        t.wanted = Vec::new();
+        t.who_has.clear();
+        t.wanted.clear();
         t.error = None;
         t.flags = 0;
         t.waiters = 0;
@@ -420,6 +413,7 @@ impl Core {
         t.constraint = 0;
         self.by_key.remove(&key);
         self.by_id.remove(&id.0);
+        self.log.forget(slot, generation, key);
         self.release_prefix(prefix);
         for &d in deps.iter() {
             let dt = &mut self.tasks[d as usize];

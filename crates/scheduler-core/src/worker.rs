@@ -20,7 +20,8 @@ pub(crate) struct Worker {
     /// How many tasks it may run at once before root tasks queue.
     pub(crate) slots: u64,
     pub(crate) alive: bool,
-    pub(crate) processing: FxHashSet<u32>,
+    /// Task slots assigned to it, any order; each task knows its index (`proc_pos`).
+    pub(crate) processing: Vec<u32>,
     pub(crate) occupancy_us: u64,
     pub(crate) has_what: FxHashSet<u32>,
     pub(crate) nbytes: u64,
