@@ -12,9 +12,10 @@ use taskwire_protocol::{
 use crate::config::CoreConfig;
 use crate::event::{Command, Event};
 use crate::hash::{FxHashMap, FxHashSet};
+use crate::heap::WorkerHeap;
 use crate::state::{StateCounts, StimulusId, TaskState, TransitionLog, TransitionRecord};
 use crate::task::{Constraint, F_SCATTER, Prefix, QueueKey, Task, TaskRef, key_prefix};
-use crate::worker::{OccKey, Worker, heartbeat_ms};
+use crate::worker::{Worker, heartbeat_ms};
 
 /// A pending recommendation: move the task in `slot` (if still of `generation`) to a state.
 pub(crate) type Rec = (u32, u32, TaskState);
@@ -64,8 +65,8 @@ pub struct Core {
     pub(crate) worker_by_id: FxHashMap<WorkerId, u32>,
     pub(crate) worker_by_name: FxHashMap<String, u32>,
     pub(crate) worker_by_addr: FxHashMap<String, u32>,
-    pub(crate) by_occupancy: BTreeSet<OccKey>,
-    pub(crate) free_slots: BTreeSet<OccKey>,
+    pub(crate) by_occupancy: WorkerHeap,
+    pub(crate) free_slots: WorkerHeap,
     pub(crate) queued: BTreeSet<QueueKey>,
     pub(crate) steals: FxHashMap<u32, Steal>,
     pub(crate) next_steal: Option<Instant>,
@@ -121,8 +122,8 @@ impl Core {
             worker_by_id: FxHashMap::default(),
             worker_by_name: FxHashMap::default(),
             worker_by_addr: FxHashMap::default(),
-            by_occupancy: BTreeSet::new(),
-            free_slots: BTreeSet::new(),
+            by_occupancy: WorkerHeap::default(),
+            free_slots: WorkerHeap::default(),
             queued: BTreeSet::new(),
             steals: FxHashMap::default(),
             next_steal: None,

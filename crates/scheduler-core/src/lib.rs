@@ -111,6 +111,7 @@ mod config;
 mod core;
 mod event;
 mod hash;
+mod heap;
 mod invariants;
 mod placement;
 mod placement_cost;

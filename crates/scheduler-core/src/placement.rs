@@ -27,15 +27,14 @@ impl Core {
         let new = worker.compute_key(w);
         let old = worker.occ_key;
         if new != old {
-            self.by_occupancy.remove(&old);
-            self.by_occupancy.insert(new);
+            self.by_occupancy.update(new);
         }
         let free = worker.has_free_slot();
-        if worker.in_free_slots && (!free || new != old) {
-            self.free_slots.remove(&old);
-        }
-        if free && (!worker.in_free_slots || new != old) {
-            self.free_slots.insert(new);
+        match (worker.in_free_slots, free) {
+            (true, true) if new != old => self.free_slots.update(new),
+            (true, false) => self.free_slots.remove(&old),
+            (false, true) => self.free_slots.insert(new),
+            _ => {}
         }
         worker.in_free_slots = free;
         worker.occ_key = new;
@@ -229,12 +228,12 @@ impl Core {
                         consider(w, &mut best);
                     }
                 }
-                let first = self.by_occupancy.iter().find(|&&(_, _, w)| {
+                let first = self.by_occupancy.min_where(|&(_, _, w)| {
                     self.workers[w as usize]
                         .as_ref()
                         .is_some_and(|x| x.fits(&c.resources))
                 });
-                if let Some(&(_, _, w)) = first {
+                if let Some((_, _, w)) = first {
                     consider(w, &mut best);
                 }
             }

@@ -14,8 +14,9 @@ const MAX_PER_SIDE: usize = 256;
 
 impl Core {
     pub(crate) fn balance(&mut self) {
+        let order = self.by_occupancy.sorted();
         let mut thieves = Vec::new();
-        for &(_, _, w) in self.by_occupancy.iter() {
+        for &(_, _, w) in order.iter() {
             let worker = self.workers[w as usize]
                 .as_ref()
                 .expect("indexed workers live");
@@ -34,7 +35,7 @@ impl Core {
             return;
         }
         let mut victims = Vec::new();
-        for &(_, _, w) in self.by_occupancy.iter().rev() {
+        for &(_, _, w) in order.iter().rev() {
             let worker = self.workers[w as usize]
                 .as_ref()
                 .expect("indexed workers live");
