@@ -477,9 +477,27 @@ impl Core {
     // Tasks: creation and submission
 
     fn intern_prefix(&mut self, key: &str) -> u32 {
-        let p = key_prefix(key);
-        // Graphs come in runs of one prefix: try the last one before hashing.
+        // Graphs come in runs of one prefix: try the last one before parsing and hashing.
+        // `name-<digit>...` has the prefix `name` when `name` is itself a prefix (its first word
+        // is not empty, the later ones are not index-like, and the digit word ends it).
         let last = self.last_prefix as usize;
+        if let Some(lp) = self.prefixes.get(last)
+            && lp.live > 0
+        {
+            let (k, n) = (key.as_bytes(), lp.name.as_bytes());
+            // (A name starting with '-' is a whole key: its first word is empty.)
+            if n.first().is_some_and(|&b| b != b'-')
+                && k.len() > n.len() + 1
+                && k.starts_with(n)
+                && k[n.len()] == b'-'
+                && k[n.len() + 1].is_ascii_digit()
+            {
+                debug_assert_eq!(key_prefix(key), &*lp.name);
+                self.prefixes[last].live += 1;
+                return last as u32;
+            }
+        }
+        let p = key_prefix(key);
         if let Some(lp) = self.prefixes.get(last)
             && lp.live > 0
             && *lp.name == *p
@@ -612,7 +630,7 @@ impl Core {
             let constraint = self.intern_constraint(&spec.resources, &spec.workers);
             let slot = self.alloc_task(Arc::from(spec.key), prefix);
             let t = &mut self.tasks[slot as usize];
-            t.kind = Some(Box::new(spec.kind));
+            t.kind = Some(spec.kind);
             t.constraint = constraint;
             t.priority = spec.priority;
             t.retries_left = spec.retries;
@@ -1237,3 +1255,22 @@ type ResolvedGraph = (Vec<u32>, Vec<u32>, Vec<u32>);
 
 /// Marks a resolved dependency as an index into the submitted list rather than a slot.
 const IN_GRAPH: u32 = 1 << 31;
+
+#[cfg(test)]
+mod tests {
+    use super::{Core, CoreConfig};
+    use crate::task::key_prefix;
+
+    #[test]
+    fn interned_prefix_matches_key_prefix() {
+        let mut core = Core::new(CoreConfig::default());
+        let keys = [
+            "-3", "-3-5", "t-1", "t-2", "t-x-3", "t-x-4", "t-x", "a--b-1", "a--b-2", "a--1",
+            "inc-deadbeefcafe-1", "inc-2", "x", "x-1", "x-1-2", "3-4", "3-5",
+        ];
+        for key in keys {
+            let p = core.intern_prefix(key);
+            assert_eq!(&*core.prefixes[p as usize].name, key_prefix(key), "{key}");
+        }
+    }
+}

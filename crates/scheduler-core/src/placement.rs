@@ -71,8 +71,7 @@ impl Core {
             key: String::from(&*t.key),
             kind: t
                 .kind
-                .as_deref()
-                .cloned()
+                .clone()
                 .expect("computed tasks have a kind"),
             deps,
             resources: c.resources_msg.clone(),

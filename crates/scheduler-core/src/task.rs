@@ -56,7 +56,7 @@ pub(crate) struct Task {
     pub(crate) proc_pos: u32,
     pub(crate) nbytes: u64,
     /// What to run; `None` for scattered data, which has no lineage.
-    pub(crate) kind: Option<Box<TaskKindMsg>>,
+    pub(crate) kind: Option<TaskKindMsg>,
     pub(crate) deps: Box<[u32]>,
     /// May hold stale references to forgotten dependents; compacted lazily.
     pub(crate) dependents: Vec<TaskRef>,
@@ -166,5 +166,7 @@ mod tests {
         assert_eq!(key_prefix("x"), "x");
         assert_eq!(key_prefix("sum-deadbeefcafe"), "sum");
         assert_eq!(key_prefix("3-4"), "3");
+        assert_eq!(key_prefix("-3"), "-3");
+        assert_eq!(key_prefix("-3-5"), "-3-5");
     }
 }
