@@ -4,7 +4,7 @@
 use crate::error::ClientError;
 use crate::future::{AsCompleted, Future, final_location};
 use crate::peer::PeerPool;
-use crate::state::{KeyEntry, KeyEvent, KeyState, Outgoing, State, coalesce};
+use crate::state::{KeyEntry, KeyEvent, KeyState, Outgoing, State, coalesce, wake_all};
 use crate::task::Task;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use taskwire_protocol::{
-    FromClient, Hello, Role, TaskId, ToClient, WorkerInfoMsg, decode, encode, read_welcome,
+    ArchivedKeyInMemoryMsg, ArchivedToClient, FromClient, Hello, Role, TaskId, ToClient,
+    WorkerInfoMsg, access, decode, encode, read_welcome,
 };
 use taskwire_transport::{Address, ConnReceiver, ConnSender, Message, Registry, TransportConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -38,9 +39,9 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// One handle on `key` is gone.
-    pub(crate) fn release(&self, key: &str) {
-        self.lock().release(key);
+    /// The last handle on `entry` is gone.
+    pub(crate) fn unused(&self, entry: &Arc<KeyEntry>) {
+        self.lock().unused(entry);
     }
 
     fn next_id(&self) -> u64 {
@@ -55,7 +56,64 @@ impl Shared {
         }
     }
 
+    /// Handle one message from the scheduler. Results, the bulk of the traffic, are read in
+    /// place; everything else is decoded.
+    fn handle_header(&self, header: &Bytes) {
+        match access::<ToClient>(header) {
+            Ok(archived) => {
+                if let ArchivedToClient::KeysInMemory(keys) = archived.get() {
+                    self.keys_in_memory(keys);
+                    return;
+                }
+            }
+            Err(e) => {
+                let err = ClientError::Protocol(e.to_string());
+                tracing::warn!(scheduler = %self.address, "ignoring a message: {err}");
+                return;
+            }
+        }
+        match decode::<ToClient>(header) {
+            Ok(m) => self.handle_message(m),
+            Err(e) => {
+                let err = ClientError::Protocol(e.to_string());
+                tracing::warn!(scheduler = %self.address, "ignoring a message: {err}");
+            }
+        }
+    }
+
+    fn keys_in_memory(&self, keys: &[ArchivedKeyInMemoryMsg]) {
+        let mut wake = Vec::new();
+        {
+            let mut st = self.lock();
+            let mut worker: Option<Arc<str>> = None;
+            for k in keys {
+                let Some(entry) = st.entry(k.key.as_str()).cloned() else {
+                    continue;
+                };
+                let addr = k.worker.as_str();
+                let w = match &worker {
+                    Some(w) if &**w == addr => w.clone(),
+                    _ => {
+                        let w = st.worker(addr);
+                        worker = Some(w.clone());
+                        w
+                    }
+                };
+                entry.apply_deferred(
+                    KeyEvent::InMemory {
+                        task: TaskId::from(&k.task),
+                        worker: w,
+                        nbytes: k.nbytes.to_native(),
+                    },
+                    &mut wake,
+                );
+            }
+        }
+        wake_all(wake);
+    }
+
     fn handle_message(&self, msg: ToClient) {
+        let mut wake = Vec::new();
         let mut st = self.lock();
         match msg {
             ToClient::GraphAccepted { submit_id } => match st.submits.remove(&submit_id) {
@@ -72,19 +130,23 @@ impl Shared {
             },
             ToClient::KeysInMemory(keys) => {
                 for k in keys {
+                    let worker = st.worker(&k.worker);
                     if let Some(entry) = st.entry(&k.key) {
-                        entry.apply(KeyEvent::InMemory {
-                            task: k.task,
-                            worker: k.worker,
-                            nbytes: k.nbytes,
-                        });
+                        entry.apply_deferred(
+                            KeyEvent::InMemory {
+                                task: k.task,
+                                worker,
+                                nbytes: k.nbytes,
+                            },
+                            &mut wake,
+                        );
                     }
                 }
             }
             ToClient::KeysErred(keys) => {
                 for (key, error) in keys {
                     if let Some(entry) = st.entry(&key) {
-                        entry.apply(KeyEvent::Erred(error));
+                        entry.apply_deferred(KeyEvent::Erred(error), &mut wake);
                     }
                 }
             }
@@ -106,6 +168,8 @@ impl Shared {
                 tracing::warn!(scheduler = %self.address, "scheduler could not handle a message: {text}")
             }
         }
+        drop(st);
+        wake_all(wake);
     }
 }
 
@@ -201,46 +265,62 @@ impl Client {
         let submit_id = self.shared.next_id();
         let (reply, answer) = oneshot::channel();
         let mut specs = Vec::with_capacity(tasks.len());
+        let mut wanted = Vec::with_capacity(tasks.len());
         let mut held = Vec::new();
         for t in tasks {
             let (spec, h) = t.into_parts();
+            wanted.push(spec.key.clone());
             specs.push(spec);
             held.extend(h);
         }
-        let wanted: Vec<String> = specs.iter().map(|s| s.key.clone()).collect();
-        let acquired = {
+        // Encoded here, so the keys can then move into the key table instead of being copied.
+        let msg = FromClient::UpdateGraph {
+            submit_id,
+            tasks: specs,
+            wanted,
+        };
+        let header = encode(&msg);
+        let FromClient::UpdateGraph {
+            tasks: specs,
+            wanted,
+            ..
+        } = msg
+        else {
+            unreachable!("built above")
+        };
+        let mut created = Vec::new();
+        let futures = {
             let mut st = self.shared.lock();
             if st.closed {
                 return Err(ClientError::Closed);
             }
-            let acquired: Vec<(Arc<KeyEntry>, bool)> =
-                wanted.iter().map(|k| st.acquire(k)).collect();
-            for (entry, _) in &acquired {
-                entry.apply(KeyEvent::Resubmitted);
+            let mut futures = Vec::with_capacity(wanted.len());
+            for key in wanted {
+                let (entry, new) = st.acquire_owned(key);
+                if new {
+                    created.push(futures.len());
+                } else {
+                    entry.apply(KeyEvent::Resubmitted);
+                }
                 entry.registered.store(true, Ordering::Relaxed);
+                futures.push(Future::new(entry, self.shared.clone()));
             }
             st.submits.insert(submit_id, reply);
-            st.send(Outgoing::Msg(FromClient::UpdateGraph {
-                submit_id,
-                tasks: specs,
-                wanted,
-            }));
-            acquired
+            st.send(Outgoing::Encoded(header));
+            futures
         };
         // The graph is queued ahead of any release the dependencies' futures could cause now.
         drop(held);
-        let created: Vec<Arc<KeyEntry>> = acquired
-            .iter()
-            .filter(|(_, c)| *c)
-            .map(|(e, _)| e.clone())
-            .collect();
-        let futures = self.wrap(acquired);
+        drop(specs);
         match answer.await {
             Ok(Ok(())) => Ok(futures),
             Ok(Err(reason)) => {
                 // The scheduler kept nothing: forget the new keys without releasing them.
-                for e in created {
-                    e.registered.store(false, Ordering::Relaxed);
+                for i in created {
+                    futures[i]
+                        .entry()
+                        .registered
+                        .store(false, Ordering::Relaxed);
                 }
                 Err(ClientError::GraphRejected(reason))
             }
@@ -299,7 +379,7 @@ impl Client {
         drop(waiting);
 
         // Fetch, one request per worker.
-        let mut by_worker: HashMap<String, Vec<(String, TaskId)>> = HashMap::new();
+        let mut by_worker: HashMap<Arc<str>, Vec<(String, TaskId)>> = HashMap::new();
         let mut seen = HashSet::new();
         for f in futures {
             if !seen.insert(f.key()) {
@@ -350,8 +430,10 @@ impl Client {
 
     /// Wait until every future is finished, failed, cancelled or lost.
     pub async fn wait(&self, futures: &[Future]) {
+        // One at a time: a key done meanwhile costs one look, so the waiter is woken about
+        // once per batch of results rather than once per key.
         for f in futures {
-            f.entry().done().await;
+            f.entry().finished().await;
         }
     }
 
@@ -373,7 +455,7 @@ impl Client {
         if keys.is_empty() {
             return Ok(());
         }
-        let st = self.shared.lock();
+        let mut st = self.shared.lock();
         if !st.send(Outgoing::Msg(FromClient::CancelKeys(keys))) {
             return Err(ClientError::Closed);
         }
@@ -469,7 +551,7 @@ impl Client {
             debug_assert_eq!(f.key(), key);
             f.entry().apply(KeyEvent::InMemory {
                 task,
-                worker,
+                worker: worker.into(),
                 nbytes,
             });
         }
@@ -531,6 +613,14 @@ async fn write_loop(
             let _ = sender.send(Message::new(encode(&FromClient::Close))).await;
             return;
         }
+        // Releases collected in the state since their marker was queued join the batch there.
+        for item in &mut batch {
+            if let Outgoing::ReleasesReady(n) = *item
+                && let Some(shared) = shared.upgrade()
+            {
+                *item = Outgoing::Release(shared.lock().take_releases(n));
+            }
+        }
         for item in coalesce(std::mem::take(&mut batch)) {
             match item {
                 Outgoing::Msg(msg) => {
@@ -547,7 +637,18 @@ async fn write_loop(
                     let _ = ack.send(());
                     return;
                 }
-                Outgoing::Release(_) => unreachable!("coalesced into ReleaseKeys"),
+                Outgoing::Encoded(header) => {
+                    if let Err(e) = sender.send(Message::new(header)).await {
+                        tracing::debug!(error = %e, "scheduler connection failed while sending");
+                        if let Some(shared) = shared.upgrade() {
+                            shared.fail_all();
+                        }
+                        return;
+                    }
+                }
+                Outgoing::Release(_) | Outgoing::ReleasesReady(_) => {
+                    unreachable!("coalesced into ReleaseKeys")
+                }
             }
         }
     }
@@ -566,13 +667,7 @@ async fn read_loop(mut receiver: ConnReceiver, shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        match decode::<ToClient>(&msg.header) {
-            Ok(m) => shared.handle_message(m),
-            Err(e) => {
-                let err = ClientError::Protocol(e.to_string());
-                tracing::warn!(scheduler = %shared.address, "ignoring a message: {err}");
-            }
-        }
+        shared.handle_header(&msg.header);
     }
     if let Some(shared) = shared.upgrade() {
         shared.lock().fail_all();

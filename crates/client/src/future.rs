@@ -35,62 +35,65 @@ impl From<&KeyState> for Status {
     }
 }
 
-/// One handle on a key; the last one to go releases the key.
-#[derive(Debug)]
-struct Handle {
-    entry: Arc<KeyEntry>,
-    shared: Arc<Shared>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.shared.release(&self.entry.key);
-    }
-}
-
 /// A handle to a key's eventual result, like a Dask future.
 ///
 /// Cloning makes another handle. All handles to one key in a client share its state; when the
 /// last one is dropped the client tells the scheduler it no longer wants the key (batched), so
 /// the cluster can forget the result.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Future {
-    handle: Arc<Handle>,
+    entry: Arc<KeyEntry>,
+    shared: Arc<Shared>,
+}
+
+impl Clone for Future {
+    fn clone(&self) -> Future {
+        self.entry.clone_handle();
+        Future {
+            entry: self.entry.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Future {
+    fn drop(&mut self) {
+        if self.entry.drop_handle() {
+            self.shared.unused(&self.entry);
+        }
+    }
 }
 
 impl Future {
-    /// A new handle; the caller has already counted it in the key table.
+    /// A new handle; the caller has already counted it in the entry.
     pub(crate) fn new(entry: Arc<KeyEntry>, shared: Arc<Shared>) -> Future {
-        Future {
-            handle: Arc::new(Handle { entry, shared }),
-        }
+        Future { entry, shared }
     }
 
     pub(crate) fn entry(&self) -> &Arc<KeyEntry> {
-        &self.handle.entry
+        &self.entry
     }
 
     /// The key.
     pub fn key(&self) -> &str {
-        &self.handle.entry.key
+        &self.entry.key
     }
 
     /// The status now, without waiting.
     pub fn status(&self) -> Status {
-        Status::from(&*self.handle.entry.state.borrow())
+        self.entry.with_state(|s| Status::from(s))
     }
 
     /// Wait until the key is finished, failed, cancelled or lost, and say which.
     pub async fn done(&self) -> Status {
-        Status::from(&self.handle.entry.done().await)
+        Status::from(&self.entry.done().await)
     }
 
     /// Wait for the result and fetch it from the worker that holds it.
     pub async fn result(&self) -> Result<Bytes, ClientError> {
-        let state = self.handle.entry.done().await;
+        let state = self.entry.done().await;
         let (task, worker) = final_location(self.key(), state)?;
         let mut got = self
-            .handle
             .shared
             .peers
             .get_data(&worker, vec![task])
@@ -129,7 +132,7 @@ impl Future {
 pub(crate) fn final_location(
     key: &str,
     state: KeyState,
-) -> Result<(taskwire_protocol::TaskId, String), ClientError> {
+) -> Result<(taskwire_protocol::TaskId, Arc<str>), ClientError> {
     match state {
         KeyState::Memory { task, worker, .. } => Ok((task, worker)),
         KeyState::Erred(error) => Err(ClientError::Task {
