@@ -78,6 +78,7 @@
 //!   default when not given; `"unknown"` with `--scheduler`.
 //! - `cluster`: `"local"` (started here) or `"external"` (`--scheduler`); with `"external"`,
 //!   `workers` and `threads` are what the scheduler reported (threads: the largest per worker).
+//! - `loadavg`: the machine's 1, 5 and 15 minute load averages when the workload finished.
 //! - `leaves` (tree), `size` (transfer, bytes), `fan_in` and `graph_chunk` (scale) appear only
 //!   for their workload. A NaN figure (e.g. a transfer time that came out negative) is written `null`.
 
@@ -203,6 +204,8 @@ struct TaskRow {
     fan_in: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     graph_chunk: Option<u64>,
+    /// `/proc/loadavg` (1, 5, 15 minutes) when the workload finished.
+    loadavg: [f64; 3],
 }
 
 /// The cluster settings every row repeats.
@@ -485,8 +488,10 @@ async fn run_async(args: &TasksArgs) -> Result<(), String> {
                 cluster: "local",
             };
             eprintln!(
-                "# startup: {} warm-up + {runs} runs, {} workers",
-                args.warmup, args.workers
+                "# startup: {} warm-up + {runs} runs, {} workers, load {:?}",
+                args.warmup,
+                args.workers,
+                loadavg()
             );
             let spec = ClusterSpec {
                 workers: args.workers,
@@ -560,10 +565,11 @@ async fn run_async(args: &TasksArgs) -> Result<(), String> {
             Workload::Startup => unreachable!("handled above"),
         };
         eprintln!(
-            "# {}: n={} ({} warm-up + {runs} runs)",
+            "# {}: n={} ({} warm-up + {runs} runs), load {:?}",
             w.name(),
             extra.n,
-            args.warmup
+            args.warmup,
+            loadavg()
         );
         let mut per_run = Vec::with_capacity(runs);
         for i in 0..args.warmup + runs {
@@ -590,6 +596,17 @@ async fn run_async(args: &TasksArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The load averages (1, 5, 15 minutes); zeros where `/proc/loadavg` cannot be read.
+fn loadavg() -> [f64; 3] {
+    let mut out = [0.0; 3];
+    if let Ok(text) = std::fs::read_to_string("/proc/loadavg") {
+        for (o, v) in out.iter_mut().zip(text.split_whitespace()) {
+            *o = v.parse().unwrap_or(0.0);
+        }
+    }
+    out
+}
+
 fn extra_n(n: usize) -> Extra {
     Extra {
         n: n as u64,
@@ -607,6 +624,7 @@ fn summarise(
     let Some(first) = per_run.first() else {
         return Vec::new();
     };
+    let loadavg = loadavg();
     first
         .iter()
         .enumerate()
@@ -635,6 +653,7 @@ fn summarise(
                 size: extra.size,
                 fan_in: extra.fan_in,
                 graph_chunk: extra.graph_chunk,
+                loadavg,
             }
         })
         .collect()
