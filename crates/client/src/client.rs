@@ -295,6 +295,7 @@ impl Client {
                 return Err(ClientError::Closed);
             }
             let mut futures = Vec::with_capacity(wanted.len());
+            st.reserve(wanted.len());
             for key in wanted {
                 let (entry, new) = st.acquire_owned(key);
                 if new {

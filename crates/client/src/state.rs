@@ -423,6 +423,11 @@ impl State {
         self.insert(key.to_string())
     }
 
+    /// Room for `n` more keys.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.keys.reserve(n);
+    }
+
     /// [`State::acquire`], with the key already owned.
     pub(crate) fn acquire_owned(&mut self, key: String) -> (Arc<KeyEntry>, bool) {
         if let Some(found) = self.keys.get(key.as_str()) {
@@ -451,11 +456,15 @@ impl State {
         if entry.handles.load(Ordering::Acquire) != 0 {
             return;
         }
-        match self.keys.get(entry.key.as_str()) {
-            Some(found) if Arc::ptr_eq(&found.0, entry) => {}
-            _ => return,
+        let Some(ByKey(found)) = self.keys.take(entry.key.as_str()) else {
+            return;
+        };
+        if !Arc::ptr_eq(&found, entry) {
+            // A newer entry of the same key (this one was forgotten already): keep it.
+            self.keys.insert(ByKey(found));
+            return;
         }
-        let ByKey(entry) = self.keys.take(entry.key.as_str()).expect("present");
+        let entry = found;
         if self.closed || !entry.registered.load(Ordering::Relaxed) {
             return;
         }

@@ -9,12 +9,40 @@
 //! or under `valgrind --tool=callgrind` for instruction counts. The scripted scheduler's own
 //! work lives in `fake_scheduler`, so its inclusive cost can be subtracted.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use taskwire_client::{Address, Client, Status, Task};
 use taskwire_protocol::{
     FromClient, KeyInMemoryMsg, TaskId, ToClient, Welcome, decode, encode, read_hello,
 };
 use taskwire_transport::{Connection, Message, Registry, TransportConfig, mem};
+
+/// The system allocator, counting allocations (for allocations per task).
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 /// Keys per `KeysInMemory` message.
 const CHUNK: usize = 500;
@@ -99,6 +127,7 @@ fn submit_wait_release() {
             .expect("connect");
         for _ in 0..rounds {
             let tasks = make_tasks(n);
+            let allocs = ALLOCS.load(Ordering::Relaxed);
             let t = Instant::now();
             let futures = client.submit_graph(tasks).await.expect("submit");
             client.wait(&futures).await;
@@ -106,11 +135,15 @@ fn submit_wait_release() {
             assert!(futures.iter().all(|f| f.status() == Status::Finished));
             drop(futures);
             let total = t.elapsed();
+            // Includes the scripted scheduler's (about 3 per task: decoding the graph,
+            // building the results).
+            let allocs = ALLOCS.load(Ordering::Relaxed) - allocs;
             println!(
-                "{n} tasks: submit+wait {:.1} ms ({:.0} tasks/s), +release {:.1} ms",
+                "{n} tasks: submit+wait {:.1} ms ({:.0} tasks/s), +release {:.1} ms, {:.2} allocations/task",
                 waited.as_secs_f64() * 1e3,
                 n as f64 / waited.as_secs_f64(),
-                total.as_secs_f64() * 1e3
+                total.as_secs_f64() * 1e3,
+                allocs as f64 / n as f64
             );
         }
         client.close().await;
