@@ -1057,7 +1057,7 @@ impl Core {
             }
         }
         let worker = self.workers[w as usize].as_ref().expect("live");
-        let mut processing: Vec<u32> = worker.processing.iter().copied().collect();
+        let mut processing: Vec<u32> = worker.processing.to_vec();
         let mut held: Vec<u32> = worker.has_what.iter().copied().collect();
         processing.sort_unstable_by_key(|&s| self.tasks[s as usize].id);
         held.sort_unstable_by_key(|&s| self.tasks[s as usize].id);
