@@ -7,6 +7,9 @@ use std::time::Duration;
 pub struct CoreConfig {
     /// Root tasks sent to a worker at most `ceil(worker_saturation * nthreads)` at a time; the
     /// rest wait in `queued`. `f64::INFINITY` disables queuing. Dask: `worker-saturation: 1.1`.
+    /// Unlike Dask, once the tasks at the head of the queue have measured durations and
+    /// result sizes, a worker thread may also hold up to 20 ms of their work (and 64 MiB of
+    /// their results), so that tiny tasks do not each wait for a scheduler round trip.
     pub worker_saturation: f64,
     /// A task may be running on this many workers that died; one more and it errs with
     /// `KilledWorker`. Dask: `allowed-failures: 3`.

@@ -68,6 +68,9 @@ pub struct Core {
     pub(crate) by_occupancy: WorkerHeap,
     pub(crate) free_slots: WorkerHeap,
     pub(crate) queued: BTreeSet<QueueKey>,
+    /// Root tasks per worker thread allowed beyond Dask's saturation count, from the measured
+    /// cost of the tasks at the head of the queue (see `adapt_root_slots`).
+    pub(crate) root_per_thread: u64,
     pub(crate) steals: FxHashMap<u32, Steal>,
     pub(crate) next_steal: Option<Instant>,
     pub(crate) rr_cursor: usize,
@@ -125,6 +128,7 @@ impl Core {
             by_occupancy: WorkerHeap::default(),
             free_slots: WorkerHeap::default(),
             queued: BTreeSet::new(),
+            root_per_thread: 0,
             steals: FxHashMap::default(),
             next_steal: None,
             rr_cursor: 0,
@@ -271,6 +275,7 @@ impl Core {
     }
 
     fn finish(&mut self, now: Instant) {
+        self.adapt_root_slots();
         self.settle();
         self.flush();
         self.shrink();
@@ -513,6 +518,7 @@ impl Core {
         let prefix = Prefix {
             name: p.into(),
             duration_us: None,
+            nbytes: None,
             live: 1,
         };
         let i = match self.prefix_free.pop() {
@@ -645,7 +651,9 @@ impl Core {
         }
         for (&slot, &n) in slots.iter().zip(&n_dependents) {
             if n > 0 {
-                self.tasks[slot as usize].dependents.reserve_exact(n as usize);
+                self.tasks[slot as usize]
+                    .dependents
+                    .reserve_exact(n as usize);
             }
         }
         drop(n_dependents);
@@ -982,11 +990,7 @@ impl Core {
         for &(r, _, _) in &res {
             self.res_workers[r as usize].push(slot);
         }
-        let slots = if self.config.worker_saturation.is_finite() {
-            ((self.config.worker_saturation * info.nthreads as f64).ceil() as u64).max(1)
-        } else {
-            u64::MAX
-        };
+        let slots = self.root_slots(info.nthreads);
         let worker = Worker {
             id,
             name: info.name.clone(),
@@ -1265,8 +1269,23 @@ mod tests {
     fn interned_prefix_matches_key_prefix() {
         let mut core = Core::new(CoreConfig::default());
         let keys = [
-            "-3", "-3-5", "t-1", "t-2", "t-x-3", "t-x-4", "t-x", "a--b-1", "a--b-2", "a--1",
-            "inc-deadbeefcafe-1", "inc-2", "x", "x-1", "x-1-2", "3-4", "3-5",
+            "-3",
+            "-3-5",
+            "t-1",
+            "t-2",
+            "t-x-3",
+            "t-x-4",
+            "t-x",
+            "a--b-1",
+            "a--b-2",
+            "a--1",
+            "inc-deadbeefcafe-1",
+            "inc-2",
+            "x",
+            "x-1",
+            "x-1-2",
+            "3-4",
+            "3-5",
         ];
         for key in keys {
             let p = core.intern_prefix(key);

@@ -41,11 +41,7 @@ impl WorkerHeap {
 
     /// The smallest key for which `pred` holds.
     pub(crate) fn min_where(&self, mut pred: impl FnMut(&OccKey) -> bool) -> Option<OccKey> {
-        self.heap
-            .iter()
-            .filter(|k| pred(k))
-            .min()
-            .copied()
+        self.heap.iter().filter(|k| pred(k)).min().copied()
     }
 
     pub(crate) fn insert(&mut self, key: OccKey) {
@@ -116,7 +112,11 @@ impl WorkerHeap {
                 break;
             }
             let r = l + 1;
-            let c = if r < n && self.heap[r] < self.heap[l] { r } else { l };
+            let c = if r < n && self.heap[r] < self.heap[l] {
+                r
+            } else {
+                l
+            };
             let ck = self.heap[c];
             if ck >= key {
                 break;
@@ -137,7 +137,8 @@ mod tests {
     #[test]
     fn keeps_the_minimum_through_updates() {
         let mut h = WorkerHeap::default();
-        let mut keys: Vec<(u64, u64, u32)> = (0..50u32).map(|w| ((w as u64 * 37) % 11, 0, w)).collect();
+        let mut keys: Vec<(u64, u64, u32)> =
+            (0..50u32).map(|w| ((w as u64 * 37) % 11, 0, w)).collect();
         for &k in &keys {
             h.insert(k);
         }

@@ -159,7 +159,9 @@ impl Core {
                             .get(t.processing_on as usize)
                             .and_then(|w| w.as_ref());
                         ensure!(
-                            w.is_some_and(|w| w.alive && w.processing.get(t.proc_pos as usize) == Some(&slot)),
+                            w.is_some_and(
+                                |w| w.alive && w.processing.get(t.proc_pos as usize) == Some(&slot)
+                            ),
                             "'{key}' processing on a worker that does not know it"
                         );
                     }

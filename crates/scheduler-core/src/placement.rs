@@ -3,6 +3,13 @@
 //! all workers per task: candidates come from the inputs' holders, the head of the occupancy
 //! order, the named workers of a restriction, or the (short) list offering a resource.
 
+/// Work each worker thread may hold in short root tasks (see `adapt_root_slots`).
+const ROOT_BUDGET_US: f64 = 20_000.0;
+/// Result bytes each worker thread may hold in root tasks it has not finished.
+const ROOT_BUDGET_BYTES: f64 = 64.0 * 1024.0 * 1024.0;
+/// Upper bound on root tasks per thread, whatever the estimates say.
+const MAX_ROOT_PER_THREAD: u64 = 4096;
+
 use taskwire_protocol::{ComputeTaskMsg, DepMsg};
 
 use crate::core::Core;
@@ -69,10 +76,7 @@ impl Core {
         let msg = ComputeTaskMsg {
             task: t.id,
             key: String::from(&*t.key),
-            kind: t
-                .kind
-                .clone()
-                .expect("computed tasks have a kind"),
+            kind: t.kind.clone().expect("computed tasks have a kind"),
             deps,
             resources: c.resources_msg.clone(),
             priority: t.priority,
@@ -243,6 +247,62 @@ impl Core {
         }
         self.scratch_touched = touched;
         best.map(|(_, w)| w)
+    }
+
+    /// Root-task slots of a worker with `nthreads` threads: Dask's `ceil(saturation *
+    /// nthreads)`, raised to [`Core::root_per_thread`] per thread while the queued tasks are
+    /// known to be short and small.
+    pub(crate) fn root_slots(&self, nthreads: u32) -> u64 {
+        if !self.config.worker_saturation.is_finite() {
+            return u64::MAX;
+        }
+        let dask = ((self.config.worker_saturation * nthreads as f64).ceil() as u64).max(1);
+        dask.max(nthreads as u64 * self.root_per_thread)
+    }
+
+    /// Dask's saturation counts tasks, so a worker holds about one root task per thread and
+    /// every tiny task costs a full scheduler round trip: a 2-thread cluster then runs no-op
+    /// tasks at a fraction of its speed. Once the prefix at the head of the queue has measured
+    /// durations and result sizes, let each thread hold up to [`ROOT_BUDGET_US`] of its work
+    /// and [`ROOT_BUDGET_BYTES`] of its results; unknown or slow tasks keep Dask's behaviour,
+    /// which is what protects memory from a flood of data-loading root tasks.
+    pub(crate) fn adapt_root_slots(&mut self) {
+        if !self.config.worker_saturation.is_finite() {
+            return;
+        }
+        let Some(&q) = self.queued.first() else {
+            return;
+        };
+        let p = &self.prefixes[self.tasks[q.2 as usize].prefix as usize];
+        let per_thread = match (p.duration_us, p.nbytes) {
+            (Some(d), Some(b)) => {
+                let by_time = ROOT_BUDGET_US / d.max(1.0);
+                let by_bytes = ROOT_BUDGET_BYTES / b.max(1.0);
+                (by_time.min(by_bytes) as u64).min(MAX_ROOT_PER_THREAD)
+            }
+            _ => 0,
+        };
+        let cur = self.root_per_thread;
+        // Resize only on a real change, so a jittery estimate does not revisit every worker.
+        let similar = cur > 0 && per_thread > cur / 2 && per_thread < cur.saturating_mul(2);
+        if per_thread == cur || similar {
+            return;
+        }
+        self.root_per_thread = per_thread;
+        for w in 0..self.workers.len() as u32 {
+            let Some(nthreads) = self.workers[w as usize]
+                .as_ref()
+                .filter(|x| x.alive)
+                .map(|x| x.nthreads)
+            else {
+                continue;
+            };
+            let slots = self.root_slots(nthreads);
+            if let Some(worker) = self.workers[w as usize].as_mut() {
+                worker.slots = slots;
+            }
+            self.reindex_worker(w);
+        }
     }
 
     /// Give queued root tasks to workers with free slots, highest priority first.

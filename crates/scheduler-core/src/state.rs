@@ -293,9 +293,7 @@ impl TransitionLog {
             .iter()
             .chain(newer)
             .filter_map(|e| {
-                let &(_, _, k) = who
-                    .iter()
-                    .find(|w| w.0 == e.slot && w.1 == e.generation)?;
+                let &(_, _, k) = who.iter().find(|w| w.0 == e.slot && w.1 == e.generation)?;
                 Some(TransitionRecord {
                     key: k.clone(),
                     from: e.from,

@@ -122,6 +122,8 @@ impl Task {
 pub(crate) struct Prefix {
     pub(crate) name: Box<str>,
     pub(crate) duration_us: Option<f64>,
+    /// Moving average of the result size, once a task of the prefix has finished.
+    pub(crate) nbytes: Option<f64>,
     pub(crate) live: u32,
 }
 

@@ -455,6 +455,11 @@ impl Core {
             None => d,
             Some(old) => 0.5 * old + 0.5 * d,
         });
+        let b = nbytes as f64;
+        p.nbytes = Some(match p.nbytes {
+            None => b,
+            Some(old) => 0.5 * old + 0.5 * b,
+        });
         self.deps_waiters_dec(slot);
         self.enter_memory(slot, w, nbytes);
     }

@@ -228,11 +228,51 @@ fn root_tasks_queue_when_workers_are_saturated() {
     first.sort();
     assert_eq!(first, vec!["load-0", "load-1", "load-2", "load-3"]);
     assert_eq!(env.core.counts().queued, 996);
+    // A slow task (1 s) keeps Dask's count: one freed slot, one task sent.
     let first_a = c.iter().find(|(w, _)| *w == a).unwrap().1[0].task;
-    let out = env.finish(a, &[first_a]);
+    let out = env.finish_timed(a, &[first_a], 8, 1_000_000);
     assert_eq!(compute_on(&out, a).len(), 1);
     assert_eq!(env.core.counts().queued, 995);
     let _ = b;
+}
+
+#[test]
+fn short_root_tasks_fill_a_time_budget_but_big_results_keep_dask_saturation() {
+    // Each no-op-sized task would otherwise cost a full round trip per thread.
+    let mut env = Env::new();
+    let a = env.join(1, "a", 1);
+    let b = env.join(2, "b", 1);
+    let tasks: Vec<_> = (0..100_000)
+        .map(|i| task(&format!("tiny-{i}"), &[]))
+        .collect();
+    let keys: Vec<String> = (0..100_000).map(|i| format!("tiny-{i}")).collect();
+    let wanted: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
+    let out = env.submit(C1, tasks, &wanted);
+    let first = computes(&out);
+    assert!(
+        first.iter().all(|(_, v)| v.len() == 2),
+        "unknown cost: Dask's count first"
+    );
+    // 10 us per task, 8-byte results: 20 ms of work per thread is 2,000 tasks.
+    let done_a = first.iter().find(|(w, _)| *w == a).unwrap().1[0].task;
+    let out = env.finish_timed(a, &[done_a], 8, 10);
+    let sent: usize = computes(&out).iter().map(|(_, v)| v.len()).sum();
+    assert_eq!(sent, 2 * 2000 - 3, "both workers topped up to 2,000 slots");
+    assert_eq!(env.core.counts().processing, 2 * 2000);
+    let _ = b;
+
+    // Root tasks whose results are 64 MiB each stay at Dask's count however fast they are.
+    let mut env = Env::new();
+    let a = env.join(1, "a", 1);
+    env.join(2, "b", 1);
+    let tasks: Vec<_> = (0..1000).map(|i| task(&format!("load-{i}"), &[])).collect();
+    let keys: Vec<String> = (0..1000).map(|i| format!("load-{i}")).collect();
+    let wanted: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
+    let out = env.submit(C1, tasks, &wanted);
+    let done_a = computes(&out).iter().find(|(w, _)| *w == a).unwrap().1[0].task;
+    let out = env.finish_timed(a, &[done_a], 64 << 20, 10);
+    assert_eq!(compute_on(&out, a).len(), 1);
+    assert_eq!(env.core.counts().processing, 4);
 }
 
 #[test]

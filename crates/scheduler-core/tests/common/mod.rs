@@ -130,6 +130,16 @@ impl Env {
         tasks: &[TaskId],
         nbytes: u64,
     ) -> Vec<Command> {
+        self.finish_timed(w, tasks, nbytes, 1000)
+    }
+
+    pub(crate) fn finish_timed(
+        &mut self,
+        w: WorkerId,
+        tasks: &[TaskId],
+        nbytes: u64,
+        duration_us: u64,
+    ) -> Vec<Command> {
         self.ev(Event::TasksFinished {
             worker: w,
             tasks: tasks
@@ -137,7 +147,7 @@ impl Env {
                 .map(|&t| TaskFinishedMsg {
                     task: t,
                     nbytes,
-                    duration_us: 1000,
+                    duration_us,
                 })
                 .collect(),
         })
