@@ -42,14 +42,21 @@
 //!   accepted only the root is held. Metrics `submit_tasks_per_s` (N / time until the
 //!   scheduler accepted the graph), `complete_tasks_per_s` (N / time until the root is done),
 //!   `build_ms` (the client building its Task list, included in both), and with an own
-//!   cluster `rss_bytes_per_task` ((scheduler VmHWM after completion - VmRSS before
-//!   submission) / N; the peak is reset through `/proc/PID/clear_refs` before each run) and
-//!   `scheduler_peak_rss_mib`.
+//!   cluster the scheduler's memory: `rss_bytes_per_task` = (VmHWM after completion - VmRSS
+//!   of the idle scheduler when the cluster came up) / N, and `rss_growth_bytes_per_task` =
+//!   (VmHWM - VmRSS just before this run's submission) / N, with `scheduler_peak_rss_mib` and
+//!   `scheduler_rss_before_mib`; the peak is reset through `/proc/PID/clear_refs` before each
+//!   run. The two differ when the scheduler keeps memory from the previous run (allocator
+//!   caches, table capacity): the growth then understates what a graph needs, so the first
+//!   is the headline figure.
 //! - `commands --n N` (10,000): N `/bin/true` command tasks in one graph, all awaited
 //!   (`tasks_per_s`), and in the same run the machine's own limit: N
 //!   `std::process::Command` spawn+wait of `/bin/true` (posix_spawn; stdin null, stdout and
-//!   stderr piped and drained, as the worker runs commands) on as many threads as the workers
-//!   have in total (`raw_spawns_per_s`); `ratio` = taskwire / raw, per run.
+//!   stderr piped and drained, as the worker runs commands) laid out like the cluster: one
+//!   process per worker (this binary again) with as many threads as that worker has, timed
+//!   from telling the ready processes to go until the last is done (`raw_spawns_per_s`);
+//!   `ratio` = taskwire / raw, per run. The two halves take turns going first, run by run,
+//!   so a load that comes and goes does not always land on the same side.
 //!
 //! With `--zero-worker` the workers report tasks finished without running them, which
 //! isolates the scheduler's own cost per task; only `noop` and `scale` make sense then (results
@@ -133,7 +140,7 @@ impl Workload {
 #[derive(Args, Debug)]
 pub(crate) struct TasksArgs {
     /// Workload(s) to run, in order; they share one cluster.
-    #[arg(value_enum, required = true, num_args = 1..)]
+    #[arg(value_enum, required_unless_present = "raw_spawn_child", num_args = 1..)]
     workload: Vec<Workload>,
     /// Tasks per run [noop: 100000, roundtrip: 1000, scale: 1000000, commands: 10000].
     #[arg(long)]
@@ -176,6 +183,10 @@ pub(crate) struct TasksArgs {
     /// (0: one message). A message header is limited to 64 MiB, about 450,000 such tasks.
     #[arg(long, default_value_t = 250_000)]
     graph_chunk: usize,
+    /// Internal (`commands`): print `ready`, wait for a line on stdin, spawn+wait `/bin/true`
+    /// this many times on --threads threads, print `done`.
+    #[arg(long, hide = true)]
+    raw_spawn_child: Option<usize>,
 }
 
 /// One metric of one workload over all measured runs (one JSON line, one table row).
@@ -255,6 +266,9 @@ fn saturation_label(v: f64) -> String {
 
 /// Run the benchmark.
 pub(crate) fn run(args: TasksArgs) -> Result<(), String> {
+    if let Some(n) = args.raw_spawn_child {
+        return raw_spawn_child(n, args.threads.max(1));
+    }
     if args.runs == Some(0) {
         return Err("--runs must be at least 1".into());
     }
@@ -319,6 +333,8 @@ struct Ctx {
     labels: Labels,
     /// Results the cluster held before we started.
     baseline_in_memory: u64,
+    /// The scheduler's RSS when the cluster had just come up (own cluster only).
+    idle_rss: Option<u64>,
     next_prefix: u64,
 }
 
@@ -327,10 +343,6 @@ impl Ctx {
     fn prefix(&mut self, tag: char) -> String {
         self.next_prefix += 1;
         format!("{tag}{}.{:x}-", self.next_prefix, std::process::id())
-    }
-
-    fn total_threads(&self) -> usize {
-        self.workers.iter().map(|w| w.nthreads as usize).sum()
     }
 
     /// Where a task restricted to worker `i` may run: its name, else its address.
@@ -434,12 +446,17 @@ async fn connect(args: &TasksArgs) -> Result<Ctx, String> {
         },
     };
     let baseline_in_memory = workers.iter().map(|w| w.in_memory).sum();
+    let idle_rss = match &cluster {
+        Some(c) => Some(proc_status_bytes(c.scheduler_pid, "VmRSS")?),
+        None => None,
+    };
     let mut ctx = Ctx {
         client,
         cluster,
         workers,
         labels,
         baseline_in_memory,
+        idle_rss,
         next_prefix: 0,
     };
     if args.zero_worker {
@@ -938,18 +955,18 @@ async fn scale_run(ctx: &mut Ctx, leaves: usize, chunk: usize) -> Result<Vec<Mea
         m("complete_tasks_per_s", "tasks/s", count as f64 / done),
         m("build_ms", "ms", built * 1e3),
     ];
-    if let Some(pid) = pid {
+    if let (Some(pid), Some(idle)) = (pid, ctx.idle_rss) {
         let hwm = proc_status_bytes(pid, "VmHWM")?;
+        let per_task = |base: u64| hwm.saturating_sub(base) as f64 / count as f64;
+        let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+        out.push(m("rss_bytes_per_task", "B/task", per_task(idle)));
         out.push(m(
-            "rss_bytes_per_task",
+            "rss_growth_bytes_per_task",
             "B/task",
-            hwm.saturating_sub(rss_before) as f64 / count as f64,
+            per_task(rss_before),
         ));
-        out.push(m(
-            "scheduler_peak_rss_mib",
-            "MiB",
-            hwm as f64 / f64::from(1u32 << 20),
-        ));
+        out.push(m("scheduler_peak_rss_mib", "MiB", mib(hwm)));
+        out.push(m("scheduler_rss_before_mib", "MiB", mib(rss_before)));
     }
     drop(root);
     Ok(out)
@@ -985,7 +1002,100 @@ fn raw_spawns(n: usize, threads: usize) -> Result<f64, String> {
     Ok(t0.elapsed().as_secs_f64())
 }
 
+/// The raw-spawn side of `commands` in a child process: see [`raw_spawns_like`].
+fn raw_spawn_child(n: usize, threads: usize) -> Result<(), String> {
+    use std::io::{BufRead, Write};
+    let mut out = std::io::stdout();
+    writeln!(out, "ready")
+        .and_then(|()| out.flush())
+        .map_err(err)?;
+    let mut go = String::new();
+    std::io::stdin().lock().read_line(&mut go).map_err(err)?;
+    raw_spawns(n, threads)?;
+    writeln!(out, "done")
+        .and_then(|()| out.flush())
+        .map_err(err)
+}
+
+/// `n` spawn+wait of `/bin/true` laid out like the cluster: one process per worker with as
+/// many threads as it has, `n` shared out as the tasks would be. Seconds from telling the
+/// ready processes to go until the last one is done (blocking).
+fn raw_spawns_like(n: usize, threads_per_worker: &[usize]) -> Result<f64, String> {
+    use std::io::{BufRead, BufReader, Write};
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+    let total: usize = threads_per_worker.iter().sum::<usize>().max(1);
+    let mut children = Vec::new();
+    // Killed on every way out, like the cluster.
+    struct Kill(Vec<std::process::Child>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut given = 0;
+    for (i, &t) in threads_per_worker.iter().enumerate() {
+        // Proportional to threads; the last process takes the rest.
+        let share = if i + 1 == threads_per_worker.len() {
+            n - given
+        } else {
+            n * t / total
+        };
+        given += share;
+        let child = Command::new(&exe)
+            .args(["bench", "tasks", "--raw-spawn-child"])
+            .arg(share.to_string())
+            .args(["--threads", &t.max(1).to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start a raw-spawn process: {e}"))?;
+        children.push(child);
+    }
+    let mut kill = Kill(children);
+    let mut readers = Vec::new();
+    for c in &mut kill.0 {
+        readers.push(BufReader::new(c.stdout.take().expect("piped stdout")));
+    }
+    let expect = |r: &mut BufReader<std::process::ChildStdout>, what: &str| {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(n) if n > 0 && line.trim() == what => Ok(()),
+            _ => Err(format!("a raw-spawn process did not say '{what}'")),
+        }
+    };
+    for r in &mut readers {
+        expect(r, "ready")?;
+    }
+    let t0 = Instant::now();
+    for c in &mut kill.0 {
+        let stdin = c.stdin.as_mut().expect("piped stdin");
+        writeln!(stdin, "go")
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("raw-spawn process: {e}"))?;
+    }
+    for r in &mut readers {
+        expect(r, "done")?;
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
 async fn commands_run(ctx: &mut Ctx, n: usize) -> Result<Vec<Measure>, String> {
+    let raw_first = ctx.next_prefix % 2 == 1;
+    let layout: Vec<usize> = ctx.workers.iter().map(|w| w.nthreads as usize).collect();
+    let raw = || {
+        let layout = layout.clone();
+        async move {
+            tokio::task::spawn_blocking(move || raw_spawns_like(n, &layout))
+                .await
+                .map_err(err)?
+        }
+    };
+    let mut raw_secs = if raw_first { Some(raw().await?) } else { None };
+
     let p = ctx.prefix('c');
     let t0 = Instant::now();
     let tasks: Vec<Task> = (0..n)
@@ -998,11 +1108,11 @@ async fn commands_run(ctx: &mut Ctx, n: usize) -> Result<Vec<Measure>, String> {
     drop(futures);
     ctx.settle().await?;
 
-    let threads = ctx.total_threads().max(1);
-    let raw = tokio::task::spawn_blocking(move || raw_spawns(n, threads))
-        .await
-        .map_err(err)??;
-    let (tw_rate, raw_rate) = (n as f64 / secs, n as f64 / raw);
+    if raw_secs.is_none() {
+        raw_secs = Some(raw().await?);
+    }
+    let raw_secs = raw_secs.expect("measured");
+    let (tw_rate, raw_rate) = (n as f64 / secs, n as f64 / raw_secs);
     Ok(vec![
         m("tasks_per_s", "tasks/s", tw_rate),
         m("raw_spawns_per_s", "spawns/s", raw_rate),
@@ -1057,7 +1167,7 @@ impl TablePrinter {
         if !self.header_done {
             self.header_done = true;
             println!(
-                "{:<9} {:>9}  {:<21} {:>11} {:>11} {:>11}  {:<8} {:>4}  {:<5} {:>4} {:<4}",
+                "{:<9} {:>9}  {:<25} {:>11} {:>11} {:>11}  {:<8} {:>4}  {:<5} {:>4} {:<4}",
                 "workload",
                 "n",
                 "metric",
@@ -1076,7 +1186,7 @@ impl TablePrinter {
             None => row.n.to_string(),
         };
         println!(
-            "{:<9} {:>9}  {:<21} {:>11} {:>11} {:>11}  {:<8} {:>4}  {:<5} {:>4} {:<4}",
+            "{:<9} {:>9}  {:<25} {:>11} {:>11} {:>11}  {:<8} {:>4}  {:<5} {:>4} {:<4}",
             row.workload,
             n,
             row.metric,
