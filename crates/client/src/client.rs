@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use taskwire_protocol::{
-    ArchivedKeyInMemoryMsg, ArchivedToClient, FromClient, Hello, Role, TaskId, ToClient,
-    WorkerInfoMsg, access, decode, encode, read_welcome,
+    ArchivedKeyInMemoryMsg, ArchivedToClient, FromClient, Hello, Role, TaskId, TaskSpecMsg,
+    ToClient, WorkerInfoMsg, access, decode, encode, read_welcome,
 };
 use taskwire_transport::{Address, ConnReceiver, ConnSender, Message, Registry, TransportConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -264,15 +264,18 @@ impl Client {
     pub async fn submit_graph(&self, tasks: Vec<Task>) -> Result<Vec<Future>, ClientError> {
         let submit_id = self.shared.next_id();
         let (reply, answer) = oneshot::channel();
-        let mut specs = Vec::with_capacity(tasks.len());
         let mut wanted = Vec::with_capacity(tasks.len());
         let mut held = Vec::new();
-        for t in tasks {
-            let (spec, h) = t.into_parts();
-            wanted.push(spec.key.clone());
-            specs.push(spec);
-            held.extend(h);
-        }
+        // Collected in place: the specs reuse the tasks' memory rather than fresh pages.
+        let specs: Vec<TaskSpecMsg> = tasks
+            .into_iter()
+            .map(|t| {
+                let (spec, h) = t.into_parts();
+                wanted.push(spec.key.clone());
+                held.extend(h);
+                spec
+            })
+            .collect();
         // Encoded here, so the keys can then move into the key table instead of being copied.
         let msg = FromClient::UpdateGraph {
             submit_id,

@@ -217,6 +217,18 @@ mod tests {
     }
 
     #[test]
+    fn specs_reuse_the_tasks_memory() {
+        // `Client::submit_graph` relies on this to avoid touching fresh memory per graph.
+        let tasks: Vec<Task> = (0..100)
+            .map(|i| Task::function(format!("k-{i}"), "f"))
+            .collect();
+        let at = tasks.as_ptr() as usize;
+        let specs: Vec<TaskSpecMsg> = tasks.into_iter().map(|t| t.into_parts().0).collect();
+        assert_eq!(specs.as_ptr() as usize, at);
+        assert_eq!(specs[99].key, "k-99");
+    }
+
+    #[test]
     fn arg_u64_is_little_endian() {
         let spec = Task::function("s", "sleep").arg_u64(250).into_spec();
         assert_eq!(
