@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use taskwire_protocol::{
     ArchivedKeyInMemoryMsg, ArchivedToClient, FromClient, Hello, Role, TaskId, TaskSpecMsg,
-    ToClient, WorkerInfoMsg, access, decode, encode, read_welcome,
+    ToClient, WorkerInfoMsg, access, decode, encode, encode_with_capacity, read_welcome,
 };
 use taskwire_transport::{Address, ConnReceiver, ConnSender, Message, Registry, TransportConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -277,12 +277,18 @@ impl Client {
             })
             .collect();
         // Encoded here, so the keys can then move into the key table instead of being copied.
+        let hint = 64
+            + specs
+                .iter()
+                .map(TaskSpecMsg::archived_size_hint)
+                .sum::<usize>()
+            + wanted.iter().map(|k| k.len() + 8).sum::<usize>();
         let msg = FromClient::UpdateGraph {
             submit_id,
             tasks: specs,
             wanted,
         };
-        let header = encode(&msg);
+        let header = encode_with_capacity(&msg, hint);
         let FromClient::UpdateGraph {
             tasks: specs,
             wanted,

@@ -31,6 +31,19 @@ where
     Bytes::from_owner(vec)
 }
 
+/// Archive `msg` into a buffer reserved for `capacity` bytes up front. For large messages
+/// (a graph of a million tasks) a good estimate saves the buffer's repeated doubling: each
+/// doubling copies everything so far into fresh memory the kernel must first zero.
+pub fn encode_with_capacity<T>(msg: &T, capacity: usize) -> Bytes
+where
+    T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+{
+    let vec =
+        rkyv::api::high::to_bytes_in::<_, rancor::Error>(msg, AlignedVec::with_capacity(capacity))
+            .expect("rkyv serialization of a message");
+    Bytes::from_owner(vec)
+}
+
 /// A validated, archived message that borrows nothing: it keeps its (aligned) bytes alive.
 pub struct Archived<T: Archive> {
     bytes: Bytes,

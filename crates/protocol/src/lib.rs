@@ -18,7 +18,7 @@ mod ids;
 #[allow(missing_docs)]
 mod messages;
 
-pub use codec::{Archived, DecodeError, access, decode, encode};
+pub use codec::{Archived, DecodeError, access, decode, encode, encode_with_capacity};
 pub use handshake::{
     HANDSHAKE_MAGIC, HandshakeError, Hello, PROTOCOL_VERSION, Role, Welcome, read_hello,
     read_welcome,

@@ -60,6 +60,33 @@ pub struct TaskSpecMsg {
     pub retries: u32,
 }
 
+impl TaskSpecMsg {
+    /// Roughly the bytes this spec takes once archived (an estimate for sizing buffers).
+    pub fn archived_size_hint(&self) -> usize {
+        let kind = match &self.kind {
+            TaskKindMsg::Function { name, args } => name.len() + args.len() + 16,
+            TaskKindMsg::Command(c) => {
+                c.argv.iter().map(|a| a.len() + 8).sum::<usize>()
+                    + c.env
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len() + 16)
+                        .sum::<usize>()
+                    + c.cwd.as_ref().map_or(0, |d| d.len() + 8)
+                    + c.stdin.as_ref().map_or(0, |i| i.len() + 8)
+                    + 48
+            }
+        };
+        let deps = self.deps.iter().map(|d| d.len() + 8).sum::<usize>();
+        let resources = self
+            .resources
+            .iter()
+            .map(|r| r.name.len() + 24)
+            .sum::<usize>();
+        let workers = self.workers.iter().map(|w| w.len() + 8).sum::<usize>();
+        96 + self.key.len() + deps + kind + resources + workers
+    }
+}
+
 /// Why a task failed.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum ErrorKindMsg {
@@ -437,6 +464,37 @@ mod tests {
             tasks: vec![(TaskId(1), true)],
         };
         assert_eq!(decode::<FromPeer>(&encode(&p)).unwrap(), p);
+    }
+
+    #[test]
+    fn size_hint_is_close_to_the_archived_size() {
+        let tasks: Vec<TaskSpecMsg> = (0..1000)
+            .map(|i| TaskSpecMsg {
+                key: format!("inc-{i}"),
+                deps: vec![format!("inc-{}", i + 1)],
+                kind: TaskKindMsg::Function {
+                    name: "inc".into(),
+                    args: vec![1; 8],
+                },
+                resources: vec![],
+                workers: vec![],
+                priority: 0,
+                retries: 0,
+            })
+            .collect();
+        let hint: usize = tasks.iter().map(TaskSpecMsg::archived_size_hint).sum();
+        let msg = FromClient::UpdateGraph {
+            submit_id: 1,
+            tasks,
+            wanted: vec![],
+        };
+        let real = encode(&msg).len();
+        assert!(
+            hint >= real && hint < real * 2,
+            "hint {hint} for {real} bytes"
+        );
+        let sized = crate::encode_with_capacity(&msg, hint);
+        assert_eq!(decode::<FromClient>(&sized).unwrap(), msg);
     }
 
     #[test]
