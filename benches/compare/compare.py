@@ -236,6 +236,8 @@ def main():
     import table
     rows, _ = table.load(out_path)
     print(table.render(table.build(rows)))
+    for line in table.notes(rows):
+        print(line)
     print("\n" + table.LEGEND)
     print(f"raw results (JSON lines): {out_path}   (all metrics: table.py --all {out_path})")
     return 0

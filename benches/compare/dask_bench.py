@@ -88,6 +88,10 @@ def loadavg():
         return None
 
 
+# Seconds one run may take before it counts as failed (set by --run-timeout).
+RUN_TIMEOUT = [600.0]
+
+
 def wait_idle(client, timeout=120.0):
     """Wait until the scheduler has forgotten every task of the previous run."""
     deadline = time.monotonic() + timeout
@@ -96,6 +100,21 @@ def wait_idle(client, timeout=120.0):
         if n == 0:
             return
         time.sleep(0.05)
+
+
+def workers_now(client):
+    return set(client.scheduler_info()["workers"])
+
+
+def worker_names(client):
+    """The two workers' names (LocalCluster names them 0 and 1), sorted."""
+    def names():
+        return sorted((w["name"] for w in client.scheduler_info()["workers"].values()), key=str)
+
+    if len(names()) < 2:
+        client.wait_for_workers(2, timeout=60)
+    n = names()
+    return n[0], n[1]
 
 
 def start_cluster():
@@ -140,7 +159,7 @@ def tree_graph(leaves, tag):
 def run_noop(client, n):
     t0 = time.perf_counter()
     futs = client.map(noop, range(n), pure=False)
-    wait(futs)
+    wait(futs, timeout=RUN_TIMEOUT[0])
     dt = time.perf_counter() - t0
     bad = sum(f.status != "finished" for f in futs)
     if bad:
@@ -161,7 +180,8 @@ def next_tag():
 def run_tree(client, leaves):
     t0 = time.perf_counter()
     dsk, root = tree_graph(leaves, next_tag())
-    result = client.get(dsk, root, sync=True)
+    fut = client.get(dsk, root, sync=False)
+    result = fut.result(timeout=RUN_TIMEOUT[0])
     dt = time.perf_counter() - t0
     expect = leaves * (leaves + 1) // 2  # sum of inc(i) for i in 0..L
     if result != expect:
@@ -173,7 +193,7 @@ def run_roundtrip(client, n):
     lat = []
     for i in range(n):
         t0 = time.perf_counter()
-        r = client.submit(inc, i, pure=False).result()
+        r = client.submit(inc, i, pure=False).result(timeout=RUN_TIMEOUT[0])
         lat.append((time.perf_counter() - t0) * 1e6)
         if r != i + 1:
             raise RuntimeError(f"inc({i}) returned {r}")
@@ -183,12 +203,14 @@ def run_roundtrip(client, n):
 
 
 def transfer_pair(client, size, wa, wb):
-    """make_bytes on worker wa, len of it on worker wb: seconds until len is done."""
+    """make_bytes on worker wa, len of it on worker wb: seconds until len is done.
+
+    wa and wb are worker *names*, so a worker that its nanny restarted still matches."""
     tag = next_tag()
     t0 = time.perf_counter()
     src = client.submit(make_bytes, size, tag, workers=[wa], pure=False)
     ln = client.submit(len, src, workers=[wb], pure=False)
-    wait(ln)
+    wait(ln, timeout=RUN_TIMEOUT[0])
     dt = time.perf_counter() - t0
     n = ln.result()
     if n != size:
@@ -213,7 +235,7 @@ def run_transfer(client, size, wa, wb):
 def run_commands(client, n):
     t0 = time.perf_counter()
     futs = client.map(run_true, range(n), pure=False)
-    wait(futs)
+    wait(futs, timeout=RUN_TIMEOUT[0])
     dt = time.perf_counter() - t0
     bad = sum(f.status != "finished" for f in futs)
     if bad:
@@ -301,9 +323,12 @@ def main():
     ap.add_argument("--warmup", type=int, default=1, help="discarded runs before the timed ones")
     ap.add_argument("--worker-saturation", default="default",
                     help="'default' (Dask's 1.1) or a number or 'inf'")
+    ap.add_argument("--run-timeout", type=float, default=600.0,
+                    help="seconds one run may take before it is reported as an error")
     ap.add_argument("--table", action="store_true", help="human-readable lines instead of JSON")
     args = ap.parse_args()
 
+    RUN_TIMEOUT[0] = args.run_timeout
     workloads = [w for w in args.workloads.split(",") if w]
     for w in workloads:
         if w not in WORKLOADS:
@@ -320,8 +345,6 @@ def main():
     if cluster_work:
         cluster, client = start_cluster()
         try:
-            workers = sorted(client.scheduler_info()["workers"])
-            wa, wb = workers[0], workers[1]
             for w in cluster_work:
                 if w == "noop":
                     fn, extra = (lambda: run_noop(client, args.n_noop)), {"n": args.n_noop}
@@ -331,17 +354,47 @@ def main():
                 elif w == "roundtrip":
                     fn, extra = (lambda: run_roundtrip(client, args.n_roundtrip)), {"n": args.n_roundtrip}
                 elif w == "transfer":
-                    fn = lambda: run_transfer(client, args.size, wa, wb)  # noqa: E731
+                    fn = lambda: run_transfer(client, args.size, *worker_names(client))  # noqa: E731
                     extra = {"n": 2, "size": args.size}
                 elif w == "commands":
                     fn, extra = (lambda: run_commands(client, args.n_commands)), {"n": args.n_commands}
                 per_run = []
-                for i in range(args.warmup + args.runs):
-                    m = fn()
-                    wait_idle(client)
-                    if i >= args.warmup:
-                        per_run.append(m)
-                emit(summarise(args, w, per_run, **extra), args.table)
+                lost = 0
+                try:
+                    for i in range(args.warmup + args.runs):
+                        before = workers_now(client)
+                        m = fn()
+                        wait_idle(client)
+                        gone = before - workers_now(client)
+                        if gone:
+                            # Dask removed a worker mid-run (seen under heavy load as
+                            # "send-all-comm-fail"): flag the figures, get two workers back.
+                            lost += len(gone)
+                            print(f"warning: {w}: worker(s) removed during the run: {sorted(gone)}",
+                                  file=sys.stderr, flush=True)
+                            client.wait_for_workers(2, timeout=60)
+                        if i >= args.warmup:
+                            per_run.append(m)
+                except Exception as e:  # a failed or hung run: report it, go on with a fresh cluster
+                    msg = f"{type(e).__name__}: {e}"[:500]
+                    if isinstance(e, TimeoutError) and not str(e):
+                        msg = f"TimeoutError: no result within --run-timeout {RUN_TIMEOUT[0]:g} s"
+                    print(f"error: {w}: {msg}", file=sys.stderr, flush=True)
+                    print(json.dumps({"system": "dask", "bench": "tasks", "workload": w, "metric": "error",
+                                      "error": msg, "worker_saturation": args.ws_label,
+                                      "workers_lost": lost, "loadavg": loadavg()}), flush=True)
+                    try:
+                        client.close(timeout=10)
+                        cluster.close(timeout=10)
+                    except Exception:
+                        pass
+                    cluster, client = start_cluster()
+                    continue
+                rows = summarise(args, w, per_run, **extra)
+                if lost:
+                    for r in rows:
+                        r["workers_lost"] = lost
+                emit(rows, args.table)
         finally:
             client.close()
             cluster.close()

@@ -181,6 +181,18 @@ LEGEND = ("median [min..max] over all measured runs of all rounds; ws = worker-s
           "the round-by-round TW/Dask ratios")
 
 
+def notes(rows):
+    """Lines about failed runs and runs during which Dask removed a worker."""
+    out = []
+    for r in rows:
+        where = f"{r['system']} {r['workload']} ws={r['worker_saturation']} round {r.get('round', '?')}"
+        if r["metric"] == "error":
+            out.append(f"FAILED: {where}: {r.get('error', '')}")
+        elif r.get("workers_lost") and r["metric"] in MAIN_METRICS[:1] + ["latency_median", "transfer_gb_per_s", "startup_ms"]:
+            out.append(f"worker lost during the run: {where} ({r['workers_lost']} removed)")
+    return out
+
+
 def main():
     files = [a for a in sys.argv[1:] if not a.startswith("--")]
     if not files:
@@ -194,6 +206,8 @@ def main():
         if "uptime" in mline:
             print(f"{mline['meta']}: {mline['uptime']}")
     print(render(build(rows, show_all="--all" in sys.argv), markdown="--markdown" in sys.argv))
+    for line in notes(rows):
+        print(line)
     print("\n" + LEGEND)
     return 0
 
