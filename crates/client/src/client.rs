@@ -104,6 +104,10 @@ impl Shared {
                         task: TaskId::from(&k.task),
                         worker: w,
                         nbytes: k.nbytes.to_native(),
+                        value: k
+                            .inline
+                            .as_ref()
+                            .map(|v| Bytes::copy_from_slice(v.as_slice())),
                     },
                     &mut wake,
                 );
@@ -137,6 +141,7 @@ impl Shared {
                                 task: k.task,
                                 worker,
                                 nbytes: k.nbytes,
+                                value: k.inline.map(Bytes::from),
                             },
                             &mut wake,
                         );
@@ -388,14 +393,20 @@ impl Client {
         }
         drop(waiting);
 
-        // Fetch, one request per worker.
+        // Small results came with their completion; fetch the rest, one request per worker.
+        let mut values: HashMap<String, Bytes> = HashMap::new();
         let mut by_worker: HashMap<Arc<str>, Vec<(String, TaskId)>> = HashMap::new();
         let mut seen = HashSet::new();
         for f in futures {
             if !seen.insert(f.key()) {
                 continue;
             }
-            let (task, worker) = final_location(f.key(), f.entry().current())?;
+            let state = f.entry().current();
+            if let KeyState::Memory { value: Some(v), .. } = &state {
+                values.insert(f.key().to_string(), v.clone());
+                continue;
+            }
+            let (task, worker) = final_location(f.key(), state)?;
             by_worker
                 .entry(worker)
                 .or_default()
@@ -410,7 +421,6 @@ impl Client {
                 (worker, items, got)
             });
         }
-        let mut values: HashMap<String, Bytes> = HashMap::new();
         while let Some(joined) = fetches.join_next().await {
             let (worker, items, got) =
                 joined.map_err(|e| ClientError::Protocol(format!("gather fetch failed: {e}")))?;
@@ -563,6 +573,7 @@ impl Client {
                 task,
                 worker: worker.into(),
                 nbytes,
+                value: None,
             });
         }
         Ok(futures)

@@ -92,6 +92,9 @@ impl Future {
     /// Wait for the result and fetch it from the worker that holds it.
     pub async fn result(&self) -> Result<Bytes, ClientError> {
         let state = self.entry.done().await;
+        if let KeyState::Memory { value: Some(v), .. } = &state {
+            return Ok(v.clone());
+        }
         let (task, worker) = final_location(self.key(), state)?;
         let mut got = self
             .shared

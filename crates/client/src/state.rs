@@ -7,6 +7,7 @@
 //! the state and put in the queue as one batch: either right before the next message, or when
 //! the writer reaches the marker queued with the first release of the batch.
 
+use bytes::Bytes;
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -27,6 +28,8 @@ pub(crate) enum KeyState {
         /// Data address of the worker (shared by every key on it).
         worker: Arc<str>,
         nbytes: u64,
+        /// The result itself, when the scheduler sent it along (small results).
+        value: Option<Bytes>,
     },
     /// Failed.
     Erred(TaskErrorMsg),
@@ -43,6 +46,7 @@ pub(crate) enum KeyEvent {
         task: TaskId,
         worker: Arc<str>,
         nbytes: u64,
+        value: Option<Bytes>,
     },
     Erred(TaskErrorMsg),
     Cancelled,
@@ -70,11 +74,13 @@ impl KeyState {
                     task,
                     worker,
                     nbytes,
+                    value,
                 },
             ) => Some(S::Memory {
                 task,
                 worker,
                 nbytes,
+                value,
             }),
             (_, KeyEvent::Erred(e)) if e.kind == ErrorKindMsg::Cancelled => Some(S::Cancelled),
             (_, KeyEvent::Erred(e)) => Some(S::Erred(e)),
@@ -551,6 +557,7 @@ mod tests {
             task: TaskId(1),
             worker: worker.into(),
             nbytes: 8,
+            value: None,
         }
     }
 

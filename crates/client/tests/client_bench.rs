@@ -75,6 +75,7 @@ async fn fake_scheduler(mut conn: Connection) -> usize {
                                 task: TaskId(next_task),
                                 worker: "inproc://fake-worker".into(),
                                 nbytes: 8,
+                                inline: None,
                             }
                         })
                         .collect();

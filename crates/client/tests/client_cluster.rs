@@ -287,3 +287,36 @@ async fn scheduler_shutdown_resolves_pending_futures_as_closed() {
     })
     .await;
 }
+
+/// Small results come with their completion, so reading them needs no worker; larger ones
+/// are fetched from the worker that holds them. Seen by taking the worker away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_results_arrive_inline_large_ones_are_fetched() {
+    let cluster = Cluster::start(true, 1).await;
+    let client = cluster.client().await;
+    let small = client
+        .submit(Task::function("inline-small", "inc").arg_i64(41))
+        .await
+        .unwrap();
+    let size = taskwire_protocol::MAX_INLINE_RESULT as u64 + 1;
+    let large = client
+        .submit(Task::function("inline-large", "make-bytes").arg_u64(size))
+        .await
+        .unwrap();
+    within("both finish", async {
+        assert_eq!(small.done().await, Status::Finished);
+        assert_eq!(large.done().await, Status::Finished);
+    })
+    .await;
+    let Cluster { scheduler, workers } = cluster;
+    for w in workers {
+        w.close().await;
+    }
+    assert_eq!(within("inline read", small.result_i64()).await.unwrap(), 42);
+    let err = within("fetch from a closed worker", large.result())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Fetch { .. }), "{err}");
+    client.close().await;
+    scheduler.close().await;
+}

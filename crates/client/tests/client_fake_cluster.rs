@@ -174,6 +174,7 @@ async fn serve_client(
                                 task: id,
                                 worker: worker.clone(),
                                 nbytes: 8,
+                                inline: None,
                             }),
                             Err(e) => erred.push((spec.key.clone(), e.clone())),
                         }

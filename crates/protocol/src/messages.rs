@@ -183,6 +183,8 @@ pub struct KeyInMemoryMsg {
     pub worker: String,
     /// Size of the result.
     pub nbytes: u64,
+    /// The result itself when the worker sent it along (at most [`MAX_INLINE_RESULT`] bytes).
+    pub inline: Option<Vec<u8>>,
 }
 
 /// A worker as the scheduler sees it.
@@ -258,8 +260,13 @@ pub struct RegisterWorkerMsg {
     pub pid: u32,
 }
 
+/// Results up to this size travel with the messages that announce them (worker → scheduler →
+/// client), so the client need not fetch them from the worker: one scheduler round trip fewer
+/// for every small result.
+pub const MAX_INLINE_RESULT: usize = 256;
+
 /// A task finished on a worker.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct TaskFinishedMsg {
     /// Task.
     pub task: TaskId,
@@ -267,6 +274,8 @@ pub struct TaskFinishedMsg {
     pub nbytes: u64,
     /// Run time in microseconds.
     pub duration_us: u64,
+    /// The result itself when it is at most [`MAX_INLINE_RESULT`] bytes.
+    pub inline: Option<Vec<u8>>,
 }
 
 /// Worker → scheduler.

@@ -102,6 +102,7 @@ fn run(core: &mut Core, tasks: Vec<TaskSpecMsg>, wanted: Vec<String>) {
                         task: m.task,
                         nbytes: 8,
                         duration_us: 0,
+                        inline: None,
                     })
                     .collect();
                 events.push_back(Event::TasksFinished { worker: w, tasks });

@@ -103,6 +103,7 @@ fn run_graph(core: &mut Core, tasks: Vec<TaskSpecMsg>, wanted: Vec<String>) {
                         task: m.task,
                         nbytes: 8,
                         duration_us: 0,
+                        inline: None,
                     })
                     .collect();
                 events.push_back(Event::TasksFinished { worker: w, tasks });
@@ -140,5 +141,8 @@ fn main() {
     let start = Instant::now();
     measured(&mut core, t, w);
     let el = start.elapsed();
-    println!("{nworkers} workers, {n} tasks: {:.0} ns/task", el.as_nanos() as f64 / n as f64);
+    println!(
+        "{nworkers} workers, {n} tasks: {:.0} ns/task",
+        el.as_nanos() as f64 / n as f64
+    );
 }

@@ -71,6 +71,9 @@ pub struct Core {
     /// Root tasks per worker thread allowed beyond Dask's saturation count, from the measured
     /// cost of the tasks at the head of the queue (see `adapt_root_slots`).
     pub(crate) root_per_thread: u64,
+    /// The small result carried by the `TasksFinished` entry being applied, passed on to the
+    /// clients that want the key (see `MAX_INLINE_RESULT`); never kept past that entry.
+    pending_inline: Option<Vec<u8>>,
     pub(crate) steals: FxHashMap<u32, Steal>,
     pub(crate) next_steal: Option<Instant>,
     pub(crate) rr_cursor: usize,
@@ -129,6 +132,7 @@ impl Core {
             free_slots: WorkerHeap::default(),
             queued: BTreeSet::new(),
             root_per_thread: 0,
+            pending_inline: None,
             steals: FxHashMap::default(),
             next_steal: None,
             rr_cursor: 0,
@@ -414,6 +418,7 @@ impl Core {
                 task: id,
                 worker: address.clone().unwrap_or_default(),
                 nbytes,
+                inline: self.pending_inline.clone(),
             };
             self.client_mut(c).out_memory.push(msg);
         }
@@ -721,6 +726,7 @@ impl Core {
             task: t.id,
             worker: address,
             nbytes: t.nbytes,
+            inline: None,
         };
         self.client_mut(client).out_memory.push(msg);
     }
@@ -1107,6 +1113,7 @@ impl Core {
             match t.state {
                 TaskState::Processing => {
                     let on = t.processing_on;
+                    self.pending_inline = f.inline.filter(|v| v.len() as u64 == f.nbytes);
                     if on != w {
                         // Another worker was given the task (a steal, a reschedule) but this
                         // one ran it anyway: keep the result, cancel the other copy.
@@ -1115,6 +1122,7 @@ impl Core {
                     } else {
                         self.finish_task(slot, w, f.nbytes, f.duration_us, true);
                     }
+                    self.pending_inline = None;
                 }
                 TaskState::Memory => {
                     if !t.who_has.contains(&w) {

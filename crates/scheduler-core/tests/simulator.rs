@@ -471,6 +471,7 @@ impl Sim {
                             task,
                             nbytes: 8 + (v % 1000),
                             duration_us: 5000,
+                            inline: None,
                         }],
                     }
                 }

@@ -11,8 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use taskwire_protocol::{
-    ComputeTaskMsg, ErrorKindMsg, FromWorker, Hello, RegisterWorkerMsg, ResourceMsg, Role,
-    TaskErrorMsg, TaskFinishedMsg, TaskId, ToWorker, WorkerId, decode, encode, read_welcome,
+    ComputeTaskMsg, ErrorKindMsg, FromWorker, Hello, MAX_INLINE_RESULT, RegisterWorkerMsg,
+    ResourceMsg, Role, TaskErrorMsg, TaskFinishedMsg, TaskId, ToWorker, WorkerId, decode, encode,
+    read_welcome,
 };
 use taskwire_transport::{
     Address, ConnReceiver, ConnSender, Message, Registry, TransportConfig, TransportError,
@@ -461,6 +462,7 @@ impl State {
                     task: t.task,
                     nbytes: 8,
                     duration_us: 0,
+                    inline: None,
                 }));
             }
             ToWorker::Compute(tasks) => {
@@ -697,11 +699,13 @@ impl State {
         match outcome.result {
             Ok(value) => {
                 let nbytes = value.len() as u64;
+                let inline = (value.len() <= MAX_INLINE_RESULT).then(|| value.to_vec());
                 self.store.insert(outcome.task, value);
                 self.finished.push(TaskFinishedMsg {
                     task: outcome.task,
                     nbytes,
                     duration_us: outcome.duration.as_micros() as u64,
+                    inline,
                 });
             }
             Err(e) => self.erred.push((outcome.task, e)),

@@ -148,6 +148,7 @@ impl Env {
                     task: t,
                     nbytes,
                     duration_us,
+                    inline: None,
                 })
                 .collect(),
         })
