@@ -62,7 +62,15 @@ fn cluster() -> Cluster {
     let file = tempdir("scheduler-file").join("scheduler.json");
     let file_arg = file.to_str().unwrap();
     let (sched, lines) = spawn(
-        &["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", file_arg],
+        &[
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--scheduler-file",
+            file_arg,
+        ],
         &["Scheduler at:"],
     );
     let address = lines[0].clone();
@@ -70,18 +78,36 @@ fn cluster() -> Cluster {
     let mut procs = vec![sched];
     // One worker is given the address, the other finds it in the scheduler file.
     let (w, lines) = spawn(
-        &["worker", &address, "--nthreads", "2", "--name", "e2e-worker-0"],
+        &[
+            "worker",
+            &address,
+            "--nthreads",
+            "2",
+            "--name",
+            "e2e-worker-0",
+        ],
         &["Start worker at:", "Registered to:"],
     );
     assert_eq!(lines[1], address);
     procs.push(w);
     let (w, lines) = spawn(
-        &["worker", "--scheduler-file", file_arg, "--nthreads", "2", "--name", "e2e-worker-1"],
+        &[
+            "worker",
+            "--scheduler-file",
+            file_arg,
+            "--nthreads",
+            "2",
+            "--name",
+            "e2e-worker-1",
+        ],
         &["Start worker at:", "Registered to:"],
     );
     assert_eq!(lines[1], address);
     procs.push(w);
-    Cluster { address, _procs: procs }
+    Cluster {
+        address,
+        _procs: procs,
+    }
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -116,8 +142,17 @@ fn graphs_commands_errors_and_cancellation_across_two_worker_processes() {
             assert_eq!(taskwire::decode_i64(v).unwrap(), i as i64 + 1);
         }
         // Both worker processes hold part of the fan-out, so the reduction below moves data.
-        let held: Vec<u64> = client.workers().await.unwrap().iter().map(|w| w.in_memory).collect();
-        assert!(held.iter().all(|&n| n > 0) && held.iter().sum::<u64>() == 200, "{held:?}");
+        let held: Vec<u64> = client
+            .workers()
+            .await
+            .unwrap()
+            .iter()
+            .map(|w| w.in_memory)
+            .collect();
+        assert!(
+            held.iter().all(|&n| n > 0) && held.iter().sum::<u64>() == 200,
+            "{held:?}"
+        );
 
         // Tree reduction over the fan-out: inputs move between the two worker processes.
         let mut level: Vec<String> = incs.iter().map(|f| f.key().to_string()).collect();

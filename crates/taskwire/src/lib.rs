@@ -27,8 +27,8 @@ mod local;
 pub use local::{LocalCluster, LocalClusterBuilder, LocalClusterError, LocalTransport};
 pub use taskwire_client::*;
 pub use taskwire_protocol as protocol;
-pub use taskwire_scheduler_core::CoreConfig;
 pub use taskwire_scheduler::{Scheduler, SchedulerBuilder, SchedulerError, SchedulerHandle};
+pub use taskwire_scheduler_core::CoreConfig;
 pub use taskwire_transport as transport;
 pub use taskwire_transport_tcp as transport_tcp;
 pub use taskwire_worker::{

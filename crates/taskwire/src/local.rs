@@ -2,8 +2,8 @@
 //! users (Dask's `LocalCluster`, built from the same library objects a program can start itself).
 
 use taskwire_client::{Client, ClientError};
-use taskwire_scheduler_core::CoreConfig;
 use taskwire_scheduler::{Scheduler, SchedulerError, SchedulerHandle};
+use taskwire_scheduler_core::CoreConfig;
 use taskwire_transport::{Address, mem};
 use taskwire_worker::{Registry as Functions, Worker, WorkerError, WorkerHandle};
 
@@ -81,7 +81,11 @@ impl LocalClusterBuilder {
             LocalTransport::Inproc => mem::unique_address("scheduler"),
             LocalTransport::Tcp => Address::tcp("127.0.0.1", 0),
         };
-        let scheduler = Scheduler::builder().address(address).core_config(self.core).start().await?;
+        let scheduler = Scheduler::builder()
+            .address(address)
+            .core_config(self.core)
+            .start()
+            .await?;
         let mut workers = Vec::with_capacity(self.workers);
         for i in 0..self.workers {
             let mut b = Worker::builder(scheduler.address().clone())
