@@ -107,7 +107,8 @@ pub(crate) fn run(args: WorkerArgs) -> Result<(), String> {
         for i in 0..args.nworkers.max(1) {
             let mut b = Worker::builder(scheduler.clone())
                 .nthreads(nthreads)
-                .memory_limit(memory_limit);
+                .memory_limit(memory_limit)
+                .zero_worker(args.zero_worker);
             if let Some(name) = &args.name {
                 b = b.name(if args.nworkers > 1 {
                     format!("{name}-{i}")
