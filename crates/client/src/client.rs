@@ -267,6 +267,40 @@ impl Client {
     /// Submit tasks as one graph (one message); one future per task, in order. The scheduler
     /// accepts or rejects the graph as a whole.
     pub async fn submit_graph(&self, tasks: Vec<Task>) -> Result<Vec<Future>, ClientError> {
+        let total: usize = tasks.iter().map(|t| t.spec().archived_size_hint()).sum();
+        if total <= GRAPH_CHUNK_BYTES {
+            return self.submit_one(tasks).await;
+        }
+        // Too big for one message: send it in dependency order, in parts the scheduler can
+        // check one after the other (each part's inputs are in earlier parts or already known).
+        let order = dependency_order(&tasks)?;
+        let mut slots: Vec<Option<Task>> = tasks.into_iter().map(Some).collect();
+        let mut futures: Vec<Option<Future>> = (0..slots.len()).map(|_| None).collect();
+        let mut part = Vec::new();
+        let mut part_index = Vec::new();
+        let mut part_bytes = 0;
+        for (n, &i) in order.iter().enumerate() {
+            let task = slots[i].take().expect("each task once");
+            part_bytes += task.spec().archived_size_hint();
+            part.push(task);
+            part_index.push(i);
+            if part_bytes >= GRAPH_CHUNK_BYTES || n + 1 == order.len() {
+                // On a rejected part, the futures of the accepted ones drop here and release
+                // their keys: nothing of the graph stays behind.
+                let got = self.submit_one(std::mem::take(&mut part)).await?;
+                for (i, f) in part_index.drain(..).zip(got) {
+                    futures[i] = Some(f);
+                }
+                part_bytes = 0;
+            }
+        }
+        Ok(futures
+            .into_iter()
+            .map(|f| f.expect("every task submitted"))
+            .collect())
+    }
+
+    async fn submit_one(&self, tasks: Vec<Task>) -> Result<Vec<Future>, ClientError> {
         let submit_id = self.shared.next_id();
         let (reply, answer) = oneshot::channel();
         let mut wanted = Vec::with_capacity(tasks.len());
@@ -693,4 +727,51 @@ async fn read_loop(mut receiver: ConnReceiver, shared: Weak<Shared>) {
     if let Some(shared) = shared.upgrade() {
         shared.lock().fail_all();
     }
+}
+
+/// Graphs whose encoded size is above this go to the scheduler in parts of about this size,
+/// well below the transport's default 64 MiB header limit.
+const GRAPH_CHUNK_BYTES: usize = 16 << 20;
+
+/// Task indices ordered so that every task comes after the tasks of the same graph it depends
+/// on (Kahn's algorithm, stable for independent tasks). A cycle is refused here, as the
+/// scheduler would refuse it, naming a key on it.
+fn dependency_order(tasks: &[Task]) -> Result<Vec<usize>, ClientError> {
+    let index: HashMap<&str, usize> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.key(), i))
+        .collect();
+    let mut pending = vec![0usize; tasks.len()];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
+    for (i, t) in tasks.iter().enumerate() {
+        for d in &t.spec().deps {
+            if let Some(&j) = index.get(d.as_str()) {
+                pending[i] += 1;
+                dependents[j].push(i);
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..tasks.len()).filter(|&i| pending[i] == 0).collect();
+    let mut next = 0;
+    while next < order.len() {
+        let i = order[next];
+        next += 1;
+        for &k in &dependents[i] {
+            pending[k] -= 1;
+            if pending[k] == 0 {
+                order.push(k);
+            }
+        }
+    }
+    if order.len() < tasks.len() {
+        let stuck = (0..tasks.len())
+            .find(|&i| pending[i] > 0)
+            .expect("a task on a cycle");
+        return Err(ClientError::GraphRejected(format!(
+            "the graph has a cycle: key '{}' waits on dependencies that go round in a cycle",
+            tasks[stuck].key()
+        )));
+    }
+    Ok(order)
 }

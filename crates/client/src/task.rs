@@ -158,6 +158,11 @@ impl Task {
     pub(crate) fn into_parts(self) -> (TaskSpecMsg, Vec<Future>) {
         (self.spec, self.held)
     }
+
+    /// The spec, for planning a submission.
+    pub(crate) fn spec(&self) -> &TaskSpecMsg {
+        &self.spec
+    }
 }
 
 #[cfg(test)]

@@ -320,3 +320,45 @@ async fn small_results_arrive_inline_large_ones_are_fetched() {
     client.close().await;
     scheduler.close().await;
 }
+
+/// A graph too big for one message (here about 28 MB, dependents listed before their inputs)
+/// goes in parts, in dependency order, and computes the same result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphs_larger_than_one_message_are_sent_in_parts() {
+    let cluster = Cluster::start(false, 2).await;
+    let client = cluster.client().await;
+    let n: i64 = 80_000;
+    let pad = "x".repeat(120);
+    let keys: Vec<String> = (0..n).map(|i| format!("big-leaf-{pad}-{i}")).collect();
+    let root = keys.iter().fold(Task::function("big-sum", "sum"), |t, k| {
+        t.dep_key(k.clone())
+    });
+    let mut tasks = vec![root];
+    tasks.extend(
+        keys.iter()
+            .zip(0..n)
+            .map(|(k, i)| Task::function(k.clone(), "inc").arg_i64(i)),
+    );
+    let futures = within("submit in parts", client.submit_graph(tasks))
+        .await
+        .unwrap();
+    assert_eq!(futures.len(), n as usize + 1);
+    assert_eq!(futures[0].key(), "big-sum");
+    let total = within("sum", futures[0].result_i64()).await.unwrap();
+    assert_eq!(total, (1..=n).sum::<i64>());
+
+    // A cycle in a big graph is refused before anything is sent.
+    let mut cyc: Vec<Task> = (0..80_000)
+        .map(|i| Task::function(format!("cyc-{pad}-{i}"), "noop"))
+        .collect();
+    cyc.push(Task::function("cyc-a", "noop").dep_key("cyc-b"));
+    cyc.push(Task::function("cyc-b", "noop").dep_key("cyc-a"));
+    let err = client.submit_graph(cyc).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::GraphRejected(r) if r.contains("cycle")),
+        "{err}"
+    );
+    drop(futures);
+    client.close().await;
+    cluster.close().await;
+}
