@@ -8,9 +8,10 @@
 //! the writer reaches the marker queued with the first release of the batch.
 
 use bytes::Bytes;
+use rustc_hash::FxBuildHasher;
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -90,63 +91,6 @@ impl KeyState {
             (S::Pending, KeyEvent::ConnectionLost) => Some(S::Closed),
             (_, KeyEvent::ConnectionLost) => None,
         }
-    }
-}
-
-/// The rustc "Fx" hash: keys are short strings chosen by this process's user, and SipHash's
-/// flooding resistance buys nothing here.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct FxBuild;
-
-impl BuildHasher for FxBuild {
-    type Hasher = FxHasher;
-    #[inline]
-    fn build_hasher(&self) -> FxHasher {
-        FxHasher(0)
-    }
-}
-
-/// The Fx hash state.
-pub(crate) struct FxHasher(u64);
-
-const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut buf = [0u8; 8];
-            buf[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(buf));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(i as u64);
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 
@@ -346,7 +290,7 @@ type Reply<T> = oneshot::Sender<T>;
 /// Per-client bookkeeping, behind one mutex. Nothing in here awaits.
 #[derive(Debug)]
 pub(crate) struct State {
-    keys: HashSet<ByKey, FxBuild>,
+    keys: HashSet<ByKey, FxBuildHasher>,
     /// Keys whose last handle is gone, not queued yet.
     releases: Vec<Arc<KeyEntry>>,
     /// Number of the batch `releases` belongs to.

@@ -11,11 +11,12 @@ use taskwire_protocol::{
 
 use crate::config::CoreConfig;
 use crate::event::{Command, Event};
-use crate::hash::{FxHashMap, FxHashSet};
+// Fx: a fast, deterministic hash (the simulator's runs repeat from their seed).
 use crate::heap::WorkerHeap;
 use crate::state::{StateCounts, StimulusId, TaskState, TransitionLog, TransitionRecord};
 use crate::task::{Constraint, F_SCATTER, Prefix, QueueKey, Task, TaskRef, key_prefix};
 use crate::worker::{Worker, heartbeat_ms};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// A pending recommendation: move the task in `slot` (if still of `generation`) to a state.
 pub(crate) type Rec = (u32, u32, TaskState);

@@ -110,7 +110,6 @@
 mod config;
 mod core;
 mod event;
-mod hash;
 mod heap;
 mod invariants;
 mod placement;

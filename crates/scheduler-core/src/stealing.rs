@@ -6,8 +6,8 @@ use taskwire_protocol::{TaskId, ToWorker};
 
 use crate::core::{Core, Steal};
 use crate::event::Command;
-use crate::hash::FxHashMap;
 use crate::placement_cost::transfer_us;
+use rustc_hash::FxHashMap;
 
 /// Thieves and victims looked at per round, so one round stays cheap on huge clusters.
 const MAX_PER_SIDE: usize = 256;

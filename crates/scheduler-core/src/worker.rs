@@ -2,7 +2,7 @@
 
 use taskwire_protocol::{ComputeTaskMsg, ResourceMsg, TaskId, WorkerId};
 
-use crate::hash::FxHashSet;
+use rustc_hash::FxHashSet;
 
 /// Position of a worker in the occupancy order: occupancy per thread (µs), processing tasks
 /// per thread (×1024), slot.
