@@ -6,9 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
-use taskwire_protocol::{
-    ClientId, RegisterWorkerMsg, TaskFinishedMsg, TaskKindMsg, TaskSpecMsg, ToWorker, WorkerId,
-};
+use taskwire_protocol::{RegisterWorkerMsg, TaskFinishedMsg, TaskSpecMsg, ToWorker, WorkerId};
 use taskwire_scheduler_core::{Command, Core, CoreConfig, Event};
 
 struct Counting;
@@ -36,46 +34,14 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const CLIENT: ClientId = ClientId(1);
+#[path = "support/zero_time.rs"]
+mod zero_time;
+
+use zero_time::CLIENT;
 
 /// Keys like `inc-123456`, 10% roots, others with 1-3 inputs among the previous 64 tasks.
 fn graph(n: usize) -> (Vec<TaskSpecMsg>, Vec<String>) {
-    let mut s = 0x9e37_79b9_7f4a_7c15u64;
-    let mut rnd = move |m: usize| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s % m as u64) as usize
-    };
-    let mut tasks = Vec::with_capacity(n);
-    let mut has_dependent = vec![false; n];
-    for i in 0..n {
-        let mut deps = Vec::new();
-        if i >= 10 && rnd(10) != 0 {
-            for _ in 0..1 + rnd(3) {
-                let j = i - 1 - rnd(i.min(64));
-                has_dependent[j] = true;
-                deps.push(format!("inc-{j}"));
-            }
-        }
-        tasks.push(TaskSpecMsg {
-            key: format!("inc-{i}"),
-            deps,
-            kind: TaskKindMsg::Function {
-                name: "inc".into(),
-                args: vec![1, 2, 3, 4],
-            },
-            resources: vec![],
-            workers: vec![],
-            priority: 0,
-            retries: 0,
-        });
-    }
-    let wanted = (0..n)
-        .filter(|&i| !has_dependent[i])
-        .map(|i| format!("inc-{i}"))
-        .collect();
-    (tasks, wanted)
+    zero_time::layered_graph(n, 0x9e37_79b9_7f4a_7c15, "inc", "inc", &[1, 2, 3, 4])
 }
 
 fn live() -> isize {
