@@ -4,13 +4,13 @@
 //! (everything queued, up to a bound, before it flushes), fires the core's timers, and encodes
 //! each command for the connection it is addressed to.
 
+use crate::server::Route;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::HashMap;
 use std::time::Instant;
 use taskwire_protocol::{ClientId, ToWorker, WorkerId, encode};
 use taskwire_scheduler_core::{Command, Core, CoreConfig, Event};
 use taskwire_transport::Message;
-use tokio::sync::mpsc::UnboundedSender;
 
 /// Who a connection belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -22,7 +22,7 @@ pub(crate) enum Peer {
 /// What connection tasks hand to the core thread.
 pub(crate) enum Input {
     /// Route commands for `peer` to this queue (sent before the peer's first event).
-    Attach(Peer, UnboundedSender<Message>),
+    Attach(Peer, Route),
     /// An event for the core.
     Event(Event),
     /// Stop the thread.
@@ -48,7 +48,7 @@ pub(crate) fn spawn(config: CoreConfig) -> CoreThread {
 }
 
 fn run(mut core: Core, rx: Receiver<Input>) {
-    let mut routes: HashMap<Peer, UnboundedSender<Message>> = HashMap::new();
+    let mut routes: HashMap<Peer, Route> = HashMap::new();
     loop {
         let first = match core.poll_timeout() {
             Some(deadline) => rx.recv_deadline(deadline),
@@ -94,7 +94,7 @@ fn run(mut core: Core, rx: Receiver<Input>) {
     }
 }
 
-fn flush(core: &mut Core, routes: &mut HashMap<Peer, UnboundedSender<Message>>) {
+fn flush(core: &mut Core, routes: &mut HashMap<Peer, Route>) {
     while let Some(command) = core.poll_command() {
         let (peer, header, close) = match command {
             Command::ToClient(client, msg) => (Peer::Client(client), encode(&msg), false),
@@ -104,9 +104,9 @@ fn flush(core: &mut Core, routes: &mut HashMap<Peer, UnboundedSender<Message>>) 
             }
         };
         if let Some(tx) = routes.get(&peer) {
-            // A closed queue means the connection just went away; its Left/Disconnected event
-            // is already on its way to the core.
-            let _ = tx.send(Message::new(header));
+            // A closed connection drops it; its Left/Disconnected event is already on its way
+            // to the core.
+            tx.send(Message::new(header));
         }
         if close {
             // Dropping the route ends the connection's writer once the refusal is written.

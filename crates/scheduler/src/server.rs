@@ -3,7 +3,7 @@
 use crate::core_thread::{CoreThread, Input, Peer};
 use crossbeam_channel::Sender;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use taskwire_protocol::{
     ClientId, FromClient, FromWorker, Role, ToClient, Welcome, WorkerId, decode, encode, read_hello,
@@ -70,20 +70,55 @@ pub(crate) async fn accept_loop(
     let _ = done.send(true);
 }
 
-/// Forward encoded commands for one connection to its transport sender, in order.
-fn spawn_writer(sender: ConnSender) -> mpsc::UnboundedSender<Message> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-    tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(64);
-        while rx.recv_many(&mut batch, 256).await > 0 {
-            for msg in batch.drain(..) {
-                if sender.send(msg).await.is_err() {
+/// Where messages for one connection go. The core thread hands a message straight to the
+/// transport's queue when it has room and nothing is waiting ahead of it (one hand-off fewer
+/// than going through a task); otherwise into an overflow queue that a task drains with
+/// back-pressure, in order. The core thread never waits on a slow peer.
+#[derive(Clone)]
+pub(crate) struct Route {
+    sender: ConnSender,
+    overflow: mpsc::UnboundedSender<Message>,
+    /// Messages in the overflow queue not yet handed to the transport.
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Route {
+    pub(crate) fn new(sender: ConnSender) -> Route {
+        let (overflow, mut rx) = mpsc::unbounded_channel::<Message>();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let drain_sender = sender.clone();
+        let drained = waiting.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                let sent = drain_sender.send(msg).await;
+                drained.fetch_sub(1, Ordering::AcqRel);
+                if sent.is_err() {
                     return;
                 }
             }
+        });
+        Route {
+            sender,
+            overflow,
+            waiting,
         }
-    });
-    tx
+    }
+
+    /// Queue `msg` for the peer; dropped only when the connection is gone.
+    pub(crate) fn send(&self, msg: Message) {
+        let msg = if self.waiting.load(Ordering::Acquire) == 0 {
+            match self.sender.try_send(msg) {
+                Ok(None) | Err(_) => return,
+                Ok(Some(full)) => full,
+            }
+        } else {
+            msg
+        };
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        if self.overflow.send(msg).is_err() {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 async fn serve(mut conn: Connection, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
@@ -149,7 +184,7 @@ async fn serve_client(
     peer_addr: String,
 ) {
     let client = ClientId(shared.next_client.fetch_add(1, Ordering::Relaxed));
-    let out = spawn_writer(sender);
+    let out = Route::new(sender);
     let _ = shared
         .inputs
         .send(Input::Attach(Peer::Client(client), out.clone()));
@@ -191,7 +226,7 @@ async fn serve_client(
             Ok(FromClient::Close) => break,
             Err(e) => {
                 warn!("client {client} ({peer_addr}) sent a malformed message: {e}");
-                let _ = out.send(Message::new(encode(&ToClient::Error(format!(
+                out.send(Message::new(encode(&ToClient::Error(format!(
                     "malformed message: {e}"
                 )))));
                 continue;
@@ -226,7 +261,7 @@ async fn serve_worker(
     };
     let worker = WorkerId(shared.next_worker.fetch_add(1, Ordering::Relaxed));
     let name = info.name.clone();
-    let out = spawn_writer(sender);
+    let out = Route::new(sender);
     let _ = shared.inputs.send(Input::Attach(Peer::Worker(worker), out));
     info!(
         "register worker {name} at {} ({} threads)",

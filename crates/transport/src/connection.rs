@@ -94,12 +94,13 @@ impl ConnSender {
         self.tx.send(msg).await.map_err(|_| self.closed_error())
     }
 
-    /// Queue a message without waiting; `Ok(false)` when the queue is full.
-    pub fn try_send(&self, msg: Message) -> Result<bool, TransportError> {
+    /// Queue a message without waiting. `Ok(None)` when queued; `Ok(Some(msg))` hands the
+    /// message back because the queue is full (the caller decides whether to wait or drop).
+    pub fn try_send(&self, msg: Message) -> Result<Option<Message>, TransportError> {
         codec::check_outgoing(&msg, &self.cfg)?;
         match self.tx.try_send(msg) {
-            Ok(()) => Ok(true),
-            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+            Ok(()) => Ok(None),
+            Err(mpsc::error::TrySendError::Full(msg)) => Ok(Some(msg)),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(self.closed_error()),
         }
     }

@@ -235,6 +235,7 @@ impl WorkerBuilder {
             erred: Vec::new(),
             fetch_tx,
             zero_worker: self.zero_worker,
+            outgoing: Vec::new(),
         };
         let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
@@ -400,6 +401,8 @@ struct State {
     erred: Vec<(TaskId, TaskErrorMsg)>,
     fetch_tx: mpsc::UnboundedSender<Fetched>,
     zero_worker: bool,
+    /// Other reports (released, missing data, data added), sent in order at the next flush.
+    outgoing: Vec<FromWorker>,
 }
 
 impl State {
@@ -437,7 +440,7 @@ impl State {
                 }
                 Some(f) = fetches.recv() => self.fetched(f),
                 Some(report) = added.recv() => {
-                    let _ = self.sender.try_send(Message::new(encode(&FromWorker::DataAdded(report))));
+                    self.outgoing.push(FromWorker::DataAdded(report));
                 }
                 _ = tick.tick() => {
                     let hb = FromWorker::Heartbeat { memory: self.store.nbytes(), executing: self.executor.executing() as u32 };
@@ -496,9 +499,7 @@ impl State {
                         false
                     })
                     .collect();
-                let _ = self
-                    .sender
-                    .try_send(Message::new(encode(&FromWorker::Released(released))));
+                self.outgoing.push(FromWorker::Released(released));
             }
             ToWorker::Registered { .. } | ToWorker::Refused(_) => {
                 debug!(
@@ -686,7 +687,7 @@ impl State {
                     task: waiter,
                     missing: vec![dep],
                 };
-                let _ = self.sender.try_send(Message::new(encode(&msg)));
+                self.outgoing.push(msg);
             }
         }
     }
@@ -713,6 +714,9 @@ impl State {
     }
 
     async fn flush(&mut self) -> Result<(), TransportError> {
+        for msg in std::mem::take(&mut self.outgoing) {
+            self.sender.send(Message::new(encode(&msg))).await?;
+        }
         if !self.finished.is_empty() {
             let batch = std::mem::take(&mut self.finished);
             self.sender
