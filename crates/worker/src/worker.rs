@@ -21,6 +21,9 @@ use taskwire_transport::{
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+/// How long a busy worker may hold finished-task reports to send them together.
+const REPORT_DELAY: Duration = Duration::from_millis(5);
+
 /// Why a worker could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -418,9 +421,20 @@ impl State {
         let mut tick = tokio::time::interval(heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut outcome_batch = Vec::with_capacity(256);
+        // While the executor has queued work, finished tasks are reported at most every
+        // REPORT_DELAY: the scheduler already gave this worker its next tasks, so an earlier
+        // report changes nothing but costs a message (and wake-ups) per task on every hop.
+        let mut report_at: Option<tokio::time::Instant> = None;
         let reason = loop {
+            let deferred = async {
+                match report_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => break "closed".to_string(),
+                _ = deferred => report_at = None,
                 msg = scheduler.recv() => match msg {
                     Ok(Some(msg)) => match decode::<ToWorker>(&msg.header) {
                         Ok(ToWorker::Close) => break "the scheduler asked the worker to close".into(),
@@ -447,6 +461,20 @@ impl State {
                     let _ = self.sender.try_send(Message::new(encode(&hb)));
                 }
             }
+            if report_at.is_none() && !self.finished.is_empty() && self.executor.queued() > 0 {
+                report_at = Some(tokio::time::Instant::now() + REPORT_DELAY);
+            }
+            if report_at.is_some_and(|at| at > tokio::time::Instant::now()) {
+                // Only the finished-task report waits; everything else goes out now.
+                let finished = std::mem::take(&mut self.finished);
+                let sent = self.flush().await;
+                self.finished = finished;
+                if sent.is_err() {
+                    break "lost the scheduler while reporting".into();
+                }
+                continue;
+            }
+            report_at = None;
             if self.flush().await.is_err() {
                 break "lost the scheduler while reporting".into();
             }
