@@ -23,6 +23,8 @@ use tracing::{debug, info, warn};
 
 /// How long a busy worker may hold finished-task reports to send them together.
 const REPORT_DELAY: Duration = Duration::from_millis(5);
+/// ... and never holds more than this many.
+const MAX_HELD_REPORTS: usize = 4096;
 
 /// Why a worker could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +241,7 @@ impl WorkerBuilder {
             fetch_tx,
             zero_worker: self.zero_worker,
             outgoing: Vec::new(),
+            fetch_plan: HashMap::new(),
         };
         let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
@@ -406,6 +409,8 @@ struct State {
     zero_worker: bool,
     /// Other reports (released, missing data, data added), sent in order at the next flush.
     outgoing: Vec<FromWorker>,
+    /// Inputs to fetch, by holder, gathered over one `Compute` batch: one request per peer.
+    fetch_plan: HashMap<String, Vec<TaskId>>,
 }
 
 impl State {
@@ -434,7 +439,8 @@ impl State {
             };
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => break "closed".to_string(),
-                _ = deferred => report_at = None,
+                // Due: flush below, whatever the executor holds.
+                _ = deferred => {}
                 msg = scheduler.recv() => match msg {
                     Ok(Some(msg)) => match decode::<ToWorker>(&msg.header) {
                         Ok(ToWorker::Close) => break "the scheduler asked the worker to close".into(),
@@ -461,10 +467,16 @@ impl State {
                     let _ = self.sender.try_send(Message::new(encode(&hb)));
                 }
             }
-            if report_at.is_none() && !self.finished.is_empty() && self.executor.queued() > 0 {
+            if report_at.is_none()
+                && !self.finished.is_empty()
+                && self.finished.len() < MAX_HELD_REPORTS
+                && self.executor.queued() > 0
+            {
                 report_at = Some(tokio::time::Instant::now() + REPORT_DELAY);
             }
-            if report_at.is_some_and(|at| at > tokio::time::Instant::now()) {
+            if report_at.is_some_and(|at| at > tokio::time::Instant::now())
+                && self.finished.len() < MAX_HELD_REPORTS
+            {
                 // Only the finished-task report waits; everything else goes out now.
                 let finished = std::mem::take(&mut self.finished);
                 let sent = self.flush().await;
@@ -504,6 +516,9 @@ impl State {
                     }
                 }
                 self.executor.submit_all(jobs);
+                for (holder, deps) in std::mem::take(&mut self.fetch_plan) {
+                    self.start_fetch(holder, deps);
+                }
             }
             ToWorker::Free(tasks) => {
                 for t in tasks {
@@ -572,7 +587,7 @@ impl State {
                             waiters: vec![msg.task],
                         },
                     );
-                    self.start_fetch(first, vec![dep.task]);
+                    self.fetch_plan.entry(first).or_default().push(dep.task);
                 }
             }
         }
