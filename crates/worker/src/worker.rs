@@ -241,7 +241,6 @@ impl WorkerBuilder {
             fetch_tx,
             zero_worker: self.zero_worker,
             outgoing: Vec::new(),
-            fetch_plan: HashMap::new(),
         };
         let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
@@ -409,8 +408,6 @@ struct State {
     zero_worker: bool,
     /// Other reports (released, missing data, data added), sent in order at the next flush.
     outgoing: Vec<FromWorker>,
-    /// Inputs to fetch, by holder, gathered over one `Compute` batch: one request per peer.
-    fetch_plan: HashMap<String, Vec<TaskId>>,
 }
 
 impl State {
@@ -516,9 +513,6 @@ impl State {
                     }
                 }
                 self.executor.submit_all(jobs);
-                for (holder, deps) in std::mem::take(&mut self.fetch_plan) {
-                    self.start_fetch(holder, deps);
-                }
             }
             ToWorker::Free(tasks) => {
                 for t in tasks {
@@ -587,7 +581,7 @@ impl State {
                             waiters: vec![msg.task],
                         },
                     );
-                    self.fetch_plan.entry(first).or_default().push(dep.task);
+                    self.start_fetch(first, vec![dep.task]);
                 }
             }
         }
