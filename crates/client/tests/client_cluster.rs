@@ -362,3 +362,24 @@ async fn graphs_larger_than_one_message_are_sent_in_parts() {
     client.close().await;
     cluster.close().await;
 }
+
+/// Gathering thousands of results that are too big to travel inline: one multi-task request
+/// per worker, every value back in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gather_of_many_fetched_results() {
+    let cluster = Cluster::start(true, 2).await;
+    let client = cluster.client().await;
+    let size = taskwire_protocol::MAX_INLINE_RESULT as u64 + 44;
+    let tasks: Vec<Task> = (0..5000)
+        .map(|i| Task::function(format!("many-{i}"), "make-bytes").arg_u64(size + i % 7))
+        .collect();
+    let futures = within("submit", client.submit_graph(tasks)).await.unwrap();
+    let values = within("gather", client.gather(&futures)).await.unwrap();
+    assert_eq!(values.len(), 5000);
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(v.len() as u64, size + i as u64 % 7, "value {i}");
+    }
+    drop(futures);
+    client.close().await;
+    cluster.close().await;
+}
