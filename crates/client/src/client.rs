@@ -447,13 +447,20 @@ impl Client {
                 .push((f.key().to_string(), task));
         }
         let mut fetches = JoinSet::new();
-        for (worker, items) in by_worker {
-            let shared = self.shared.clone();
-            fetches.spawn(async move {
-                let tasks = items.iter().map(|(_, t)| *t).collect();
-                let got = shared.peers.get_data(&worker, tasks).await;
-                (worker, items, got)
-            });
+        for (worker, mut items) in by_worker {
+            // Bounded requests: each value is one frame of the reply, and replies must stay
+            // within the transport's frame limit.
+            while !items.is_empty() {
+                let rest = items.split_off(items.len().min(MAX_GET_BATCH));
+                let part = std::mem::replace(&mut items, rest);
+                let shared = self.shared.clone();
+                let worker = worker.clone();
+                fetches.spawn(async move {
+                    let tasks = part.iter().map(|(_, t)| *t).collect();
+                    let got = shared.peers.get_data(&worker, tasks).await;
+                    (worker, part, got)
+                });
+            }
         }
         while let Some(joined) = fetches.join_next().await {
             let (worker, items, got) =
@@ -728,6 +735,9 @@ async fn read_loop(mut receiver: ConnReceiver, shared: Weak<Shared>) {
         shared.lock().fail_all();
     }
 }
+
+/// Most results asked of one worker in one request.
+const MAX_GET_BATCH: usize = 4096;
 
 /// Graphs whose encoded size is above this go to the scheduler in parts of about this size,
 /// well below the transport's default 64 MiB header limit.

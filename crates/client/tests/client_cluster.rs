@@ -363,11 +363,11 @@ async fn graphs_larger_than_one_message_are_sent_in_parts() {
     cluster.close().await;
 }
 
-/// Gathering thousands of results that are too big to travel inline: one multi-task request
-/// per worker, every value back in order.
+/// Gathering thousands of results that are too big to travel inline, all from one worker:
+/// bounded multi-task requests (more values than one request carries), every value in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gather_of_many_fetched_results() {
-    let cluster = Cluster::start(true, 2).await;
+    let cluster = Cluster::start(true, 1).await;
     let client = cluster.client().await;
     let size = taskwire_protocol::MAX_INLINE_RESULT as u64 + 44;
     let tasks: Vec<Task> = (0..5000)
