@@ -10,7 +10,9 @@ use std::time::Duration;
 use taskwire_protocol::{
     FromPeer, Hello, Role, TaskId, ToPeer, Welcome, decode, encode, read_hello, read_welcome,
 };
-use taskwire_transport::{Address, ConnSender, Connection, Listener, Message, Registry};
+use taskwire_transport::{
+    Address, ConnSender, Connection, Listener, Message, Registry, TransportError,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug;
 
@@ -87,7 +89,7 @@ async fn serve_peer(
                 }
             }
         };
-        let reply = match decode::<ToPeer>(&msg.header) {
+        let (request, reply) = match decode::<ToPeer>(&msg.header) {
             Ok(ToPeer::GetData { request, tasks }) => {
                 let values = store.get_many(&tasks);
                 let mut frames = Vec::with_capacity(tasks.len());
@@ -100,16 +102,14 @@ async fn serve_peer(
                         (*t, hit)
                     })
                     .collect();
-                Message::with_frames(
-                    encode(&FromPeer::Data {
-                        request,
-                        tasks: found,
-                    }),
-                    frames,
-                )
+                let data = encode(&FromPeer::Data {
+                    request,
+                    tasks: found,
+                });
+                (request, Message::with_frames(data, frames))
             }
             Ok(ToPeer::PutData { request, tasks }) => {
-                if tasks.len() != msg.frames.len() {
+                let reply = if tasks.len() != msg.frames.len() {
                     let message = format!(
                         "PutData names {} tasks but carries {} frames",
                         tasks.len(),
@@ -124,15 +124,36 @@ async fn serve_peer(
                     }
                     let _ = added.send(report);
                     Message::new(encode(&FromPeer::PutDone { request }))
+                };
+                (request, reply)
+            }
+            Err(e) => {
+                let message = format!("malformed request: {e}");
+                (
+                    0,
+                    Message::new(encode(&FromPeer::Error {
+                        request: 0,
+                        message,
+                    })),
+                )
+            }
+        };
+        match conn.send(reply).await {
+            Ok(()) => {}
+            // A reply over the transport's limits (too many values for one message): say so,
+            // rather than dropping a connection other requests share.
+            Err(
+                e @ (TransportError::TooManyFrames { .. }
+                | TransportError::FrameTooLarge { .. }
+                | TransportError::HeaderTooLarge { .. }),
+            ) => {
+                let message = format!("reply too large: {e}; ask for fewer values per request");
+                let err = Message::new(encode(&FromPeer::Error { request, message }));
+                if conn.send(err).await.is_err() {
+                    return;
                 }
             }
-            Err(e) => Message::new(encode(&FromPeer::Error {
-                request: 0,
-                message: format!("malformed request: {e}"),
-            })),
-        };
-        if conn.send(reply).await.is_err() {
-            return;
+            Err(_) => return,
         }
     }
 }
