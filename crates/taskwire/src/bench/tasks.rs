@@ -230,6 +230,23 @@ struct Labels {
     cluster: &'static str,
 }
 
+impl Labels {
+    /// Labels of a cluster this benchmark starts itself, from its flags.
+    fn local(args: &TasksArgs) -> Labels {
+        Labels {
+            workers: args.workers,
+            threads: args.threads,
+            worker_saturation: match &args.worker_saturation {
+                Some(s) => saturation_label(s.parse().expect("checked")),
+                None => saturation_label(taskwire::CoreConfig::default().worker_saturation),
+            },
+            work_stealing: !args.no_work_stealing,
+            zero_worker: args.zero_worker,
+            cluster: "local",
+        }
+    }
+}
+
 /// One figure of one run.
 struct Measure {
     metric: &'static str,
@@ -421,17 +438,7 @@ async fn connect(args: &TasksArgs) -> Result<Ctx, String> {
     }
     workers.sort_by(|a, b| a.name.cmp(&b.name).then(a.address.cmp(&b.address)));
     let labels = match &cluster {
-        Some(_) => Labels {
-            workers: args.workers,
-            threads: args.threads,
-            worker_saturation: match &args.worker_saturation {
-                Some(s) => saturation_label(s.parse().expect("checked")),
-                None => saturation_label(taskwire::CoreConfig::default().worker_saturation),
-            },
-            work_stealing: !args.no_work_stealing,
-            zero_worker: args.zero_worker,
-            cluster: "local",
-        },
+        Some(_) => Labels::local(args),
         None => Labels {
             workers: workers.len(),
             threads: workers
@@ -493,17 +500,7 @@ async fn run_async(args: &TasksArgs) -> Result<(), String> {
             .runs
             .unwrap_or(if w == Workload::Scale { 3 } else { 5 });
         if w == Workload::Startup {
-            let labels = Labels {
-                workers: args.workers,
-                threads: args.threads,
-                worker_saturation: match &args.worker_saturation {
-                    Some(s) => saturation_label(s.parse().expect("checked")),
-                    None => saturation_label(taskwire::CoreConfig::default().worker_saturation),
-                },
-                work_stealing: !args.no_work_stealing,
-                zero_worker: args.zero_worker,
-                cluster: "local",
-            };
+            let labels = Labels::local(&args);
             eprintln!(
                 "# startup: {} warm-up + {runs} runs, {} workers, load {:?}",
                 args.warmup,
