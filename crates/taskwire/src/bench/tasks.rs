@@ -500,7 +500,7 @@ async fn run_async(args: &TasksArgs) -> Result<(), String> {
             .runs
             .unwrap_or(if w == Workload::Scale { 3 } else { 5 });
         if w == Workload::Startup {
-            let labels = Labels::local(&args);
+            let labels = Labels::local(args);
             eprintln!(
                 "# startup: {} warm-up + {runs} runs, {} workers, load {:?}",
                 args.warmup,
