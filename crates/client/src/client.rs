@@ -169,6 +169,12 @@ impl Shared {
                 }
                 None => tracing::debug!("worker list nobody asked for"),
             },
+            ToClient::WorkersRetired { request, result } => match st.retires.remove(&request) {
+                Some(reply) => {
+                    let _ = reply.send(result);
+                }
+                None => tracing::debug!(request, "answer to an unknown retire request"),
+            },
             ToClient::Error(text) => {
                 tracing::warn!(scheduler = %self.address, "scheduler could not handle a message: {text}")
             }
@@ -634,6 +640,34 @@ impl Client {
             }
         }
         answer.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Retire workers gracefully (Dask's `retire_workers`), by name or data address: they take
+    /// no new tasks, finish the ones they run, hand the results only they hold to other
+    /// workers, and close; nothing is recomputed. Resolves with the names retired once they
+    /// are gone. Refused as a whole for an unknown name, or when no running worker would be
+    /// left to take their results.
+    pub async fn retire_workers(&self, workers: &[&str]) -> Result<Vec<String>, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let request = self.shared.next_id();
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Err(ClientError::Closed);
+            }
+            st.retires.insert(request, reply);
+            let msg = FromClient::RetireWorkers {
+                request,
+                workers: workers.iter().map(|w| w.to_string()).collect(),
+            };
+            if !st.send(Outgoing::Msg(msg)) {
+                return Err(ClientError::Closed);
+            }
+        }
+        answer
+            .await
+            .map_err(|_| ClientError::Closed)?
+            .map_err(ClientError::Retire)
     }
 
     /// Say goodbye to the scheduler and close the connection (for every clone of this client).

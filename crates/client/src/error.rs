@@ -31,6 +31,9 @@ pub enum ClientError {
     /// The scheduler refused a submitted graph as a whole.
     #[error("graph rejected by the scheduler: {0}")]
     GraphRejected(String),
+    /// The scheduler refused to retire the workers named.
+    #[error("retire_workers refused: {0}")]
+    Retire(String),
     /// The scheduler refused a scatter, or putting the data on a worker failed.
     #[error("scatter failed: {0}")]
     Scatter(String),

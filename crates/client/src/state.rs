@@ -301,6 +301,7 @@ pub(crate) struct State {
     #[allow(clippy::type_complexity)]
     pub(crate) scatters: HashMap<u64, Reply<Result<Vec<(String, TaskId, String)>, String>>>,
     pub(crate) workers: VecDeque<Reply<Vec<WorkerInfoMsg>>>,
+    pub(crate) retires: HashMap<u64, Reply<Result<Vec<String>, String>>>,
     pub(crate) closed: bool,
     out: mpsc::UnboundedSender<Outgoing>,
 }
@@ -323,6 +324,7 @@ impl State {
             submits: HashMap::new(),
             scatters: HashMap::new(),
             workers: VecDeque::new(),
+            retires: HashMap::new(),
             closed: false,
             out,
         }
@@ -472,6 +474,7 @@ impl State {
         self.submits.clear();
         self.scatters.clear();
         self.workers.clear();
+        self.retires.clear();
     }
 }
 

@@ -219,6 +219,9 @@ async fn serve_client(
                     resources: vec![],
                     processing: 0,
                     in_memory: store.lock().unwrap().len() as u64,
+                    metrics: Default::default(),
+                    restarts: 0,
+                    last_seen_ms: 0,
                 };
                 // Garbage first: the client must shrug it off and still get the answer.
                 let _ = conn
@@ -237,6 +240,10 @@ async fn serve_client(
                 for k in ks {
                     keys.remove(&k);
                 }
+            }
+            FromClient::RetireWorkers { request, .. } => {
+                let result = Err("the fake cluster retires nobody".to_string());
+                send(&conn, &ToClient::WorkersRetired { request, result }).await;
             }
             FromClient::Heartbeat => {}
             FromClient::Close => return,

@@ -166,6 +166,14 @@ pub enum FromClient {
     },
     /// Ask for the worker list.
     GetWorkers,
+    /// Retire these workers (names or addresses) gracefully: their unique results move to
+    /// other workers first, then they close. Answered by `WorkersRetired`.
+    RetireWorkers {
+        /// Client-chosen id echoed in the answer.
+        request: u64,
+        /// Names or data addresses.
+        workers: Vec<String>,
+    },
     /// Liveness; answered with nothing.
     Heartbeat,
     /// The client is leaving.
@@ -206,6 +214,12 @@ pub struct WorkerInfoMsg {
     pub processing: u64,
     /// Results it holds.
     pub in_memory: u64,
+    /// Its last heartbeat's memory report.
+    pub metrics: WorkerMetricsMsg,
+    /// Times its nanny restarted it before this registration.
+    pub restarts: u32,
+    /// Milliseconds since its last message.
+    pub last_seen_ms: u64,
 }
 
 /// Scheduler → client.
@@ -236,6 +250,13 @@ pub enum ToClient {
     },
     /// The worker list.
     Workers(Vec<WorkerInfoMsg>),
+    /// Answer to `RetireWorkers`: the names of the workers retired, or why nothing was done.
+    WorkersRetired {
+        /// The client's id.
+        request: u64,
+        /// Names retired (their data moved first), or the reason for refusing.
+        result: Result<Vec<String>, String>,
+    },
     /// A message the client sent could not be handled; the connection stays up.
     Error(String),
 }
@@ -258,6 +279,23 @@ pub struct RegisterWorkerMsg {
     pub resources: Vec<ResourceMsg>,
     /// Process id, for operators.
     pub pid: u32,
+    /// Times its nanny has restarted it (0 for the first start or without a nanny).
+    pub restarts: u32,
+}
+
+/// A worker's memory and load, sent with every heartbeat.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct WorkerMetricsMsg {
+    /// Bytes of results held in memory (managed memory).
+    pub managed: u64,
+    /// Bytes of results spilled to the local directory.
+    pub spilled: u64,
+    /// Resident set size of the worker process in bytes (0 where unknown).
+    pub rss: u64,
+    /// Tasks currently executing.
+    pub executing: u32,
+    /// Paused: memory is above the pause threshold and no new task starts.
+    pub paused: bool,
 }
 
 /// Results up to this size travel with the messages that announce them (worker → scheduler →
@@ -298,13 +336,11 @@ pub enum FromWorker {
     DataAdded(Vec<(TaskId, u64)>),
     /// Answer to `StealRequest`: the tasks the worker gave up (it had not started them).
     Released(Vec<TaskId>),
-    /// Liveness and load.
-    Heartbeat {
-        /// Bytes of results held in memory.
-        memory: u64,
-        /// Tasks currently executing.
-        executing: u32,
-    },
+    /// Liveness, memory and load.
+    Heartbeat(WorkerMetricsMsg),
+    /// The worker wants to leave gracefully (it got SIGTERM or reached its lifetime): the
+    /// scheduler moves its unique results away and answers with `Close`.
+    RequestRetire,
 }
 
 /// One input of a task to compute.
@@ -344,7 +380,12 @@ pub enum ToWorker {
         id: WorkerId,
         /// How often to heartbeat.
         heartbeat_ms: u64,
+        /// The scheduler removes a worker it has not heard from for this long; a worker that
+        /// has not heard from the scheduler for this long considers it lost.
+        ttl_ms: u64,
     },
+    /// Answer to a heartbeat (proof that the scheduler is still there).
+    HeartbeatAck,
     /// Registration refused (e.g. a duplicate name).
     Refused(String),
     /// Tasks to run, batched.
@@ -353,6 +394,9 @@ pub enum ToWorker {
     Free(Vec<TaskId>),
     /// Give these tasks back if not started; answered by `FromWorker::Released`.
     StealRequest(Vec<TaskId>),
+    /// Fetch copies of these results from the workers named (to take over data of a retiring
+    /// worker); answered by `FromWorker::DataAdded` for those fetched.
+    AcquireReplicas(Vec<DepMsg>),
     /// Shut down.
     Close,
 }
@@ -522,16 +566,32 @@ mod tests {
 
     #[test]
     fn garbage_and_truncation_are_errors_not_ub() {
-        let header = encode(&sample_batch(20));
-        for cut in [0, 1, 7, header.len() / 2, header.len() - 1] {
+        let original = sample_batch(20);
+        let header = encode(&original);
+        for cut in [0, 1, 7] {
             assert!(
                 decode::<ToWorker>(&header.slice(..cut)).is_err(),
                 "cut {cut} accepted"
             );
         }
+        // A longer prefix may by chance end in bytes that form a small valid message (a unit
+        // variant); what matters is that it is checked, never misread as the batch.
+        for cut in [header.len() / 2, header.len() - 1] {
+            if let Ok(m) = decode::<ToWorker>(&header.slice(..cut)) {
+                assert!(
+                    !matches!(m, ToWorker::Compute(_)),
+                    "cut {cut} read as a batch"
+                );
+            }
+        }
         let mut flipped = header.to_vec();
-        // Point relative offsets and lengths somewhere wild.
-        for b in flipped.iter_mut().rev().take(16) {
+        // Point relative offsets and lengths somewhere wild: overwrite the whole root (the
+        // archive ends with it), tag included.
+        for b in flipped
+            .iter_mut()
+            .rev()
+            .take(std::mem::size_of::<ArchivedToWorker>())
+        {
             *b = 0xff;
         }
         assert!(decode::<ToWorker>(&Bytes::from(flipped)).is_err());

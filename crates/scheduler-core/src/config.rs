@@ -20,6 +20,10 @@ pub struct CoreConfig {
     pub transition_log_len: usize,
     /// Whether idle workers steal queued-up tasks from busy ones.
     pub work_stealing: bool,
+    /// A worker not heard from for this long is removed (and a worker that has not heard
+    /// from the scheduler for this long gives up on it). The core only tells workers; the
+    /// shell enforces it. Dask: `worker-ttl: 5 minutes`.
+    pub worker_ttl: Duration,
 }
 
 impl Default for CoreConfig {
@@ -30,6 +34,7 @@ impl Default for CoreConfig {
             steal_interval: Duration::from_millis(100),
             transition_log_len: 100_000,
             work_stealing: true,
+            worker_ttl: Duration::from_secs(30),
         }
     }
 }

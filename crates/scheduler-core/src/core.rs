@@ -7,15 +7,17 @@ use std::time::Instant;
 use taskwire_protocol::{
     ClientId, ErrorKindMsg, KeyInMemoryMsg, RegisterWorkerMsg, ResourceMsg, TaskErrorMsg,
     TaskFinishedMsg, TaskId, TaskSpecMsg, ToClient, ToWorker, WorkerId, WorkerInfoMsg,
+    WorkerMetricsMsg,
 };
 
 use crate::config::CoreConfig;
 use crate::event::{Command, Event};
 // Fx: a fast, deterministic hash (the simulator's runs repeat from their seed).
 use crate::heap::WorkerHeap;
+use crate::lifecycle::Retirement;
 use crate::state::{StateCounts, StimulusId, TaskState, TransitionLog, TransitionRecord};
 use crate::task::{Constraint, F_SCATTER, Prefix, QueueKey, Task, TaskRef, key_prefix};
-use crate::worker::{Worker, heartbeat_ms};
+use crate::worker::{Worker, WorkerStatus, heartbeat_ms};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 /// A pending recommendation: move the task in `slot` (if still of `generation`) to a state.
@@ -76,6 +78,10 @@ pub struct Core {
     /// clients that want the key (see `MAX_INLINE_RESULT`); never kept past that entry.
     pending_inline: Option<Vec<u8>>,
     pub(crate) steals: FxHashMap<u32, Steal>,
+    /// Workers being retired, by request.
+    pub(crate) retirements: Vec<Retirement>,
+    /// Results of retiring workers being copied: task slot -> the worker fetching it.
+    pub(crate) replicas: FxHashMap<u32, u32>,
     pub(crate) next_steal: Option<Instant>,
     pub(crate) rr_cursor: usize,
     pub(crate) assign_seq: u32,
@@ -135,6 +141,8 @@ impl Core {
             root_per_thread: 0,
             pending_inline: None,
             steals: FxHashMap::default(),
+            retirements: Vec::new(),
+            replicas: FxHashMap::default(),
             next_steal: None,
             rr_cursor: 0,
             assign_seq: 0,
@@ -197,16 +205,13 @@ impl Core {
             } => self.missing_data(worker, task, missing),
             Event::DataAdded { worker, tasks } => self.data_added(worker, tasks),
             Event::Released { worker, tasks } => self.released(worker, tasks),
-            Event::Heartbeat {
-                worker,
-                memory,
-                executing,
-            } => {
-                if let Some(w) = self.worker_mut(worker) {
-                    w.memory = memory;
-                    w.executing = executing;
-                }
-            }
+            Event::Heartbeat { worker, metrics } => self.heartbeat(worker, metrics),
+            Event::RetireWorkers {
+                client,
+                request,
+                workers,
+            } => self.retire_workers(Some((client, request)), workers),
+            Event::RetireRequested { worker } => self.retire_requested(worker),
         }
         self.finish(now);
     }
@@ -259,6 +264,14 @@ impl Core {
                 resources: w.resources_msg.clone(),
                 processing: w.processing.len() as u64,
                 in_memory: w.has_what.len() as u64,
+                metrics: w.metrics.clone(),
+                restarts: w.restarts,
+                last_seen_ms: match (self.now, w.last_seen) {
+                    (Some(now), Some(seen)) => {
+                        now.saturating_duration_since(seen).as_millis() as u64
+                    }
+                    _ => 0,
+                },
             })
             .collect();
         list.sort_by_key(|w| w.id);
@@ -281,6 +294,7 @@ impl Core {
 
     fn finish(&mut self, now: Instant) {
         self.adapt_root_slots();
+        self.progress_retirements();
         self.settle();
         self.flush();
         self.shrink();
@@ -353,11 +367,6 @@ impl Core {
                     .push_back(Command::ToClient(c, ToClient::KeysErred(e)));
             }
         }
-    }
-
-    pub(crate) fn worker_mut(&mut self, id: WorkerId) -> Option<&mut Worker> {
-        let slot = *self.worker_by_id.get(&id)?;
-        self.workers[slot as usize].as_mut()
     }
 
     pub(crate) fn task_slot(&self, id: TaskId) -> Option<u32> {
@@ -1012,8 +1021,10 @@ impl Core {
             occupancy_us: 0,
             has_what: FxHashSet::default(),
             nbytes: 0,
-            memory: 0,
-            executing: 0,
+            status: WorkerStatus::Running,
+            metrics: WorkerMetricsMsg::default(),
+            restarts: info.restarts,
+            last_seen: self.now,
             occ_key: (0, 0, slot),
             in_free_slots: true,
             steals_incoming: 0,
@@ -1030,24 +1041,24 @@ impl Core {
         let heartbeat_ms = heartbeat_ms(self.worker_by_id.len());
         self.out.push_back(Command::ToWorker(
             id,
-            ToWorker::Registered { id, heartbeat_ms },
+            ToWorker::Registered {
+                id,
+                heartbeat_ms,
+                ttl_ms: self.config.worker_ttl.as_millis() as u64,
+            },
         ));
         self.retry_no_worker(None);
     }
 
-    fn worker_left(&mut self, id: WorkerId) {
+    pub(crate) fn worker_left(&mut self, id: WorkerId) {
         let Some(&w) = self.worker_by_id.get(&id) else {
             return;
         };
         // Take it out of every placement index first so nothing rescheduled lands on it.
+        self.set_schedulable(w, false);
         {
             let worker = self.workers[w as usize].as_mut().expect("live");
             worker.alive = false;
-            self.by_occupancy.remove(&worker.occ_key);
-            if worker.in_free_slots {
-                self.free_slots.remove(&worker.occ_key);
-                worker.in_free_slots = false;
-            }
             self.worker_by_name.remove(&worker.name);
             self.worker_by_addr.remove(&worker.address);
             for &(r, _, _) in &worker.res {

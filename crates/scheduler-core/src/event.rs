@@ -2,7 +2,7 @@
 
 use taskwire_protocol::{
     ClientId, RegisterWorkerMsg, TaskErrorMsg, TaskFinishedMsg, TaskId, TaskSpecMsg, ToClient,
-    ToWorker, WorkerId,
+    ToWorker, WorkerId, WorkerMetricsMsg,
 };
 
 /// An input to [`Core::handle_event`](crate::Core::handle_event): a decoded message or a
@@ -111,14 +111,28 @@ pub enum Event {
         /// The tasks it had not started.
         tasks: Vec<TaskId>,
     },
-    /// A worker's liveness and load report.
+    /// A worker's liveness, memory and load report; a change of its `paused` flag takes it
+    /// out of (or puts it back into) placement.
     Heartbeat {
         /// Which worker.
         worker: WorkerId,
-        /// Bytes of results it holds.
-        memory: u64,
-        /// Tasks it is executing.
-        executing: u32,
+        /// What it reported.
+        metrics: WorkerMetricsMsg,
+    },
+    /// A client asks to retire workers (names or addresses); answered by `WorkersRetired`
+    /// once their unique results are on other workers and they are closed.
+    RetireWorkers {
+        /// Who.
+        client: ClientId,
+        /// Echoed in the answer.
+        request: u64,
+        /// Names or data addresses.
+        workers: Vec<String>,
+    },
+    /// A worker asks to leave gracefully (SIGTERM, end of its lifetime).
+    RetireRequested {
+        /// Which.
+        worker: WorkerId,
     },
 }
 
@@ -141,6 +155,8 @@ impl Event {
             Event::DataAdded { .. } => "data-added",
             Event::Released { .. } => "released",
             Event::Heartbeat { .. } => "heartbeat",
+            Event::RetireWorkers { .. } => "retire-workers",
+            Event::RetireRequested { .. } => "retire-requested",
         }
     }
 }

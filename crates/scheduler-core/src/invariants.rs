@@ -196,6 +196,7 @@ impl Core {
             self.by_id.len()
         );
         let mut nworkers = 0;
+        let mut nschedulable = 0;
         for (w, worker) in self.workers.iter().enumerate() {
             let Some(worker) = worker else { continue };
             let w = w as u32;
@@ -209,20 +210,29 @@ impl Core {
                 self.worker_by_name.get(&worker.name) == Some(&w),
                 "worker name index"
             );
-            ensure!(
-                worker.occ_key == worker.compute_key(w),
-                "stale occupancy key"
-            );
-            ensure!(
-                self.by_occupancy.contains(&worker.occ_key),
-                "worker not in occupancy order"
-            );
-            ensure!(
-                worker.in_free_slots == worker.has_free_slot()
-                    && self.free_slots.contains(&worker.occ_key) == worker.in_free_slots,
-                "free-slot index disagrees for {}",
-                worker.id
-            );
+            if worker.schedulable() {
+                ensure!(
+                    worker.occ_key == worker.compute_key(w),
+                    "stale occupancy key"
+                );
+                ensure!(
+                    self.by_occupancy.contains(&worker.occ_key),
+                    "worker not in occupancy order"
+                );
+                ensure!(
+                    worker.in_free_slots == worker.has_free_slot()
+                        && self.free_slots.contains(&worker.occ_key) == worker.in_free_slots,
+                    "free-slot index disagrees for {}",
+                    worker.id
+                );
+                nschedulable += 1;
+            } else {
+                ensure!(
+                    !worker.in_free_slots && !self.by_occupancy.contains(&worker.occ_key),
+                    "paused or retiring worker {} is still offered to placement",
+                    worker.id
+                );
+            }
             let mut occ = 0u64;
             for (i, &s) in worker.processing.iter().enumerate() {
                 let t = &self.tasks[s as usize];
@@ -279,7 +289,10 @@ impl Core {
             }
         }
         ensure!(nworkers == self.worker_by_id.len(), "worker id index size");
-        ensure!(nworkers == self.by_occupancy.len(), "occupancy order size");
+        ensure!(
+            nschedulable == self.by_occupancy.len(),
+            "occupancy order size"
+        );
         if !self.queued.is_empty() {
             ensure!(
                 self.free_slots.is_empty(),

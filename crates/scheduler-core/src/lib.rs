@@ -55,6 +55,7 @@
 //!     memory_limit: 0,
 //!     resources: vec![],
 //!     pid: 42,
+//!     restarts: 0,
 //! };
 //! core.handle_event(now, Event::WorkerJoined { worker, info });
 //! assert!(matches!(
@@ -112,6 +113,7 @@ mod core;
 mod event;
 mod heap;
 mod invariants;
+mod lifecycle;
 mod placement;
 mod placement_cost;
 mod small;

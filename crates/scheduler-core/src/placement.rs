@@ -28,7 +28,7 @@ impl Core {
         let Some(worker) = self.workers[w as usize].as_mut() else {
             return;
         };
-        if !worker.alive {
+        if !worker.schedulable() {
             return;
         }
         let new = worker.compute_key(w);
@@ -148,7 +148,7 @@ impl Core {
             return false;
         };
         let c = &self.constraints[self.tasks[slot as usize].constraint as usize];
-        worker.alive && worker.matches(&c.workers) && worker.fits(&c.resources)
+        worker.schedulable() && worker.matches(&c.workers) && worker.fits(&c.resources)
     }
 
     /// Pick a worker for a ready task, or `None` when no worker can run it now.
@@ -179,7 +179,7 @@ impl Core {
             let Some(worker) = self.workers[w as usize].as_ref() else {
                 return;
             };
-            if !worker.alive {
+            if !worker.schedulable() {
                 return;
             }
             let local = self.scratch_bytes[w as usize];

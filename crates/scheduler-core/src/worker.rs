@@ -1,12 +1,25 @@
 //! The scheduler's record of one worker: what it runs, what it holds, what it offers.
 
-use taskwire_protocol::{ComputeTaskMsg, ResourceMsg, TaskId, WorkerId};
+use std::time::Instant;
+use taskwire_protocol::{ComputeTaskMsg, ResourceMsg, TaskId, WorkerId, WorkerMetricsMsg};
 
 use rustc_hash::FxHashSet;
 
 /// Position of a worker in the occupancy order: occupancy per thread (µs), processing tasks
 /// per thread (×1024), slot.
 pub(crate) type OccKey = (u64, u64, u32);
+
+/// Whether a worker takes new tasks (Dask's `Status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WorkerStatus {
+    /// Takes new tasks.
+    Running,
+    /// Over its memory pause threshold: keeps its tasks and data, takes nothing new.
+    Paused,
+    /// Leaving gracefully: finishes its tasks, hands its unique results to other workers,
+    /// then is closed.
+    Retiring,
+}
 
 pub(crate) struct Worker {
     pub(crate) id: WorkerId,
@@ -25,8 +38,13 @@ pub(crate) struct Worker {
     pub(crate) occupancy_us: u64,
     pub(crate) has_what: FxHashSet<u32>,
     pub(crate) nbytes: u64,
-    pub(crate) memory: u64,
-    pub(crate) executing: u32,
+    pub(crate) status: WorkerStatus,
+    /// Its last heartbeat's report.
+    pub(crate) metrics: WorkerMetricsMsg,
+    /// Nanny restarts before this registration.
+    pub(crate) restarts: u32,
+    /// When the core last heard from it.
+    pub(crate) last_seen: Option<Instant>,
     pub(crate) occ_key: OccKey,
     pub(crate) in_free_slots: bool,
     pub(crate) steals_incoming: u32,
@@ -43,6 +61,12 @@ impl Worker {
             self.processing.len() as u64 * 1024 / n,
             slot,
         )
+    }
+
+    /// Placement may give it tasks: live and running (not paused, not retiring). Only such
+    /// workers are in the occupancy and free-slot orders.
+    pub(crate) fn schedulable(&self) -> bool {
+        self.alive && self.status == WorkerStatus::Running
     }
 
     pub(crate) fn has_free_slot(&self) -> bool {

@@ -95,6 +95,7 @@ fn a_million_tasks_fit_in_a_kib_each_and_are_given_back() {
                 memory_limit: 0,
                 resources: vec![],
                 pid: 0,
+                restarts: 0,
             },
         },
     );

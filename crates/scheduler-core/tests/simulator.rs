@@ -285,6 +285,7 @@ impl Sim {
                 amount: 1.0,
             }],
             pid: id as u32,
+            restarts: 0,
         };
         self.send(
             id,

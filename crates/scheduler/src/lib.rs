@@ -135,10 +135,12 @@ impl SchedulerBuilder {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(false);
+        let worker_ttl = self.core.worker_ttl;
         let core = core_thread::spawn(self.core);
         let shared = Arc::new(server::Shared::new(
             core.inputs.clone(),
             address.to_string(),
+            worker_ttl,
         ));
         tokio::spawn(server::accept_loop(
             listener, shared, stop_rx, core, done_tx,

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use taskwire_protocol::{
-    ClientId, FromClient, FromWorker, Role, ToClient, Welcome, WorkerId, decode, encode, read_hello,
+    ClientId, FromClient, FromWorker, Role, ToClient, ToWorker, Welcome, WorkerId, decode, encode,
+    read_hello,
 };
 use taskwire_scheduler_core::Event;
 use taskwire_transport::{ConnReceiver, ConnSender, Connection, Listener, Message};
@@ -22,15 +23,18 @@ pub(crate) struct Shared {
     next_client: AtomicU64,
     next_worker: AtomicU64,
     name: String,
+    /// A worker silent this long is removed.
+    worker_ttl: Duration,
 }
 
 impl Shared {
-    pub(crate) fn new(inputs: Sender<Input>, name: String) -> Shared {
+    pub(crate) fn new(inputs: Sender<Input>, name: String, worker_ttl: Duration) -> Shared {
         Shared {
             inputs,
             next_client: AtomicU64::new(1),
             next_worker: AtomicU64::new(1),
             name,
+            worker_ttl,
         }
     }
 
@@ -222,6 +226,11 @@ async fn serve_client(
                 worker,
             },
             Ok(FromClient::GetWorkers) => Event::GetWorkers { client },
+            Ok(FromClient::RetireWorkers { request, workers }) => Event::RetireWorkers {
+                client,
+                request,
+                workers,
+            },
             Ok(FromClient::Heartbeat) => continue,
             Ok(FromClient::Close) => break,
             Err(e) => {
@@ -262,17 +271,27 @@ async fn serve_worker(
     let worker = WorkerId(shared.next_worker.fetch_add(1, Ordering::Relaxed));
     let name = info.name.clone();
     let out = Route::new(sender);
-    let _ = shared.inputs.send(Input::Attach(Peer::Worker(worker), out));
+    let _ = shared
+        .inputs
+        .send(Input::Attach(Peer::Worker(worker), out.clone()));
+    let ack = Message::new(encode(&ToWorker::HeartbeatAck));
+    let ttl = shared.worker_ttl;
     info!(
         "register worker {name} at {} ({} threads)",
         info.address, info.nthreads
     );
     shared.event(Event::WorkerJoined { worker, info });
     let mut reason = String::from("connection closed");
-    while let Some(msg) = next_message(&mut receiver, &mut stop).await {
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => {
+    loop {
+        // Anything the worker sends proves it alive; it heartbeats well within the TTL.
+        let msg = match tokio::time::timeout(ttl, next_message(&mut receiver, &mut stop)).await {
+            Err(_) => {
+                reason = format!("no heartbeat for {ttl:?} (worker TTL)");
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => {
                 reason = format!("connection failed: {e}");
                 break;
             }
@@ -287,11 +306,14 @@ async fn serve_worker(
             },
             Ok(FromWorker::DataAdded(tasks)) => Event::DataAdded { worker, tasks },
             Ok(FromWorker::Released(tasks)) => Event::Released { worker, tasks },
-            Ok(FromWorker::Heartbeat { memory, executing }) => Event::Heartbeat {
-                worker,
-                memory,
-                executing,
-            },
+            Ok(FromWorker::Heartbeat(metrics)) => {
+                out.send(ack.clone());
+                Event::Heartbeat { worker, metrics }
+            }
+            Ok(FromWorker::RequestRetire) => {
+                info!("worker {name} asks to retire");
+                Event::RetireRequested { worker }
+            }
             Ok(FromWorker::Register(_)) => {
                 warn!("worker {name} registered twice; ignoring the second registration");
                 continue;

@@ -62,5 +62,6 @@ pub use executor::{Executor, Job, JobOutcome};
 pub use functions::{decode_i64, encode_i64, fnv1a64, pattern_bytes};
 pub use registry::{Registry, TaskContext, TaskFn, TaskResult};
 pub use worker::{
-    Worker, WorkerBuilder, WorkerError, WorkerHandle, available_cpus, machine_memory,
+    StopReason, Worker, WorkerBuilder, WorkerError, WorkerHandle, available_cpus, machine_memory,
+    process_rss,
 };

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use taskwire_protocol::{
     ComputeTaskMsg, ErrorKindMsg, FromWorker, Hello, MAX_INLINE_RESULT, RegisterWorkerMsg,
-    ResourceMsg, Role, TaskErrorMsg, TaskFinishedMsg, TaskId, ToWorker, WorkerId, decode, encode,
-    read_welcome,
+    ResourceMsg, Role, TaskErrorMsg, TaskFinishedMsg, TaskId, ToWorker, WorkerId, WorkerMetricsMsg,
+    decode, encode, read_welcome,
 };
 use taskwire_transport::{
     Address, ConnReceiver, ConnSender, Message, Registry, TransportConfig, TransportError,
@@ -43,6 +43,30 @@ pub enum WorkerError {
     Setup(String),
 }
 
+/// Why a worker stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// Closed locally (`close`, or the handle dropped).
+    Closed,
+    /// The scheduler closed it: retired, or told to leave.
+    ClosedByScheduler,
+    /// The scheduler went away, or was silent longer than the worker TTL.
+    LostScheduler(String),
+    /// Something inside the worker failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Closed => f.write_str("closed"),
+            StopReason::ClosedByScheduler => f.write_str("the scheduler closed this worker"),
+            StopReason::LostScheduler(why) => write!(f, "lost the scheduler: {why}"),
+            StopReason::Failed(why) => write!(f, "failed: {why}"),
+        }
+    }
+}
+
 /// Entry point for starting a worker.
 #[derive(Debug)]
 pub struct Worker;
@@ -61,6 +85,7 @@ impl Worker {
             functions: Functions::stock(),
             local_directory: None,
             zero_worker: false,
+            restarts: 0,
         }
     }
 }
@@ -77,6 +102,7 @@ pub struct WorkerBuilder {
     functions: Functions,
     local_directory: Option<PathBuf>,
     zero_worker: bool,
+    restarts: u32,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -146,6 +172,12 @@ impl WorkerBuilder {
         self
     }
 
+    /// How many times a nanny has restarted this worker (reported to the scheduler).
+    pub fn restarts(mut self, n: u32) -> Self {
+        self.restarts = n;
+        self
+    }
+
     /// Listen, connect, register; returns once the scheduler has accepted the worker.
     pub async fn start(self) -> Result<WorkerHandle, WorkerError> {
         let transports = self.transports.unwrap_or_else(|| {
@@ -191,11 +223,16 @@ impl WorkerBuilder {
                 })
                 .collect(),
             pid: std::process::id(),
+            restarts: self.restarts,
         };
         conn.send(Message::new(encode(&FromWorker::Register(register))))
             .await?;
-        let (id, heartbeat_ms) = match decode::<ToWorker>(&conn.recv_msg().await?.header) {
-            Ok(ToWorker::Registered { id, heartbeat_ms }) => (id, heartbeat_ms),
+        let (id, heartbeat_ms, ttl_ms) = match decode::<ToWorker>(&conn.recv_msg().await?.header) {
+            Ok(ToWorker::Registered {
+                id,
+                heartbeat_ms,
+                ttl_ms,
+            }) => (id, heartbeat_ms, ttl_ms),
             Ok(ToWorker::Refused(reason)) => return Err(WorkerError::Refused(reason)),
             Ok(other) => {
                 return Err(WorkerError::Protocol(format!(
@@ -208,7 +245,8 @@ impl WorkerBuilder {
 
         let store = Arc::new(Store::default());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (done_tx, done_rx) = watch::channel(false);
+        let (done_tx, done_rx) = watch::channel(None);
+        let (retire_tx, retire_rx) = watch::channel(false);
         let (added_tx, added_rx) = mpsc::unbounded_channel();
         tokio::spawn(peer::serve(
             listener,
@@ -250,12 +288,16 @@ impl WorkerBuilder {
                     outcome_rx,
                     fetch_rx,
                     added_rx,
-                    Duration::from_millis(heartbeat_ms.max(10)),
+                    Timers {
+                        heartbeat: Duration::from_millis(heartbeat_ms.max(10)),
+                        ttl: Duration::from_millis(ttl_ms.max(100)),
+                    },
                     stop_rx,
+                    retire_rx,
                 )
                 .await;
             info!("worker stopped: {reason}");
-            let _ = done_tx.send(true);
+            let _ = done_tx.send(Some(reason));
         });
         Ok(WorkerHandle {
             id,
@@ -264,6 +306,7 @@ impl WorkerBuilder {
             scheduler,
             nthreads,
             stop: stop_tx,
+            retire: retire_tx,
             done: done_rx,
         })
     }
@@ -278,7 +321,8 @@ pub struct WorkerHandle {
     scheduler: Address,
     nthreads: usize,
     stop: watch::Sender<bool>,
-    done: watch::Receiver<bool>,
+    retire: watch::Sender<bool>,
+    done: watch::Receiver<Option<StopReason>>,
 }
 
 impl WorkerHandle {
@@ -302,12 +346,21 @@ impl WorkerHandle {
     pub fn nthreads(&self) -> usize {
         self.nthreads
     }
-    /// Resolves when the worker has stopped (closed, or the scheduler went away).
-    pub async fn finished(&self) {
+    /// Resolves when the worker has stopped, with the reason.
+    pub async fn finished(&self) -> StopReason {
         let mut done = self.done.clone();
-        let _ = done.wait_for(|d| *d).await;
+        match done.wait_for(|d| d.is_some()).await {
+            Ok(reason) => reason.clone().expect("set"),
+            Err(_) => StopReason::Failed("the worker task ended without a reason".into()),
+        }
     }
-    /// Stop the worker.
+    /// Leave gracefully: ask the scheduler to move this worker's unique results to other
+    /// workers, finish the tasks it is running, and wait until the scheduler closes it.
+    pub async fn retire(&self) {
+        let _ = self.retire.send(true);
+        self.finished().await;
+    }
+    /// Stop the worker now (results it alone holds are recomputed elsewhere).
     pub async fn close(self) {
         let _ = self.stop.send(true);
         self.finished().await;
@@ -357,6 +410,15 @@ pub fn available_cpus() -> usize {
         .unwrap_or(1)
 }
 
+/// Resident set size of this process in bytes (from /proc/self/statm), 0 when unknown.
+pub fn process_rss() -> u64 {
+    let page = 4096; // Linux on x86-64 and aarch64 with 4 KiB pages
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page)
+}
+
 /// Total machine memory in bytes (from /proc/meminfo), 0 when unknown.
 pub fn machine_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -368,6 +430,14 @@ pub fn machine_memory() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+/// The worker's clocks, from the scheduler's `Registered` answer.
+struct Timers {
+    /// How often to heartbeat.
+    heartbeat: Duration,
+    /// A scheduler silent for this long is considered lost.
+    ttl: Duration,
 }
 
 /// A task waiting for inputs to arrive from peers.
@@ -387,6 +457,8 @@ struct Fetched {
 struct Fetch {
     holders: Vec<String>,
     waiters: Vec<TaskId>,
+    /// Keep the value in the store and report it (a replica the scheduler asked for).
+    keep: bool,
 }
 
 struct State {
@@ -417,10 +489,13 @@ impl State {
         mut outcomes: mpsc::UnboundedReceiver<JobOutcome>,
         mut fetches: mpsc::UnboundedReceiver<Fetched>,
         mut added: mpsc::UnboundedReceiver<Vec<(TaskId, u64)>>,
-        heartbeat: Duration,
+        timers: Timers,
         mut stop: watch::Receiver<bool>,
-    ) -> String {
-        let mut tick = tokio::time::interval(heartbeat);
+        mut retire: watch::Receiver<bool>,
+    ) -> StopReason {
+        let mut tick = tokio::time::interval(timers.heartbeat);
+        let mut last_heard = tokio::time::Instant::now();
+        let mut retiring = false;
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut outcome_batch = Vec::with_capacity(256);
         // While the executor has queued work, finished tasks are reported at most every
@@ -435,21 +510,26 @@ impl State {
                 }
             };
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => break "closed".to_string(),
+                _ = stop.wait_for(|s| *s) => break StopReason::Closed,
+                _ = retire.wait_for(|r| *r), if !retiring => {
+                    retiring = true;
+                    info!("worker {}: retiring; asking the scheduler to move its data", self.id);
+                    self.outgoing.push(FromWorker::RequestRetire);
+                }
                 // Due: flush below, whatever the executor holds.
                 _ = deferred => {}
                 msg = scheduler.recv() => match msg {
-                    Ok(Some(msg)) => match decode::<ToWorker>(&msg.header) {
-                        Ok(ToWorker::Close) => break "the scheduler asked the worker to close".into(),
+                    Ok(Some(msg)) => match { last_heard = tokio::time::Instant::now(); decode::<ToWorker>(&msg.header) } {
+                        Ok(ToWorker::Close) => break StopReason::ClosedByScheduler,
                         Ok(m) => self.handle_scheduler(m),
                         Err(e) => warn!("malformed message from the scheduler: {e}"),
                     },
-                    Ok(None) => break "the scheduler closed the connection".into(),
-                    Err(e) => break format!("lost the scheduler: {e}"),
+                    Ok(None) => break StopReason::LostScheduler("the scheduler closed the connection".into()),
+                    Err(e) => break StopReason::LostScheduler(e.to_string()),
                 },
                 n = outcomes.recv_many(&mut outcome_batch, 1024) => {
                     if n == 0 {
-                        break "executor stopped".into();
+                        break StopReason::Failed("the executor stopped".into());
                     }
                     for outcome in outcome_batch.drain(..) {
                         self.finish(outcome);
@@ -460,8 +540,11 @@ impl State {
                     self.outgoing.push(FromWorker::DataAdded(report));
                 }
                 _ = tick.tick() => {
-                    let hb = FromWorker::Heartbeat { memory: self.store.nbytes(), executing: self.executor.executing() as u32 };
-                    let _ = self.sender.try_send(Message::new(encode(&hb)));
+                    let silent = last_heard.elapsed();
+                    if silent > timers.ttl {
+                        break StopReason::LostScheduler(format!("nothing heard for {silent:?}"));
+                    }
+                    let _ = self.sender.try_send(Message::new(encode(&self.heartbeat())));
                 }
             }
             if report_at.is_none()
@@ -479,13 +562,15 @@ impl State {
                 let sent = self.flush().await;
                 self.finished = finished;
                 if sent.is_err() {
-                    break "lost the scheduler while reporting".into();
+                    break StopReason::LostScheduler(
+                        "the connection failed while reporting".into(),
+                    );
                 }
                 continue;
             }
             report_at = None;
             if self.flush().await.is_err() {
-                break "lost the scheduler while reporting".into();
+                break StopReason::LostScheduler("the connection failed while reporting".into());
             }
         };
         // Joining the executor waits for running tasks, which may take long and cannot be
@@ -538,6 +623,34 @@ impl State {
                     .collect();
                 self.outgoing.push(FromWorker::Released(released));
             }
+            ToWorker::AcquireReplicas(deps) => {
+                for dep in deps {
+                    if let Some(value) = self.store.get(dep.task) {
+                        self.outgoing
+                            .push(FromWorker::DataAdded(vec![(dep.task, value.len() as u64)]));
+                        continue;
+                    }
+                    if let Some(f) = self.fetching.get_mut(&dep.task) {
+                        f.keep = true;
+                        continue;
+                    }
+                    let mut holders = dep.holders;
+                    if holders.is_empty() {
+                        continue;
+                    }
+                    let first = holders.remove(0);
+                    self.fetching.insert(
+                        dep.task,
+                        Fetch {
+                            holders,
+                            waiters: Vec::new(),
+                            keep: true,
+                        },
+                    );
+                    self.start_fetch(first, vec![dep.task]);
+                }
+            }
+            ToWorker::HeartbeatAck => {}
             ToWorker::Registered { .. } | ToWorker::Refused(_) => {
                 debug!(
                     "worker {}: ignoring a repeated registration answer",
@@ -579,6 +692,7 @@ impl State {
                         Fetch {
                             holders,
                             waiters: vec![msg.task],
+                            keep: false,
                         },
                     );
                     self.start_fetch(first, vec![dep.task]);
@@ -650,14 +764,21 @@ impl State {
                     let Some(fetch) = self.fetching.remove(&dep) else {
                         continue;
                     };
-                    self.fetched.insert(dep, (bytes, fetch.waiters.len()));
+                    if fetch.keep {
+                        // A replica: stored like a result, so waiters read it from the store.
+                        self.outgoing
+                            .push(FromWorker::DataAdded(vec![(dep, bytes.len() as u64)]));
+                        self.store.insert(dep, bytes);
+                    } else {
+                        self.fetched.insert(dep, (bytes, fetch.waiters.len()));
+                    }
                     for waiter in fetch.waiters {
                         if let Some(w) = self.waiting.get_mut(&waiter) {
                             w.missing -= 1;
                             if w.missing == 0 {
                                 ready.push(waiter);
                             }
-                        } else {
+                        } else if !fetch.keep {
                             self.release_fetched(dep);
                         }
                     }
@@ -748,6 +869,16 @@ impl State {
             }
             Err(e) => self.erred.push((outcome.task, e)),
         }
+    }
+
+    fn heartbeat(&self) -> FromWorker {
+        FromWorker::Heartbeat(WorkerMetricsMsg {
+            managed: self.store.nbytes(),
+            spilled: 0,
+            rss: process_rss(),
+            executing: self.executor.executing() as u32,
+            paused: false,
+        })
     }
 
     async fn flush(&mut self) -> Result<(), TransportError> {

@@ -44,6 +44,7 @@ pub(crate) fn register(name: &str, nthreads: u32) -> RegisterWorkerMsg {
         memory_limit: 0,
         resources: vec![],
         pid: 1,
+        restarts: 0,
     }
 }
 

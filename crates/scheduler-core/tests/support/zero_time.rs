@@ -81,6 +81,7 @@ pub(crate) fn cluster(nworkers: usize) -> Core {
                     memory_limit: 0,
                     resources: Vec::new(),
                     pid: 0,
+                    restarts: 0,
                 },
             },
         );
