@@ -292,8 +292,10 @@ impl WorkerBuilder {
                         heartbeat: Duration::from_millis(heartbeat_ms.max(10)),
                         ttl: Duration::from_millis(ttl_ms.max(100)),
                     },
-                    stop_rx,
-                    retire_rx,
+                    Controls {
+                        stop: stop_rx,
+                        retire: retire_rx,
+                    },
                 )
                 .await;
             info!("worker stopped: {reason}");
@@ -440,6 +442,14 @@ struct Timers {
     ttl: Duration,
 }
 
+/// What the handle tells the worker's loop.
+struct Controls {
+    /// Stop now.
+    stop: watch::Receiver<bool>,
+    /// Retire gracefully.
+    retire: watch::Receiver<bool>,
+}
+
 /// A task waiting for inputs to arrive from peers.
 struct Waiting {
     msg: ComputeTaskMsg,
@@ -490,9 +500,12 @@ impl State {
         mut fetches: mpsc::UnboundedReceiver<Fetched>,
         mut added: mpsc::UnboundedReceiver<Vec<(TaskId, u64)>>,
         timers: Timers,
-        mut stop: watch::Receiver<bool>,
-        mut retire: watch::Receiver<bool>,
+        controls: Controls,
     ) -> StopReason {
+        let Controls {
+            mut stop,
+            mut retire,
+        } = controls;
         let mut tick = tokio::time::interval(timers.heartbeat);
         let mut last_heard = tokio::time::Instant::now();
         let mut retiring = false;
@@ -519,11 +532,14 @@ impl State {
                 // Due: flush below, whatever the executor holds.
                 _ = deferred => {}
                 msg = scheduler.recv() => match msg {
-                    Ok(Some(msg)) => match { last_heard = tokio::time::Instant::now(); decode::<ToWorker>(&msg.header) } {
-                        Ok(ToWorker::Close) => break StopReason::ClosedByScheduler,
-                        Ok(m) => self.handle_scheduler(m),
-                        Err(e) => warn!("malformed message from the scheduler: {e}"),
-                    },
+                    Ok(Some(msg)) => {
+                        last_heard = tokio::time::Instant::now();
+                        match decode::<ToWorker>(&msg.header) {
+                            Ok(ToWorker::Close) => break StopReason::ClosedByScheduler,
+                            Ok(m) => self.handle_scheduler(m),
+                            Err(e) => warn!("malformed message from the scheduler: {e}"),
+                        }
+                    }
                     Ok(None) => break StopReason::LostScheduler("the scheduler closed the connection".into()),
                     Err(e) => break StopReason::LostScheduler(e.to_string()),
                 },
