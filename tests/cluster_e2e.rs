@@ -1,57 +1,12 @@
 //! End-to-end: the real `taskwire` binary as a scheduler and two workers on 127.0.0.1, driven by
 //! the Rust client and by `taskwire submit`, the way a user runs them in separate terminals.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod support;
+
+use std::process::Command;
 use std::time::Duration;
+use support::{BIN, Proc, rt, spawn, tempdir};
 use taskwire::{Client, ClientError, Status, Task};
-
-const BIN: &str = env!("CARGO_BIN_EXE_taskwire");
-
-/// A child process that is killed when the test ends, whatever happens.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Start `taskwire args...` and wait for a stdout line starting with each of `wanted`,
-/// returning the rest of those lines.
-fn spawn(args: &[&str], wanted: &[&str]) -> (Proc, Vec<String>) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start taskwire");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let proc = Proc(child);
-    let mut found = Vec::new();
-    for w in wanted {
-        loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("no '{w}' line from taskwire {args:?}"));
-            if let Some(rest) = line.strip_prefix(w) {
-                found.push(rest.trim().to_string());
-                break;
-            }
-        }
-    }
-    (proc, found)
-}
 
 struct Cluster {
     address: String,
@@ -108,13 +63,6 @@ fn cluster() -> Cluster {
         address,
         _procs: procs,
     }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]
@@ -314,11 +262,4 @@ fn graphs_commands_errors_and_cancellation_across_two_worker_processes() {
         stderr.contains("broken") && stderr.contains('3'),
         "{stderr}"
     );
-}
-
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("taskwire-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

@@ -14,7 +14,7 @@ use crate::config::CoreConfig;
 use crate::event::{Command, Event};
 // Fx: a fast, deterministic hash (the simulator's runs repeat from their seed).
 use crate::heap::WorkerHeap;
-use crate::lifecycle::Retirement;
+use crate::lifecycle::{RecoveryCounts, Retirement};
 use crate::state::{StateCounts, StimulusId, TaskState, TransitionLog, TransitionRecord};
 use crate::task::{Constraint, F_SCATTER, Prefix, QueueKey, Task, TaskRef, key_prefix};
 use crate::worker::{Worker, WorkerStatus, heartbeat_ms};
@@ -82,6 +82,7 @@ pub struct Core {
     pub(crate) retirements: Vec<Retirement>,
     /// Results of retiring workers being copied: task slot -> the worker fetching it.
     pub(crate) replicas: FxHashMap<u32, u32>,
+    pub(crate) recovery: RecoveryCounts,
     pub(crate) next_steal: Option<Instant>,
     pub(crate) rr_cursor: usize,
     pub(crate) assign_seq: u32,
@@ -143,6 +144,7 @@ impl Core {
             steals: FxHashMap::default(),
             retirements: Vec::new(),
             replicas: FxHashMap::default(),
+            recovery: RecoveryCounts::default(),
             next_steal: None,
             rr_cursor: 0,
             assign_seq: 0,
@@ -281,6 +283,11 @@ impl Core {
     /// How many tasks are in each state.
     pub fn counts(&self) -> StateCounts {
         self.counts
+    }
+
+    /// What worker losses and retirements have cost since the core started.
+    pub fn recovery(&self) -> RecoveryCounts {
+        self.recovery
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1083,6 +1090,7 @@ impl Core {
         let mut held: Vec<u32> = worker.has_what.iter().copied().collect();
         processing.sort_unstable_by_key(|&s| self.tasks[s as usize].id);
         held.sort_unstable_by_key(|&s| self.tasks[s as usize].id);
+        self.recovery.workers_lost += 1;
         for slot in processing {
             let allowed = self.config.allowed_failures;
             let t = &mut self.tasks[slot as usize];
@@ -1096,15 +1104,22 @@ impl Core {
                     ),
                 }));
                 self.transition_to_erred(slot);
+                self.recovery.killed_worker_errors += 1;
             } else {
                 self.reschedule(slot, false);
+                self.recovery.tasks_rescheduled += 1;
             }
         }
         for slot in held {
             let t = &mut self.tasks[slot as usize];
+            // Clients were told the first holder; if that was this worker, tell them the next.
+            let told = t.who_has.first() == Some(&w);
             t.who_has.retain(|&h| h != w);
             if t.who_has.is_empty() {
                 self.memory_released(slot);
+                self.recovery.results_lost += 1;
+            } else if told {
+                self.notify_memory(slot);
             }
         }
         let worker = self.workers[w as usize].take().expect("live");
@@ -1186,8 +1201,10 @@ impl Core {
                 // It tried every holder we named: none of them could serve it.
                 self.tasks[slot as usize].who_has.to_vec()
             };
+            // Free even on the reporter: if it did get a copy meanwhile (a replica from a
+            // retiring worker), nothing would free it later.
             for h in holders {
-                self.remove_holder(slot, h, h != w);
+                self.remove_holder(slot, h, true);
             }
             if self.tasks[slot as usize].who_has.is_empty() {
                 self.memory_released(slot);

@@ -126,4 +126,5 @@ mod worker;
 pub use crate::config::CoreConfig;
 pub use crate::core::Core;
 pub use crate::event::{Command, Event};
+pub use crate::lifecycle::RecoveryCounts;
 pub use crate::state::{StateCounts, StimulusId, TaskState, TransitionRecord};

@@ -10,6 +10,21 @@ use crate::core::Core;
 use crate::event::Command;
 use crate::worker::WorkerStatus;
 
+/// What worker losses have cost so far, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryCounts {
+    /// Workers removed without retiring (connection lost, TTL expired, killed).
+    pub workers_lost: u64,
+    /// Workers retired gracefully.
+    pub workers_retired: u64,
+    /// Tasks that were processing on a lost worker and went back to be scheduled again.
+    pub tasks_rescheduled: u64,
+    /// Results whose only copies were on lost workers: recomputed from their lineage.
+    pub results_lost: u64,
+    /// Tasks that failed with `KilledWorker` (on too many workers that died).
+    pub killed_worker_errors: u64,
+}
+
 /// One pending retirement: the workers it covers and who wants to hear when they are gone.
 pub(crate) struct Retirement {
     /// The client and its request id, or `None` when the worker asked itself.
@@ -250,6 +265,9 @@ impl Core {
         let id = self.workers[w as usize].as_ref().expect("live").id;
         self.out.push_back(Command::ToWorker(id, ToWorker::Close));
         self.worker_left(id);
+        // Counted as retired, not lost (whatever it held was copied, or nobody could take it).
+        self.recovery.workers_lost -= 1;
+        self.recovery.workers_retired += 1;
     }
 
     fn answer_retire(

@@ -1,7 +1,8 @@
 //! Deterministic simulation: random DAGs on a cluster of simulated workers that really
 //! "compute" (each value is a hash of the key and the input values, checked against a reference
-//! evaluation), with message latency, random worker deaths and joins, work stealing on the
-//! core's own timer, and a virtual clock that jumps to the next event. The seed is printed
+//! evaluation), with message latency, random worker deaths and joins, workers pausing (memory
+//! pressure) and retiring gracefully, work stealing on the core's own timer, and a virtual
+//! clock that jumps to the next event. The seed is printed
 //! first; rerun one with `SIM_SEED=<seed>`.
 
 use std::cmp::Reverse;
@@ -13,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use taskwire_protocol::{
     ClientId, ComputeTaskMsg, ErrorKindMsg, RegisterWorkerMsg, ResourceMsg, TaskErrorMsg,
     TaskFinishedMsg, TaskId, TaskKindMsg, TaskSpecMsg, ToClient, ToWorker, WorkerId,
+    WorkerMetricsMsg,
 };
 use taskwire_scheduler_core::{Command, Core, CoreConfig, Event};
 
@@ -149,6 +151,12 @@ enum Msg {
     },
     Kill,
     Join,
+    /// Pause a random running worker (it resumes later).
+    Pause,
+    /// Resume this worker if it is still there.
+    Resume(u64),
+    /// A random worker asks to retire.
+    Retire,
     Submit(usize),
 }
 
@@ -156,6 +164,7 @@ struct SimWorker {
     name: String,
     address: String,
     alive: bool,
+    paused: bool,
     free_threads: u32,
     data: HashMap<TaskId, u64>,
     ready: BTreeMap<(Reverse<i32>, u64), ComputeTaskMsg>,
@@ -267,6 +276,7 @@ impl Sim {
                 name: name.clone(),
                 address: address.clone(),
                 alive: true,
+                paused: false,
                 free_threads: nthreads,
                 data: HashMap::new(),
                 ready: BTreeMap::new(),
@@ -327,6 +337,73 @@ impl Sim {
         );
     }
 
+    fn live_ids(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.alive)
+            .map(|(&i, _)| i)
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn set_paused(&mut self, id: u64, paused: bool) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if w.paused == paused {
+            return;
+        }
+        w.paused = paused;
+        *self
+            .stats
+            .entry(if paused { "paused" } else { "resumed" })
+            .or_default() += 1;
+        self.send(
+            id,
+            Msg::ToCore(Event::Heartbeat {
+                worker: WorkerId(id),
+                metrics: WorkerMetricsMsg {
+                    paused,
+                    ..Default::default()
+                },
+            }),
+        );
+        if paused {
+            // It resumes later, so nothing stays stuck on it for good.
+            let at = self.now_ns + self.rng.random_range(1_000_000..50_000_000u64);
+            self.push_at(at, Msg::Resume(id));
+        } else {
+            self.try_start(id);
+        }
+    }
+
+    fn pause_random(&mut self) {
+        let live = self.live_ids();
+        if let Some(&id) = live.get(self.rng.random_range(0..live.len().max(1))) {
+            self.set_paused(id, true);
+        }
+    }
+
+    fn retire(&mut self) {
+        let live = self.live_ids();
+        if live.is_empty() {
+            return;
+        }
+        let id = live[self.rng.random_range(0..live.len())];
+        *self.stats.entry("retire-requested").or_default() += 1;
+        self.send(
+            id,
+            Msg::ToCore(Event::RetireRequested {
+                worker: WorkerId(id),
+            }),
+        );
+        // Keep the cluster from shrinking away.
+        let at = self.now_ns + self.rng.random_range(1_000_000..20_000_000u64);
+        self.push_at(at, Msg::Join);
+    }
+
     fn deliver_to_worker(&mut self, id: u64, m: ToWorker) {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
@@ -370,6 +447,40 @@ impl Sim {
                     }),
                 );
             }
+            ToWorker::AcquireReplicas(deps) => {
+                let mut added = Vec::new();
+                for d in deps {
+                    let v = d.holders.iter().find_map(|h| {
+                        let hw = self.by_addr.get(h).and_then(|i| self.workers.get(i))?;
+                        hw.data.get(&d.task).copied()
+                    });
+                    if let Some(v) = v {
+                        self.workers.get_mut(&id).unwrap().data.insert(d.task, v);
+                        added.push((d.task, d.nbytes));
+                    }
+                }
+                *self.stats.entry("replicated").or_default() += added.len() as u64;
+                self.send(
+                    id,
+                    Msg::ToCore(Event::DataAdded {
+                        worker: WorkerId(id),
+                        tasks: added,
+                    }),
+                );
+            }
+            ToWorker::Close => {
+                // Retired: the scheduler already forgot it; its connection closes behind.
+                *self.stats.entry("retired").or_default() += 1;
+                let w = self.workers.remove(&id).unwrap();
+                self.by_addr.remove(&w.address);
+                self.send(
+                    id,
+                    Msg::ToCore(Event::WorkerLeft {
+                        worker: WorkerId(id),
+                        reason: "closed".into(),
+                    }),
+                );
+            }
             _ => {}
         }
     }
@@ -377,7 +488,7 @@ impl Sim {
     fn try_start(&mut self, id: u64) {
         loop {
             let w = self.workers.get_mut(&id).unwrap();
-            if w.free_threads == 0 {
+            if w.free_threads == 0 || w.paused {
                 return;
             }
             let Some((_, t)) = w.ready.pop_first() else {
@@ -389,6 +500,12 @@ impl Sim {
             let mut missing = Vec::new();
             for d in &t.deps {
                 let w = &self.workers[&id];
+                // Like the real worker: a local copy (e.g. a replica it was asked to take)
+                // comes first.
+                if let Some(&v) = w.data.get(&d.task) {
+                    inputs.push(v);
+                    continue;
+                }
                 if d.holders.is_empty() {
                     match w.data.get(&d.task) {
                         Some(&v) => inputs.push(v),
@@ -525,6 +642,9 @@ impl Sim {
                 Msg::Finished { worker, exec, task } => self.finished(worker, exec, task),
                 Msg::Kill => self.kill(),
                 Msg::Join => self.join(),
+                Msg::Pause => self.pause_random(),
+                Msg::Resume(id) => self.set_paused(id, false),
+                Msg::Retire => self.retire(),
                 Msg::Submit(i) => {
                     let (tasks, wanted) = self.graph.chunks[i].clone();
                     self.core_event(Event::UpdateGraph {
@@ -542,8 +662,35 @@ impl Sim {
     }
 }
 
+/// What happens to the cluster while the graph runs.
+#[derive(Clone, Copy)]
+struct Chaos {
+    /// Workers killed (each followed by a join at a random time).
+    deaths: usize,
+    /// Pauses (each resumed later).
+    pauses: usize,
+    /// Graceful retirements (each followed by a join).
+    retirements: usize,
+    /// Workers at the start (random 1..=8 when `None`).
+    workers: Option<usize>,
+}
+
 fn simulate(seed: u64, n: usize, deaths: usize, check_every: u64) {
-    eprintln!("simulator seed {seed}: {n} tasks, {deaths} deaths");
+    let chaos = Chaos {
+        deaths,
+        pauses: deaths,
+        retirements: deaths / 2,
+        workers: None,
+    };
+    simulate_with(seed, n, chaos, check_every)
+}
+
+fn simulate_with(seed: u64, n: usize, chaos: Chaos, check_every: u64) {
+    let deaths = chaos.deaths;
+    eprintln!(
+        "simulator seed {seed}: {n} tasks, {deaths} deaths, {} pauses, {} retirements",
+        chaos.pauses, chaos.retirements
+    );
     let mut rng = SmallRng::seed_from_u64(seed);
     let bad_rate = if seed.is_multiple_of(3) { 0.002 } else { 0.0 };
     let graph = random_graph(&mut rng, n, bad_rate);
@@ -578,10 +725,10 @@ fn simulate(seed: u64, n: usize, deaths: usize, check_every: u64) {
     // Without queuing, start with one worker and let others join once it is swamped: the
     // newcomers only get work by stealing.
     let no_queuing = seed % 4 == 1;
-    let nworkers = if no_queuing {
-        1
-    } else {
-        sim.rng.random_range(1..=8)
+    let nworkers = match chaos.workers {
+        Some(n) => n,
+        None if no_queuing => 1,
+        None => sim.rng.random_range(1..=8),
     };
     for _ in 0..nworkers {
         sim.join();
@@ -602,6 +749,14 @@ fn simulate(seed: u64, n: usize, deaths: usize, check_every: u64) {
         sim.push_at(at, Msg::Kill);
         let at = sim.rng.random_range(0..expected_span);
         sim.push_at(at, Msg::Join);
+    }
+    for _ in 0..chaos.pauses {
+        let at = sim.rng.random_range(0..expected_span);
+        sim.push_at(at, Msg::Pause);
+    }
+    for _ in 0..chaos.retirements {
+        let at = sim.rng.random_range(0..expected_span);
+        sim.push_at(at, Msg::Retire);
     }
     sim.run();
     let mut stats: Vec<_> = sim.stats.iter().collect();
@@ -692,13 +847,31 @@ fn seed_override() -> Option<u64> {
 
 #[test]
 fn many_small_random_clusters() {
-    if let Some(seed) = seed_override() {
-        return simulate(seed, 500, 3, 1);
-    }
-    for seed in 0..40 {
+    // SIM_SEED=<seed> reruns one case with the same size and deaths as in the loop.
+    let seeds = match seed_override() {
+        Some(seed) => seed..seed + 1,
+        None => 0..40,
+    };
+    for seed in seeds {
         let n = 50 + (seed as usize * 37) % 700;
         simulate(seed, n, (seed % 5) as usize, 1);
     }
+}
+
+#[test]
+fn thousand_workers_with_deaths_pauses_and_retirements() {
+    let n = if cfg!(debug_assertions) {
+        20_000
+    } else {
+        100_000
+    };
+    let chaos = Chaos {
+        deaths: 100,
+        pauses: 100,
+        retirements: 50,
+        workers: Some(1000),
+    };
+    simulate_with(2_000_029, n, chaos, 20_000);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::HashMap;
 use std::time::Instant;
 use taskwire_protocol::{ClientId, ToWorker, WorkerId, encode};
-use taskwire_scheduler_core::{Command, Core, CoreConfig, Event};
+use taskwire_scheduler_core::{Command, Core, CoreConfig, Event, RecoveryCounts};
 use taskwire_transport::Message;
 
 /// Who a connection belongs to.
@@ -71,9 +71,11 @@ fn run(mut core: Core, rx: Receiver<Input>) {
                         Event::WorkerLeft { worker, .. } => Some(Peer::Worker(*worker)),
                         _ => None,
                     };
+                    let before = core.recovery();
                     core.handle_event(Instant::now(), event);
                     if let Some(peer) = detach {
                         routes.remove(&peer);
+                        log_recovery(peer, before, core.recovery());
                     }
                 }
                 Input::Shutdown => {
@@ -92,6 +94,23 @@ fn run(mut core: Core, rx: Receiver<Input>) {
         }
         flush(&mut core, &mut routes);
     }
+}
+
+/// Say what losing a worker cost (nothing is logged for a retired worker's connection).
+fn log_recovery(peer: Peer, before: RecoveryCounts, after: RecoveryCounts) {
+    if after.workers_lost == before.workers_lost {
+        return;
+    }
+    tracing::info!(
+        "lost {peer:?}: {} tasks rescheduled, {} results recomputed from lineage, {} tasks failed \
+         with KilledWorker (totals: {} workers lost, {} rescheduled, {} recomputed)",
+        after.tasks_rescheduled - before.tasks_rescheduled,
+        after.results_lost - before.results_lost,
+        after.killed_worker_errors - before.killed_worker_errors,
+        after.workers_lost,
+        after.tasks_rescheduled,
+        after.results_lost,
+    );
 }
 
 fn flush(core: &mut Core, routes: &mut HashMap<Peer, Route>) {

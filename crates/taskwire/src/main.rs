@@ -27,6 +27,8 @@ enum Command {
     Local(cli::local::LocalArgs),
     /// Submit command tasks to a running cluster.
     Submit(cli::submit::SubmitArgs),
+    /// Retire workers gracefully (their unique results move to other workers first).
+    Retire(cli::retire::RetireArgs),
     /// Benchmarks: `taskwire bench transport ...`.
     Bench(bench::BenchArgs),
 }
@@ -60,6 +62,7 @@ fn main() -> std::process::ExitCode {
         Command::Worker(args) => cli::worker::run(args),
         Command::Local(args) => cli::local::run(args),
         Command::Submit(args) => cli::submit::run(args),
+        Command::Retire(args) => cli::retire::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

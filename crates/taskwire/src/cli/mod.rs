@@ -1,11 +1,13 @@
 //! Subcommands of the `taskwire` binary.
 
 pub(crate) mod local;
+pub(crate) mod retire;
 pub(crate) mod scheduler;
 pub(crate) mod submit;
 pub(crate) mod worker;
 
 use std::path::Path;
+use std::time::Duration;
 use taskwire::CoreConfig;
 use taskwire_transport::Address;
 
@@ -70,6 +72,32 @@ pub(crate) struct PolicyArgs {
     /// Turn work stealing off.
     #[arg(long)]
     no_work_stealing: bool,
+    /// Remove a worker not heard from for this long (e.g. 30s, 500ms, 2m); workers give up
+    /// on a scheduler silent for as long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    worker_ttl: Duration,
+}
+
+/// Parse a duration: `500ms`, `30s`, `5m`, `2h`, or plain seconds (`1.5`).
+pub(crate) fn parse_duration(spec: &str) -> Result<Duration, String> {
+    let s = spec.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{spec}' is not a duration like 30s, 500ms or 5m"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("'{spec}': unknown unit '{other}' (ms, s, m, h)")),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("'{spec}': a duration must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 impl PolicyArgs {
@@ -78,7 +106,33 @@ impl PolicyArgs {
             worker_saturation: self.worker_saturation,
             allowed_failures: self.allowed_failures,
             work_stealing: !self.no_work_stealing,
+            worker_ttl: self.worker_ttl,
             ..CoreConfig::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_and_complain() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(
+            parse_duration("5 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert!(parse_duration("0s").is_err());
     }
 }
