@@ -1091,10 +1091,25 @@ impl Core {
         processing.sort_unstable_by_key(|&s| self.tasks[s as usize].id);
         held.sort_unstable_by_key(|&s| self.tasks[s as usize].id);
         self.recovery.workers_lost += 1;
+        // Only tasks the worker may have been executing are suspects: it runs its tasks in
+        // the order they were assigned, so those are the `nthreads` oldest assignments. The
+        // rest were queued behind them (with root-task batching, thousands of tiny tasks) and
+        // cannot have killed it; counting them would fail innocent tasks after a few crashes.
+        let suspects: Vec<u32> = {
+            let now = self.assign_seq;
+            let mut by_age = processing.clone();
+            by_age.sort_unstable_by_key(|&s| {
+                std::cmp::Reverse(now.wrapping_sub(self.tasks[s as usize].assigned_seq))
+            });
+            by_age.truncate(worker.nthreads as usize);
+            by_age
+        };
         for slot in processing {
             let allowed = self.config.allowed_failures;
             let t = &mut self.tasks[slot as usize];
-            t.suspicious += 1;
+            if suspects.contains(&slot) {
+                t.suspicious += 1;
+            }
             if t.suspicious > allowed {
                 t.error = Some(Box::new(TaskErrorMsg {
                     kind: ErrorKindMsg::KilledWorker,

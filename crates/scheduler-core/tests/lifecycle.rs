@@ -255,3 +255,39 @@ fn a_worker_asking_to_leave_hands_over_its_data() {
     // No client asked, so no client hears about it.
     assert!(retired(&out).is_empty());
 }
+
+#[test]
+fn only_tasks_a_dead_worker_could_have_been_running_count_towards_killed_worker() {
+    let mut env = Env::with(CoreConfig {
+        worker_saturation: f64::INFINITY,
+        allowed_failures: 0,
+        ..Default::default()
+    });
+    let w1 = env.join(1, "w1", 1);
+    // x-0 is assigned first, so a one-thread worker runs it first; the others queue behind.
+    env.submit(C1, vec![task("x-0", &[])], &["x-0"]);
+    let later: Vec<_> = (1..4).map(|i| task(&format!("x-{i}"), &[])).collect();
+    let out = env.submit(C1, later, &["x-1", "x-2", "x-3"]);
+    assert_eq!(compute_on(&out, w1).len(), 3);
+    env.join(2, "w2", 1);
+    let out = env.ev(Event::WorkerLeft {
+        worker: w1,
+        reason: "killed".into(),
+    });
+    let erred: Vec<_> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::ToClient(_, ToClient::KeysErred(e)) => Some(e.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(erred.len(), 1, "{erred:?}");
+    assert_eq!(erred[0].0, "x-0");
+    assert!(
+        erred[0].1.message.contains("1 workers that died"),
+        "{erred:?}"
+    );
+    // The tasks queued behind it go on elsewhere.
+    assert_eq!(computed_keys(&out).len(), 3, "{out:?}");
+}
