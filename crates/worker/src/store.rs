@@ -117,6 +117,12 @@ pub(crate) enum Lookup {
     Absent,
 }
 
+/// What a use found.
+enum Found {
+    Memory(Bytes),
+    Disk { id: u64, len: u64, path: PathBuf },
+}
+
 /// A result chosen for spilling, written with the lock released.
 struct Victim {
     task: TaskId,
@@ -131,24 +137,34 @@ impl Inner {
         self.clock
     }
 
-    /// Record a use of `task` (in memory) for LRU order.
-    fn touch(&mut self, task: TaskId, spilling_on: bool) {
-        if !spilling_on {
-            return;
-        }
-        let stamp = self.tick();
-        let Some(e) = self.data.get_mut(&task) else {
-            return;
+    /// A use of `task`: its value when in memory (moved to the back of the LRU order), or where
+    /// its file is. One hash lookup: this runs for every input of every task.
+    fn use_value(&mut self, task: TaskId, spilling_on: bool) -> Option<Found> {
+        let Inner {
+            data, lru, clock, ..
+        } = self;
+        let e = data.get_mut(&task)?;
+        let value = match &e.slot {
+            Slot::Memory(v) => v.clone(),
+            Slot::Spilling(v) => return Some(Found::Memory(v.clone())),
+            Slot::Disk(path) => {
+                return Some(Found::Disk {
+                    id: e.id,
+                    len: e.len,
+                    path: path.clone(),
+                });
+            }
         };
-        if !matches!(e.slot, Slot::Memory(_)) {
-            return;
+        // Already the most recent use: nothing to record.
+        if spilling_on && e.stamp != *clock {
+            *clock += 1;
+            e.stamp = *clock;
+            lru.push_back((task, *clock));
+            if lru.len() > 2 * data.len() + 64 {
+                lru.retain(|(t, s)| is_live(data, *t, *s));
+            }
         }
-        e.stamp = stamp;
-        self.lru.push_back((task, stamp));
-        if self.lru.len() > 2 * self.data.len() + 64 {
-            let data = &self.data;
-            self.lru.retain(|(t, s)| is_live(data, *t, *s));
-        }
+        Some(Found::Memory(value))
     }
 
     /// Account for an entry leaving the store (removed or replaced); the file of a spilled
@@ -258,7 +274,11 @@ impl Store {
     /// The result of `task`, read back from disk if it was spilled (a blocking read: async
     /// callers use [`Store::lookup`] first). A use for LRU order.
     pub(crate) fn get(&self, task: TaskId) -> Option<Bytes> {
-        self.get_many(&[task]).pop().flatten()
+        let found = self.lock().use_value(task, self.spilling_on())?;
+        match found {
+            Found::Memory(v) => Some(v),
+            Found::Disk { id, len, path } => self.read_back(task, id, len, &path),
+        }
     }
 
     /// Several results: those in memory under one lock, spilled ones read afterwards.
@@ -269,26 +289,14 @@ impl Store {
         {
             let mut inner = self.lock();
             for (i, t) in tasks.iter().enumerate() {
-                let found = match inner.data.get(t) {
-                    Some(Entry {
-                        slot: Slot::Memory(v) | Slot::Spilling(v),
-                        ..
-                    }) => Some(v.clone()),
-                    Some(Entry {
-                        slot: Slot::Disk(path),
-                        id,
-                        len,
-                        ..
-                    }) => {
-                        reads.push((i, *t, *id, *len, path.clone()));
+                out.push(match inner.use_value(*t, spilling_on) {
+                    Some(Found::Memory(v)) => Some(v),
+                    Some(Found::Disk { id, len, path }) => {
+                        reads.push((i, *t, id, len, path));
                         None
                     }
                     None => None,
-                };
-                if found.is_some() {
-                    inner.touch(*t, spilling_on);
-                }
-                out.push(found);
+                });
             }
         }
         for (i, task, id, len, path) in reads {
@@ -323,21 +331,11 @@ impl Store {
 
     /// Where `task`'s result is, without reading any file. A use for LRU order.
     pub(crate) fn lookup(&self, task: TaskId) -> Lookup {
-        let spilling_on = self.spilling_on();
-        let mut inner = self.lock();
-        let found = match inner.data.get(&task) {
-            Some(Entry {
-                slot: Slot::Memory(v) | Slot::Spilling(v),
-                ..
-            }) => v.clone(),
-            Some(Entry {
-                slot: Slot::Disk(_),
-                ..
-            }) => return Lookup::Disk,
-            None => return Lookup::Absent,
-        };
-        inner.touch(task, spilling_on);
-        Lookup::Memory(found)
+        match self.lock().use_value(task, self.spilling_on()) {
+            Some(Found::Memory(v)) => Lookup::Memory(v),
+            Some(Found::Disk { .. }) => Lookup::Disk,
+            None => Lookup::Absent,
+        }
     }
 
     /// Whether any of `tasks` would be read from disk.
@@ -879,5 +877,132 @@ mod tests {
         assert!(!dir.join("4999999-1-7.spill").exists());
         assert!(mine.exists());
         assert!(dir.join("notes.txt").exists());
+    }
+
+    /// Spill throughput and LRU bookkeeping cost; prints medians, asserts nothing about time.
+    /// `cargo test --release -p taskwire-worker --lib store::tests::measure -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn measure() {
+        fn median(mut v: Vec<f64>) -> f64 {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        }
+        let dir = tempdir("measure");
+        for (size, count) in [(MIB, 256), (64 * MIB, 8)] {
+            let (mut writes, mut reads) = (Vec::new(), Vec::new());
+            let values: Vec<Bytes> = (0..count).map(|t| value(size, t as u8)).collect();
+            let total = (size * count) as f64 / MIB as f64;
+            for _ in 0..5 {
+                let store = spilling_store(&dir, u64::MAX);
+                for (t, v) in values.iter().enumerate() {
+                    store.insert(TaskId(t as u64), v.clone());
+                }
+                let start = Instant::now();
+                assert_eq!(store.spill_lru(u64::MAX), (size * count) as u64);
+                writes.push(total / start.elapsed().as_secs_f64());
+                let start = Instant::now();
+                for t in 0..count {
+                    assert_eq!(store.get(TaskId(t as u64)).unwrap().len(), size);
+                }
+                reads.push(total / start.elapsed().as_secs_f64());
+            }
+            println!(
+                "{} MiB results: spill write {:.0} MiB/s, read back {:.0} MiB/s (medians of 5 rounds of {count}; reads mostly from the page cache)",
+                size / MIB,
+                median(writes),
+                median(reads)
+            );
+        }
+
+        /// The store before spilling, for comparison.
+        #[derive(Default)]
+        struct Plain {
+            inner: Mutex<(HashMap<TaskId, Bytes>, u64)>,
+        }
+        impl Plain {
+            fn insert(&self, task: TaskId, value: Bytes) {
+                let mut inner = self.inner.lock().unwrap();
+                inner.1 += value.len() as u64;
+                if let Some(old) = inner.0.insert(task, value) {
+                    inner.1 -= old.len() as u64;
+                }
+            }
+            fn get(&self, task: TaskId) -> Option<Bytes> {
+                self.inner.lock().unwrap().0.get(&task).cloned()
+            }
+            fn remove(&self, task: TaskId) -> bool {
+                let mut inner = self.inner.lock().unwrap();
+                match inner.0.remove(&task) {
+                    Some(old) => {
+                        inner.1 -= old.len() as u64;
+                        true
+                    }
+                    None => false,
+                }
+            }
+        }
+        trait Map {
+            fn put(&self, task: TaskId, value: Bytes);
+            fn take(&self, task: TaskId) -> Option<Bytes>;
+            fn forget(&self, task: TaskId) -> bool;
+        }
+        impl Map for Plain {
+            fn put(&self, task: TaskId, value: Bytes) {
+                self.insert(task, value)
+            }
+            fn take(&self, task: TaskId) -> Option<Bytes> {
+                self.get(task)
+            }
+            fn forget(&self, task: TaskId) -> bool {
+                self.remove(task)
+            }
+        }
+        impl Map for Store {
+            fn put(&self, task: TaskId, value: Bytes) {
+                self.insert(task, value)
+            }
+            fn take(&self, task: TaskId) -> Option<Bytes> {
+                self.get(task)
+            }
+            fn forget(&self, task: TaskId) -> bool {
+                self.remove(task)
+            }
+        }
+        const N: u64 = 200_000;
+        let small = Bytes::from_static(b"12345678");
+        let ns = |start: Instant| start.elapsed().as_nanos() as f64 / N as f64;
+        let names = ["before (plain map)", "no limit", "limit, LRU on"];
+        let mut results = vec![(Vec::new(), Vec::new(), Vec::new()); 3];
+        for round in 0..9 {
+            // Each variant allocates and frees its own map; the order rotates so that none
+            // always runs on fresh (faulting) or recycled pages.
+            for k in 0..3 {
+                let v = (round + k) % 3;
+                let map: Box<dyn Map> = match v {
+                    0 => Box::new(Plain::default()),
+                    1 => Box::new(Store::default()),
+                    _ => Box::new(spilling_store(&dir, u64::MAX)),
+                };
+                let t = Instant::now();
+                (0..N).for_each(|i| map.put(TaskId(i), small.clone()));
+                results[v].0.push(ns(t));
+                let t = Instant::now();
+                (0..N).for_each(|i| assert!(map.take(TaskId(i)).is_some()));
+                results[v].1.push(ns(t));
+                let t = Instant::now();
+                (0..N).for_each(|i| assert!(map.forget(TaskId(i))));
+                results[v].2.push(ns(t));
+            }
+        }
+        for (name, m) in names.iter().zip(results) {
+            println!(
+                "{name:>20}: insert {:.0} ns, get {:.0} ns, remove {:.0} ns (median of 9, {N} tasks)",
+                median(m.0),
+                median(m.1),
+                median(m.2)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
