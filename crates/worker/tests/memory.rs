@@ -14,7 +14,7 @@ use std::time::Duration;
 use taskwire_client::{Client, Future, Status, Task};
 use taskwire_protocol::WorkerInfoMsg;
 use taskwire_scheduler::{Scheduler, SchedulerHandle};
-use taskwire_transport::{TransportConfig, mem};
+use taskwire_transport::{Address, TransportConfig, mem};
 use taskwire_worker::{
     MemoryConfig, MemorySource, Registry, Worker, WorkerHandle, decode_i64, fnv1a64,
 };
@@ -63,8 +63,12 @@ fn fake_memory() -> (MemorySource, Arc<AtomicU64>) {
 }
 
 async fn scheduler() -> SchedulerHandle {
+    start_scheduler(mem::unique_address("memory-test")).await
+}
+
+async fn start_scheduler(address: Address) -> SchedulerHandle {
     Scheduler::builder()
-        .address(mem::unique_address("memory-test"))
+        .address(address)
         .start()
         .await
         .expect("scheduler starts")
@@ -203,7 +207,8 @@ async fn results_beyond_the_limit_are_spilled_and_read_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_fetches_a_spilled_result() {
-    let sched = scheduler().await;
+    // Over loopback TCP, as between machines.
+    let sched = start_scheduler(Address::tcp("127.0.0.1", 0)).await;
     let dir_a = tempdir("peer-a");
     let dir_b = tempdir("peer-b");
     let (memory_a, _) = fake_memory();
