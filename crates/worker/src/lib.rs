@@ -61,7 +61,7 @@ mod worker;
 pub use command::run_command;
 pub use executor::{Executor, Job, JobOutcome};
 pub use functions::{decode_i64, encode_i64, fnv1a64, pattern_bytes};
-pub use memory::{MemoryConfig, MemorySource, PAUSE_HYSTERESIS};
+pub use memory::{MemoryConfig, MemoryRelease, MemorySource, PAUSE_HYSTERESIS};
 pub use registry::{Registry, TaskContext, TaskFn, TaskResult};
 pub use worker::{
     StopReason, Worker, WorkerBuilder, WorkerError, WorkerHandle, available_cpus, machine_memory,

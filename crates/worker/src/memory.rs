@@ -17,8 +17,8 @@
 
 use crate::store::Store;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -114,6 +114,45 @@ impl fmt::Debug for MemorySource {
     }
 }
 
+/// Makes the allocator give freed memory back to the operating system now
+/// ([`crate::WorkerBuilder::memory_release`]), e.g. mimalloc's `mi_collect(true)` or glibc's
+/// `malloc_trim(0)`. Allocators keep freed memory for a while, so after a spill the process's
+/// memory may not drop for seconds; a paused worker would stay paused that long.
+#[derive(Clone)]
+pub struct MemoryRelease(Arc<dyn Fn() + Send + Sync>);
+
+impl MemoryRelease {
+    /// A release that calls `f`.
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> MemoryRelease {
+        MemoryRelease(Arc::new(f))
+    }
+
+    /// Call it.
+    pub fn run(&self) {
+        (self.0)()
+    }
+
+    /// The release every worker of this process uses unless its builder names one: a program
+    /// calls this once, where it picks its allocator. False if a default was already set (the
+    /// first one stays).
+    pub fn set_process_default(release: MemoryRelease) -> bool {
+        PROCESS_RELEASE.set(release).is_ok()
+    }
+
+    /// The process default, if set.
+    pub(crate) fn process_default() -> Option<MemoryRelease> {
+        PROCESS_RELEASE.get().cloned()
+    }
+}
+
+static PROCESS_RELEASE: OnceLock<MemoryRelease> = OnceLock::new();
+
+impl fmt::Debug for MemoryRelease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MemoryRelease")
+    }
+}
+
 /// The thresholds in bytes.
 #[derive(Clone, Copy, Debug)]
 struct Limits {
@@ -140,7 +179,7 @@ impl Monitor {
         store: Arc<Store>,
         limit: u64,
         config: &MemoryConfig,
-        source: MemorySource,
+        (source, release): (MemorySource, Option<MemoryRelease>),
         paused: watch::Sender<bool>,
     ) -> Monitor {
         let limits = Limits {
@@ -157,7 +196,14 @@ impl Monitor {
             let interval = config.monitor_interval.max(Duration::from_millis(1));
             std::thread::Builder::new()
                 .name("taskwire-memory".into())
-                .spawn(move || run(&store, &source, &rss, limits, interval, &paused))
+                .spawn(move || {
+                    let memory = Memory {
+                        source: &source,
+                        release: release.as_ref(),
+                        rss: &rss,
+                    };
+                    run(&store, memory, limits, interval, &paused)
+                })
                 .expect("spawning the memory thread")
         });
         Monitor {
@@ -186,14 +232,25 @@ impl Drop for Monitor {
     }
 }
 
+/// How the memory thread reads and releases process memory, and where it publishes samples.
+struct Memory<'a> {
+    source: &'a MemorySource,
+    release: Option<&'a MemoryRelease>,
+    rss: &'a AtomicU64,
+}
+
 fn run(
     store: &Store,
-    source: &MemorySource,
-    rss_out: &AtomicU64,
+    memory: Memory<'_>,
     limits: Limits,
     interval: Duration,
     paused_tx: &watch::Sender<bool>,
 ) {
+    let Memory {
+        source,
+        release,
+        rss: rss_out,
+    } = memory;
     let mut paused = false;
     let mut next_sample = Instant::now();
     loop {
@@ -238,6 +295,7 @@ fn run(
         rss_out.store(rss, Ordering::Relaxed);
         // Process memory above the spill threshold: spill what RSS exceeds the target by (one
         // tick's worth; RSS may take a while to drop, so the next tick looks again).
+        let pressure = paused || limits.spill.is_some_and(|s| rss > s);
         if let Some(spill) = limits.spill
             && rss > spill
         {
@@ -251,6 +309,11 @@ fn run(
                     human(written)
                 );
             }
+        }
+        // Under pressure, memory freed by spilling (or by tasks) must show in the next sample,
+        // not when the allocator gets round to returning it.
+        if pressure && let Some(release) = release {
+            release.run();
         }
     }
 }
@@ -312,7 +375,12 @@ mod tests {
             monitor_interval: Duration::from_millis(1),
             ..MemoryConfig::default()
         };
-        let monitor = Monitor::start(store.clone(), 1000, &config, source, tx);
+        let releases = Arc::new(AtomicU64::new(0));
+        let r = releases.clone();
+        let release = MemoryRelease::new(move || {
+            r.fetch_add(1, Ordering::Relaxed);
+        });
+        let monitor = Monitor::start(store.clone(), 1000, &config, (source, Some(release)), tx);
         for t in 0..5 {
             store.insert(TaskId(t), Bytes::from(vec![t as u8; 100]));
         }
@@ -325,6 +393,7 @@ mod tests {
         wait_until("pause", || *rx.borrow_and_update());
         wait_until("spill", || store.spilled() >= 300);
         assert_eq!(monitor.rss(), 900);
+        wait_until("a memory release", || releases.load(Ordering::Relaxed) > 0);
         // Spilled the least recently used first.
         assert_eq!(store.get(TaskId(0)), Some(Bytes::from(vec![0u8; 100])));
 
@@ -338,6 +407,12 @@ mod tests {
         );
         fake.store(500, Ordering::Relaxed);
         wait_until("resume", || !*rx.borrow_and_update());
+        // No pressure, no releases (two samples: the one that resumed may have released).
+        wait_until("a sample", || monitor.rss() == 500);
+        let n = releases.load(Ordering::Relaxed);
+        fake.store(501, Ordering::Relaxed);
+        wait_until("a sample", || monitor.rss() == 501);
+        assert_eq!(releases.load(Ordering::Relaxed), n);
 
         // Managed memory above the target: the store wakes the thread.
         let before = store.spilled();

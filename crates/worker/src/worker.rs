@@ -2,7 +2,7 @@
 //! messages into executor jobs (fetching missing inputs from peers first), and batched reports.
 
 use crate::executor::{Executor, Job, JobOutcome};
-use crate::memory::{MemoryConfig, MemorySource, Monitor, threshold};
+use crate::memory::{MemoryConfig, MemoryRelease, MemorySource, Monitor, threshold};
 use crate::peer::{self, PeerPool};
 use crate::registry::Registry as Functions;
 use crate::store::{Lookup, SpillSettings, Store};
@@ -89,6 +89,7 @@ impl Worker {
             restarts: 0,
             memory: MemoryConfig::default(),
             memory_source: None,
+            memory_release: None,
         }
     }
 }
@@ -108,6 +109,7 @@ pub struct WorkerBuilder {
     restarts: u32,
     memory: MemoryConfig,
     memory_source: Option<MemorySource>,
+    memory_release: Option<MemoryRelease>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -189,6 +191,17 @@ impl WorkerBuilder {
     /// memory themselves.
     pub fn memory_source(mut self, source: MemorySource) -> Self {
         self.memory_source = Some(source);
+        self
+    }
+
+    /// How to make the allocator return freed memory to the OS now; the memory thread calls it
+    /// after each sample while memory is above the spill threshold or the worker is paused.
+    /// Without it, memory freed by spilling shows only when the allocator returns it by itself
+    /// (mimalloc with a 1 s purge delay: some 10 s), and the worker stays paused meanwhile. A
+    /// program with mimalloc passes `mi_collect(true)`; with glibc, `malloc_trim(0)`. Defaults
+    /// to [`MemoryRelease::set_process_default`]'s, if any.
+    pub fn memory_release(mut self, release: MemoryRelease) -> Self {
+        self.memory_release = Some(release);
         self
     }
 
@@ -278,7 +291,10 @@ impl WorkerBuilder {
             store.clone(),
             memory_limit,
             &self.memory,
-            self.memory_source.unwrap_or_else(MemorySource::process),
+            (
+                self.memory_source.unwrap_or_else(MemorySource::process),
+                self.memory_release.or_else(MemoryRelease::process_default),
+            ),
             paused_tx,
         );
         let (stop_tx, stop_rx) = watch::channel(false);
