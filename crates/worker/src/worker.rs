@@ -614,7 +614,8 @@ impl State {
                 Ok(()) = self.paused.changed() => {
                     let paused = *self.paused.borrow_and_update();
                     self.executor.set_paused(paused);
-                    info!("worker {}: {}", self.id, if paused { "paused" } else { "resumed" });
+                    // The memory thread logs why.
+                    debug!("worker {}: {}", self.id, if paused { "paused" } else { "resumed" });
                     // Now, not at the next tick: the scheduler stops (or resumes) placing tasks
                     // here.
                     self.outgoing.push(self.heartbeat());
