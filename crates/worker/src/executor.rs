@@ -68,6 +68,8 @@ struct Queue {
     /// Threads blocked waiting for a job: submit only pays for a wake-up when one is waiting.
     idle: usize,
     shutdown: bool,
+    /// Paused: queued jobs wait, running ones go on.
+    paused: bool,
 }
 
 struct Shared {
@@ -112,6 +114,7 @@ impl Executor {
                 jobs: VecDeque::new(),
                 idle: 0,
                 shutdown: false,
+                paused: false,
             }),
             ready: Condvar::new(),
             executing: AtomicUsize::new(0),
@@ -169,6 +172,19 @@ impl Executor {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Pause or resume: while paused no queued job starts (jobs already running finish), and
+    /// submitted jobs stay queued, in order, until [`Executor::set_paused`]`(false)`.
+    pub fn set_paused(&self, paused: bool) {
+        let mut q = self.shared.lock();
+        let resumed = q.paused && !paused;
+        q.paused = paused;
+        let wake = if resumed { q.idle.min(q.jobs.len()) } else { 0 };
+        drop(q);
+        for _ in 0..wake {
+            self.shared.ready.notify_one();
         }
     }
 
@@ -233,7 +249,9 @@ fn run_thread(thread: usize, shared: &Shared, env: &Env) {
                 if q.shutdown {
                     return;
                 }
-                if let Some(job) = q.jobs.pop_front() {
+                if !q.paused
+                    && let Some(job) = q.jobs.pop_front()
+                {
                     // Counted under the lock so queued() + executing() never misses a job.
                     shared.executing.fetch_add(1, Ordering::AcqRel);
                     break job;

@@ -52,6 +52,7 @@
 mod command;
 mod executor;
 mod functions;
+mod memory;
 mod peer;
 mod registry;
 mod store;
@@ -60,6 +61,7 @@ mod worker;
 pub use command::run_command;
 pub use executor::{Executor, Job, JobOutcome};
 pub use functions::{decode_i64, encode_i64, fnv1a64, pattern_bytes};
+pub use memory::{MemoryConfig, MemoryRelease, MemorySource, PAUSE_HYSTERESIS};
 pub use registry::{Registry, TaskContext, TaskFn, TaskResult};
 pub use worker::{
     StopReason, Worker, WorkerBuilder, WorkerError, WorkerHandle, available_cpus, machine_memory,

@@ -91,7 +91,16 @@ async fn serve_peer(
         };
         let (request, reply) = match decode::<ToPeer>(&msg.header) {
             Ok(ToPeer::GetData { request, tasks }) => {
-                let values = store.get_many(&tasks);
+                let values = if store.any_spilled(&tasks) {
+                    // Spilled values are read back from disk: not on the event loop.
+                    let (store, tasks) = (store.clone(), tasks.clone());
+                    match tokio::task::spawn_blocking(move || store.get_many(&tasks)).await {
+                        Ok(values) => values,
+                        Err(_) => return,
+                    }
+                } else {
+                    store.get_many(&tasks)
+                };
                 let mut frames = Vec::with_capacity(tasks.len());
                 let found = tasks
                     .iter()

@@ -2,9 +2,10 @@
 //! messages into executor jobs (fetching missing inputs from peers first), and batched reports.
 
 use crate::executor::{Executor, Job, JobOutcome};
+use crate::memory::{MemoryConfig, MemoryRelease, MemorySource, Monitor, threshold};
 use crate::peer::{self, PeerPool};
 use crate::registry::Registry as Functions;
-use crate::store::Store;
+use crate::store::{Lookup, SpillSettings, Store};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -86,6 +87,9 @@ impl Worker {
             local_directory: None,
             zero_worker: false,
             restarts: 0,
+            memory: MemoryConfig::default(),
+            memory_source: None,
+            memory_release: None,
         }
     }
 }
@@ -103,6 +107,9 @@ pub struct WorkerBuilder {
     local_directory: Option<PathBuf>,
     zero_worker: bool,
     restarts: u32,
+    memory: MemoryConfig,
+    memory_source: Option<MemorySource>,
+    memory_release: Option<MemoryRelease>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -169,6 +176,32 @@ impl WorkerBuilder {
     /// benchmark measures the scheduler's own cost per task. Results are not stored.
     pub fn zero_worker(mut self, on: bool) -> Self {
         self.zero_worker = on;
+        self
+    }
+
+    /// Memory thresholds: when to spill results to the local directory and when to pause
+    /// (default [`MemoryConfig::default`]: Dask's 60% / 70% / 80% of the memory limit).
+    pub fn memory_config(mut self, config: MemoryConfig) -> Self {
+        self.memory = config;
+        self
+    }
+
+    /// Where the worker reads its process memory (default [`MemorySource::process`], the
+    /// resident set size). For tests, and for programs that embed a worker and account its
+    /// memory themselves.
+    pub fn memory_source(mut self, source: MemorySource) -> Self {
+        self.memory_source = Some(source);
+        self
+    }
+
+    /// How to make the allocator return freed memory to the OS now; the memory thread calls it
+    /// after each sample while memory is above the spill threshold or the worker is paused.
+    /// Without it, memory freed by spilling shows only when the allocator returns it by itself
+    /// (mimalloc with a 1 s purge delay: some 10 s), and the worker stays paused meanwhile. A
+    /// program with mimalloc passes `mi_collect(true)`; with glibc, `malloc_trim(0)`. Defaults
+    /// to [`MemoryRelease::set_process_default`]'s, if any.
+    pub fn memory_release(mut self, release: MemoryRelease) -> Self {
+        self.memory_release = Some(release);
         self
     }
 
@@ -243,7 +276,27 @@ impl WorkerBuilder {
         };
         let (sender, receiver) = conn.split();
 
-        let store = Arc::new(Store::default());
+        let spill_dir = local_dir.join("spill");
+        let spilling = threshold(memory_limit, self.memory.target).is_some()
+            || threshold(memory_limit, self.memory.spill).is_some();
+        let store = Arc::new(Store::new(spilling.then(|| {
+            Store::clean_stale(&spill_dir);
+            SpillSettings {
+                dir: spill_dir,
+                target: threshold(memory_limit, self.memory.target),
+            }
+        })));
+        let (paused_tx, paused_rx) = watch::channel(false);
+        let memory = Monitor::start(
+            store.clone(),
+            memory_limit,
+            &self.memory,
+            (
+                self.memory_source.unwrap_or_else(MemorySource::process),
+                self.memory_release.or_else(MemoryRelease::process_default),
+            ),
+            paused_tx,
+        );
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(None);
         let (retire_tx, retire_rx) = watch::channel(false);
@@ -279,6 +332,8 @@ impl WorkerBuilder {
             fetch_tx,
             zero_worker: self.zero_worker,
             outgoing: Vec::new(),
+            memory,
+            paused: paused_rx,
         };
         let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
@@ -490,6 +545,10 @@ struct State {
     zero_worker: bool,
     /// Other reports (released, missing data, data added), sent in order at the next flush.
     outgoing: Vec<FromWorker>,
+    /// The memory thread (spilling, pause decisions) and the latest memory sample.
+    memory: Monitor,
+    /// Paused by the memory thread: the executor starts no new task.
+    paused: watch::Receiver<bool>,
 }
 
 impl State {
@@ -552,6 +611,15 @@ impl State {
                     }
                 }
                 Some(f) = fetches.recv() => self.fetched(f),
+                Ok(()) = self.paused.changed() => {
+                    let paused = *self.paused.borrow_and_update();
+                    self.executor.set_paused(paused);
+                    // The memory thread logs why.
+                    debug!("worker {}: {}", self.id, if paused { "paused" } else { "resumed" });
+                    // Now, not at the next tick: the scheduler stops (or resumes) placing tasks
+                    // here.
+                    self.outgoing.push(self.heartbeat());
+                }
                 Some(report) = added.recv() => {
                     self.outgoing.push(FromWorker::DataAdded(report));
                 }
@@ -593,6 +661,8 @@ impl State {
         // interrupted: do it off the async runtime and do not hold up the worker's shutdown.
         let executor = self.executor;
         tokio::task::spawn_blocking(move || executor.shutdown());
+        // Dropping the monitor (with the rest of the state) stops the memory thread; the store,
+        // and with it the spill files, goes once the data server lets go of it.
         reason
     }
 
@@ -641,9 +711,9 @@ impl State {
             }
             ToWorker::AcquireReplicas(deps) => {
                 for dep in deps {
-                    if let Some(value) = self.store.get(dep.task) {
+                    if let Some(nbytes) = self.store.len_of(dep.task) {
                         self.outgoing
-                            .push(FromWorker::DataAdded(vec![(dep.task, value.len() as u64)]));
+                            .push(FromWorker::DataAdded(vec![(dep.task, nbytes)]));
                         continue;
                     }
                     if let Some(f) = self.fetching.get_mut(&dep.task) {
@@ -680,9 +750,39 @@ impl State {
     /// A job ready to run now, or `None` when inputs must be fetched first (or are missing).
     fn prepare(&mut self, msg: ComputeTaskMsg) -> Option<Job> {
         let mut missing = 0;
+        // Inputs in memory, held for the task if it has to wait for others (so that a spill
+        // meanwhile does not make `job` read them from disk on the event loop).
+        let mut local = Vec::new();
         for dep in &msg.deps {
-            if self.store.get(dep.task).is_some() || self.fetched.contains_key(&dep.task) {
+            if self.fetched.contains_key(&dep.task) {
                 continue;
+            }
+            if let Some(f) = self.fetching.get_mut(&dep.task) {
+                // Being fetched from a peer, or read back from this worker's disk.
+                f.waiters.push(msg.task);
+                missing += 1;
+                continue;
+            }
+            match self.store.lookup(dep.task) {
+                Lookup::Memory(value) => {
+                    local.push((dep.task, value));
+                    continue;
+                }
+                Lookup::Disk => {
+                    // Spilled: read back off the event loop, like a fetch from a peer.
+                    missing += 1;
+                    self.fetching.insert(
+                        dep.task,
+                        Fetch {
+                            holders: Vec::new(),
+                            waiters: vec![msg.task],
+                            keep: false,
+                        },
+                    );
+                    self.start_unspill(dep.task);
+                    continue;
+                }
+                Lookup::Absent => {}
             }
             if dep.holders.is_empty() {
                 self.erred.push((
@@ -698,21 +798,21 @@ impl State {
                 return None;
             }
             missing += 1;
-            match self.fetching.get_mut(&dep.task) {
-                Some(f) => f.waiters.push(msg.task),
-                None => {
-                    let mut holders = dep.holders.clone();
-                    let first = holders.remove(0);
-                    self.fetching.insert(
-                        dep.task,
-                        Fetch {
-                            holders,
-                            waiters: vec![msg.task],
-                            keep: false,
-                        },
-                    );
-                    self.start_fetch(first, vec![dep.task]);
-                }
+            let mut holders = dep.holders.clone();
+            let first = holders.remove(0);
+            self.fetching.insert(
+                dep.task,
+                Fetch {
+                    holders,
+                    waiters: vec![msg.task],
+                    keep: false,
+                },
+            );
+            self.start_fetch(first, vec![dep.task]);
+        }
+        if missing > 0 {
+            for (task, value) in local {
+                self.fetched.entry(task).or_insert((value, 0));
             }
         }
         for dep in &msg.deps {
@@ -750,6 +850,21 @@ impl State {
             kind: msg.kind,
             inputs,
         }
+    }
+
+    /// Read a spilled input back from this worker's disk on a blocking thread; the value
+    /// arrives like a fetched one.
+    fn start_unspill(&self, task: TaskId) {
+        let store = self.store.clone();
+        let tx = self.fetch_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let value = store.get(task);
+            let _ = tx.send(Fetched {
+                from: "this worker's spill directory".into(),
+                asked: vec![task],
+                result: Ok(vec![(task, value)]),
+            });
+        });
     }
 
     fn start_fetch(&self, from: String, tasks: Vec<TaskId>) {
@@ -889,11 +1004,11 @@ impl State {
 
     fn heartbeat(&self) -> FromWorker {
         FromWorker::Heartbeat(WorkerMetricsMsg {
-            managed: self.store.nbytes(),
-            spilled: 0,
-            rss: process_rss(),
+            managed: self.store.managed(),
+            spilled: self.store.spilled(),
+            rss: self.memory.rss(),
             executing: self.executor.executing() as u32,
-            paused: false,
+            paused: *self.paused.borrow(),
         })
     }
 

@@ -182,3 +182,37 @@ fn errors_of_every_kind_come_back_and_the_pool_keeps_going() {
     ));
     assert!(got[&TaskId(6)].result.is_ok());
 }
+
+#[test]
+fn a_paused_executor_finishes_running_jobs_and_holds_queued_ones() {
+    let (ex, mut rx) = start(2);
+    ex.submit(job(1, "sleep", 200u64.to_le_bytes().to_vec(), vec![]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ex.executing() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sleep never started"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    ex.set_paused(true);
+    ex.submit_all((2..5).map(|t| job(t, "inc", encode_i64(t as i64).to_vec(), vec![])));
+    // The running job goes on and reports.
+    assert_eq!(rx.blocking_recv().unwrap().task, TaskId(1));
+    // Both threads are free now, yet nothing queued starts.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!((ex.queued(), ex.executing()), (3, 0));
+    assert!(rx.try_recv().is_err());
+    // Cancelling still works on held jobs.
+    assert!(ex.cancel(TaskId(3)));
+    ex.set_paused(false);
+    let mut done: Vec<(u64, i64)> = (0..2)
+        .map(|_| {
+            let o = rx.blocking_recv().unwrap();
+            (o.task.0, decode_i64(&o.result.unwrap()).unwrap())
+        })
+        .collect();
+    done.sort();
+    assert_eq!(done, vec![(2, 3), (4, 5)]);
+    assert_eq!(ex.queued(), 0);
+}
