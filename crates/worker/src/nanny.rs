@@ -66,8 +66,8 @@ pub const THREAD_LIMIT_ENV: [&str; 3] =
 /// Longest control-protocol line, newline included.
 const MAX_CONTROL_LINE: usize = 256;
 /// A control connection silent this long is closed.
-const CONTROL_IDLE: Duration = Duration::from_secs(30);
-/// Control connections served at once; more are closed on accept.
+const CONTROL_IDLE: Duration = Duration::from_secs(10);
+/// Control connections served at once; more wait to be accepted.
 const MAX_CONTROL_CONNECTIONS: usize = 16;
 
 /// When to restart a child and when to give up on it.
@@ -889,6 +889,11 @@ async fn serve_control(
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
     loop {
+        // Beyond the limit, connections wait in the kernel's backlog until one ends (at the
+        // latest after CONTROL_IDLE): bounded work, and nobody is cut off mid-request.
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
         let (conn, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -897,10 +902,6 @@ async fn serve_control(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            warn!("nanny: too many control connections; closing the one from {peer}");
-            continue;
         };
         let shared = shared.clone();
         let commands = commands.clone();
