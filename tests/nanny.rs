@@ -360,6 +360,42 @@ fn sigterm_to_the_nanny_stops_children_and_exits_zero() {
     });
 }
 
+/// The cluster retires a worker (`Client::retire_workers`, as an autoscaler scaling down):
+/// its process exits 0, the nanny does not bring it back, and having no worker left, exits 0
+/// too. The results it held moved to the other worker.
+#[test]
+fn retired_worker_is_not_restarted() {
+    let (_s, address) = scheduler(&[]);
+    let (_keep, _) = nanny(&address, 1, &["--name", "keep"]);
+    let (mut leave, ctl) = nanny(&address, 1, &["--name", "leave"]);
+    rt().block_on(async {
+        let client = connect(&address).await;
+        workers_until(&client, "two workers", |ws| ws.len() == 2).await;
+        let futures = client
+            .map("inc", (0..40i64).map(|i| i.to_le_bytes().to_vec()))
+            .await
+            .unwrap();
+        client.wait(&futures).await;
+        let retired = tokio::time::timeout(SOON, client.retire_workers(&["leave"]))
+            .await
+            .expect("retired in time")
+            .unwrap();
+        assert_eq!(retired, ["leave"]);
+        let code = leave.exit_within(SOON);
+        assert_eq!(code.code(), Some(0), "{code:?}");
+        leave.log("retired); not restarting it");
+        let ws = client.workers().await.unwrap();
+        assert_eq!(ws.len(), 1, "{ws:?}");
+        assert_eq!(ws[0].name, "keep");
+        let values = client.gather(&futures).await.unwrap();
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(taskwire::decode_i64(v).unwrap(), i as i64 + 1);
+        }
+        client.close().await;
+    });
+    assert!(TcpStream::connect(&ctl).is_err(), "the nanny is gone");
+}
+
 /// The control port answers `status` and `restart`, and shrugs off garbage: unknown commands,
 /// binary junk, an endless line, a connection dropped mid-line.
 #[test]

@@ -365,6 +365,8 @@ fn child_args(args: &WorkerArgs, plan: &Plan, i: usize) -> Vec<OsString> {
 }
 
 async fn run_nanny(args: &WorkerArgs, plan: &Plan) -> Result<i32, String> {
+    // Before any child exists: from here on a SIGTERM is forwarded, never fatal to us alone.
+    let mut signals = Signals::new()?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
     let mut b = Nanny::builder(exe)
         .memory_limit(plan.memory_limit)
@@ -389,7 +391,6 @@ async fn run_nanny(args: &WorkerArgs, plan: &Plan) -> Result<i32, String> {
     ));
     println!("Nanny at: {shown}");
     let handle = nanny.start();
-    let mut signals = Signals::new()?;
     let outcome = tokio::select! {
         _ = signals.recv() => None,
         o = handle.finished() => Some(o),
