@@ -562,6 +562,12 @@ fn no_nanny_exit_codes() {
     w.line("Registered to:");
     signal(w.pid(), "-TERM");
     assert_eq!(w.exit_within(SOON).code(), Some(0));
+
+    // Without a nanny, --lifetime retires the worker and the process ends.
+    let mut w = Proc::start(&["worker", &address, "--no-nanny", "--lifetime", "1s"]);
+    w.line("Registered to:");
+    assert_eq!(w.exit_within(SOON).code(), Some(0));
+    w.log("--lifetime 1s reached; retiring");
 }
 
 /// Bad flags are refused before anything starts, with a message naming the flag.
@@ -572,6 +578,10 @@ fn bad_flags_are_refused_clearly() {
         (vec!["--death-timeout", "3 fortnights"], "--death-timeout"),
         (vec!["--nworkers", "0"], "--nworkers"),
         (vec!["--restart-window", "5 parsecs"], "--restart-window"),
+        (
+            vec!["--lifetime", "1m", "--lifetime-stagger", "x"],
+            "--lifetime-stagger",
+        ),
     ] {
         let out = Command::new(BIN)
             .args(["worker", "tcp://127.0.0.1:1"])
