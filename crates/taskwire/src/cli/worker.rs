@@ -186,6 +186,7 @@ pub(crate) fn parse_memory(spec: &str, nworkers: usize) -> Result<u64, String> {
 }
 
 /// Everything `taskwire worker` needs, checked before anything starts.
+#[derive(Debug)]
 struct Plan {
     nworkers: usize,
     nthreads: usize,
@@ -652,6 +653,90 @@ mod tests {
                 .contains("not a number")
         );
         assert!(parse_resources("GPU=-1").is_err());
+    }
+
+    #[test]
+    fn durations_and_death_timeouts() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(
+            parse_duration("5 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_death_timeout("inf").unwrap(), None);
+        assert_eq!(parse_death_timeout("0").unwrap(), None);
+        assert_eq!(
+            parse_death_timeout("60s").unwrap(),
+            Some(Duration::from_secs(60))
+        );
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    }
+
+    fn args(line: &[&str]) -> WorkerArgs {
+        use clap::Parser;
+        Cli::parse_from(std::iter::once("worker").chain(line.iter().copied())).worker
+    }
+
+    #[test]
+    fn children_get_their_own_name_port_and_directory() {
+        let a = args(&[
+            "tcp://127.0.0.1:8786",
+            "--nworkers",
+            "2",
+            "--name",
+            "w",
+            "--worker-port",
+            "9000",
+            "--memory-limit",
+            "1GB",
+            "--local-directory",
+            "/scratch",
+            "--lifetime",
+            "1h",
+        ]);
+        let p = plan(&a).unwrap();
+        let child: Vec<String> = child_args(&a, &p, 1)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        let line = child.join(" ");
+        assert!(line.starts_with("worker tcp://127.0.0.1:8786 "), "{line}");
+        for want in [
+            "--nworkers 1",
+            "--memory-limit 1000000000",
+            "--name w-1",
+            "--worker-port 9001",
+            "--worker-index 1",
+            "--local-directory /scratch",
+            "--no-nanny",
+        ] {
+            assert!(line.contains(want), "{want}: {line}");
+        }
+        // The nanny retires and replaces the child itself.
+        assert!(!line.contains("--lifetime"), "{line}");
+        let again = args(&child[1..].iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(again.no_nanny && plan(&again).is_ok());
+    }
+
+    #[test]
+    fn plans_refuse_nonsense() {
+        let bad = |line: &[&str]| plan(&args(line)).unwrap_err();
+        assert!(bad(&["tcp://h:1", "--nworkers", "0"]).contains("--nworkers"));
+        assert!(bad(&["tcp://h:1", "--nworkers", "3", "--worker-port", "65534"]).contains("65535"));
+        assert!(bad(&[]).contains("scheduler address"));
+        assert!(bad(&["tcp://h:1", "--lifetime", "0s"]).contains("--lifetime"));
+        assert!(bad(&["tcp://h:1", "--death-timeout", "later"]).contains("--death-timeout"));
     }
 
     #[test]
