@@ -1034,6 +1034,102 @@ mod tests {
         assert!(lifetime_deadline(now, None).is_none());
     }
 
+    /// A nanny over `sh -c SCRIPT`; the appended `--restarts K` arrives as `$0 $1`.
+    async fn sh_nanny(
+        script: &str,
+        policy: RestartPolicy,
+        f: impl FnOnce(NannyBuilder) -> NannyBuilder,
+    ) -> NannyHandle {
+        let b = Nanny::builder("/bin/sh")
+            .child(["-c", script])
+            .restart_policy(policy);
+        f(b).bind().await.unwrap().start()
+    }
+
+    fn quick(max_failures: u32) -> RestartPolicy {
+        RestartPolicy {
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+            max_failures,
+            ..RestartPolicy::default()
+        }
+    }
+
+    async fn bounded(h: &NannyHandle) -> NannyOutcome {
+        tokio::time::timeout(Duration::from_secs(30), h.finished())
+            .await
+            .expect("the nanny ends in time")
+    }
+
+    #[tokio::test]
+    async fn crashing_child_is_given_up_after_the_limit() {
+        let h = sh_nanny("exit 1", quick(2), |b| b).await;
+        assert_eq!(bounded(&h).await, NannyOutcome::GaveUp(1));
+        let st = h.status();
+        assert_eq!(
+            (st[0].restarts, st[0].state, st[0].pid),
+            (2, ChildState::Failed, None)
+        );
+    }
+
+    #[tokio::test]
+    async fn retired_child_stays_retired() {
+        let h = sh_nanny("exit 0", quick(2), |b| b).await;
+        assert_eq!(bounded(&h).await, NannyOutcome::Retired);
+        assert_eq!(h.status()[0].restarts, 0);
+    }
+
+    #[tokio::test]
+    async fn lost_scheduler_restarts_are_not_failures() {
+        // Exits "lost the scheduler" three times, then is retired; no failure is allowed.
+        let script = format!("[ \"$1\" -lt 3 ] && exit {EXIT_LOST_SCHEDULER}; exit 0");
+        let h = sh_nanny(&script, quick(0), |b| b).await;
+        assert_eq!(bounded(&h).await, NannyOutcome::Retired);
+        assert_eq!(h.status()[0].restarts, 3);
+    }
+
+    #[tokio::test]
+    async fn death_timeout_gives_the_slot_up_at_once() {
+        let script = format!("exit {EXIT_DEATH_TIMEOUT}");
+        let h = sh_nanny(&script, quick(10), |b| b).await;
+        assert_eq!(bounded(&h).await, NannyOutcome::GaveUp(1));
+        assert_eq!(h.status()[0].restarts, 0);
+    }
+
+    #[tokio::test]
+    async fn child_over_its_memory_limit_is_killed() {
+        // Any process is bigger than 1 kB: killed at the first poll, a counted failure.
+        let h = sh_nanny("exec sleep 30", quick(0), |b| {
+            b.memory_limit(1000)
+                .poll_interval(Duration::from_millis(10))
+        })
+        .await;
+        assert_eq!(bounded(&h).await, NannyOutcome::GaveUp(1));
+    }
+
+    #[tokio::test]
+    async fn lifetime_replaces_and_shutdown_stops() {
+        let h = sh_nanny("exec sleep 30", quick(0), |b| {
+            b.lifetime(Duration::from_millis(150), Duration::ZERO)
+        })
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while h.status()[0].restarts < 2 {
+            assert!(Instant::now() < deadline, "{:?}", h.status());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let pid = loop {
+            if let Some(p) = h.status()[0].pid {
+                break p;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        h.shutdown();
+        assert_eq!(bounded(&h).await, NannyOutcome::Stopped);
+        assert!(rss_of(pid).is_none(), "the child is gone");
+        assert_eq!(h.status()[0].state, ChildState::Stopped);
+    }
+
     #[test]
     fn own_rss_is_readable() {
         let rss = rss_of(std::process::id()).unwrap();
