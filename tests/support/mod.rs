@@ -1,76 +1,32 @@
 //! Helpers shared by the end-to-end tests: real `taskwire` processes that are killed when a
-//! test ends (whatever happens), their stdout lines, temporary directories, a runtime.
+//! test ends (whatever happens), their stdout and stderr lines, temporary directories, a
+//! runtime for the client.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The `taskwire` binary under test.
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_taskwire");
 
-/// How long to wait for an expected line before failing the test.
-pub(crate) const LINE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
+pub(crate) const SOON: Duration = Duration::from_secs(60);
 
-/// A child process (and its process group) killed when dropped, with its stdout as lines.
+/// A process (and its process group) killed when dropped; its stdout and stderr lines come
+/// through channels, and stderr is echoed to ours for failing tests' logs.
 pub(crate) struct Proc {
     pub(crate) child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    /// Wait for the next stdout line starting with `prefix`; returns the rest, trimmed.
-    pub(crate) fn wait_line(&self, prefix: &str, timeout: Duration) -> String {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.trim().to_string();
-                    }
-                }
-                Err(_) => panic!("no '{prefix}' line within {timeout:?}"),
-            }
-        }
-    }
-
-    /// The process id.
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Send a signal to the process (not its group).
-    pub(crate) fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{sig} {} failed", self.pid());
-    }
-
-    /// Wait for the process to exit, up to `timeout`; `None` if it is still running.
-    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if std::time::Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    pub(crate) stdout: mpsc::Receiver<String>,
+    pub(crate) stderr: mpsc::Receiver<String>,
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        // The whole group: a nanny's worker children go too.
-        let pgid = self.child.id() as i32;
+        // The whole group (each Proc starts its own), in case it started helpers.
         let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pgid}")])
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
             .stderr(Stdio::null())
             .status();
         let _ = self.child.kill();
@@ -78,38 +34,108 @@ impl Drop for Proc {
     }
 }
 
-/// Start `cmd` (stdout piped, in its own process group) and wait for a stdout line starting
-/// with each of `wanted`, in order; returns the process and the rest of those lines.
-pub(crate) fn spawn_cmd(mut cmd: Command, wanted: &[&str]) -> (Proc, Vec<String>) {
-    use std::os::unix::process::CommandExt;
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .process_group(0)
-        .spawn()
-        .expect("start taskwire");
-    let stdout = child.stdout.take().unwrap();
+fn lines(r: impl Read + Send + 'static, echo: bool) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if echo {
+                eprintln!("{line}");
             }
+            let _ = tx.send(line);
         }
     });
-    let proc = Proc { child, lines: rx };
-    let found = wanted
-        .iter()
-        .map(|w| proc.wait_line(w, LINE_TIMEOUT))
-        .collect();
-    (proc, found)
+    rx
 }
 
-/// Start `taskwire args...`; see [`spawn_cmd`].
+impl Proc {
+    /// Start `taskwire args...`.
+    pub(crate) fn start(args: &[&str]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        Proc::start_cmd(cmd)
+    }
+
+    /// Start `cmd` (e.g. `ip netns exec NS taskwire ...`) in its own process group.
+    pub(crate) fn start_cmd(mut cmd: Command) -> Proc {
+        use std::os::unix::process::CommandExt;
+        let mut child = cmd
+            .env("TASKWIRE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("start taskwire");
+        let stdout = lines(child.stdout.take().unwrap(), false);
+        let stderr = lines(child.stderr.take().unwrap(), true);
+        Proc {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The rest of the next stdout line starting with `prefix`, trimmed.
+    pub(crate) fn line(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + SOON;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .stdout
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no '{prefix}' line in time"));
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.trim().to_string();
+            }
+        }
+    }
+
+    /// Wait for a stderr line containing `text`.
+    pub(crate) fn log(&self, text: &str) -> String {
+        let deadline = Instant::now() + SOON;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .stderr
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line with '{text}' in time"));
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for the process to exit, at most `bound`.
+    pub(crate) fn exit_within(&mut self, bound: Duration) -> ExitStatus {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {} still running after {bound:?}",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub(crate) fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+/// Start `taskwire args...` and wait for a stdout line starting with each of `wanted`, in
+/// order; returns the process and the rest of those lines.
 pub(crate) fn spawn(args: &[&str], wanted: &[&str]) -> (Proc, Vec<String>) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args);
-    spawn_cmd(cmd, wanted)
+    let proc = Proc::start(args);
+    let found = wanted.iter().map(|w| proc.line(w)).collect();
+    (proc, found)
 }
 
 /// Start a scheduler on 127.0.0.1 with extra flags; returns it and its address.
@@ -117,9 +143,17 @@ pub(crate) fn scheduler(extra: &[&str]) -> (Proc, String) {
     let mut args = vec!["scheduler", "--host", "127.0.0.1", "--port", "0"];
     args.extend_from_slice(extra);
     let (proc, lines) = spawn(&args, &["Scheduler at:"]);
-    let address = lines[0].clone();
-    assert!(address.starts_with("tcp://127.0.0.1:"), "{address}");
-    (proc, address)
+    (proc, lines[0].clone())
+}
+
+/// Send a signal (`-KILL`, `-TERM`, ...) to a process.
+pub(crate) fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
 }
 
 /// A fresh, empty directory under the system temp dir, unique to this test process.
@@ -133,6 +167,7 @@ pub(crate) fn tempdir(name: &str) -> std::path::PathBuf {
 /// A multi-threaded tokio runtime for the client.
 pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .unwrap()

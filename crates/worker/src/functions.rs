@@ -15,6 +15,7 @@
 //! | `panic`      | utf-8 message           | panics with that message (the worker survives)         |
 //! | `identity`   | bytes                   | the first input, or args without inputs                |
 //! | `checksum`   | bytes                   | FNV-1a 64 ([`fnv1a64`]) of the inputs concatenated (of args without inputs), as u64 LE |
+//! | `alloc`      | u64 n [, u64 ms]        | n as i64, after allocating and touching n bytes and holding them ms milliseconds |
 //!
 //! Arithmetic overflow is an error, never a wrap.
 
@@ -93,7 +94,8 @@ pub(crate) fn register_stock(r: &mut Registry) {
         .register("fail", fail)
         .register("panic", panic)
         .register("identity", identity)
-        .register("checksum", checksum);
+        .register("checksum", checksum)
+        .register("alloc", alloc);
 }
 
 fn noop(_: &TaskContext<'_>, _: &[u8], _: &[Bytes]) -> TaskResult {
@@ -171,6 +173,38 @@ fn checksum(_: &TaskContext<'_>, args: &[u8], inputs: &[Bytes]) -> TaskResult {
         inputs.iter().fold(FNV_OFFSET, |h, b| fnv1a64_extend(h, b))
     };
     Ok(Bytes::copy_from_slice(&h.to_le_bytes()))
+}
+
+/// Allocate and touch `n` bytes, hold them, return `n`: memory pressure on demand, for tests
+/// of memory limits (the nanny kills a worker whose RSS crosses 95% of its limit).
+fn alloc(_: &TaskContext<'_>, args: &[u8], _: &[Bytes]) -> TaskResult {
+    let (n, hold) = match args.len() {
+        8 => (decode_u64(args, "byte count")?, 0),
+        16 => (
+            decode_u64(&args[..8], "byte count")?,
+            decode_u64(&args[8..], "milliseconds")?,
+        ),
+        other => {
+            return Err(format!(
+                "alloc: expected u64 byte count and optional u64 milliseconds (8 or 16 bytes), \
+                 got {other} bytes"
+            ));
+        }
+    };
+    let len = usize::try_from(n)
+        .ok()
+        .filter(|&l| l <= isize::MAX as usize)
+        .ok_or_else(|| format!("alloc: cannot allocate {n} bytes"))?;
+    let mut v: Vec<u8> = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| format!("alloc: cannot allocate {n} bytes"))?;
+    // Write every byte (not just one per page): the pages become resident whatever the
+    // allocator and the kernel's zero-page tricks would otherwise do.
+    v.resize(len, 1);
+    std::hint::black_box(&mut v);
+    std::thread::sleep(Duration::from_millis(hold));
+    std::hint::black_box(&v);
+    Ok(encode_i64(n as i64))
 }
 
 #[cfg(test)]
@@ -329,6 +363,25 @@ mod tests {
         // Same buffer, not a copy: identity forwards large inputs for free.
         assert_eq!(out.as_ptr(), input.as_ptr());
         assert_eq!(&call("identity", b"args", &[]).unwrap()[..], b"args");
+    }
+
+    #[test]
+    fn alloc_touches_holds_and_returns_its_size() {
+        let t = std::time::Instant::now();
+        let mut args = u64_le(32 << 20);
+        args.extend(u64_le(30));
+        assert_eq!(num(call("alloc", &args, &[])), 32 << 20);
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        assert_eq!(num(call("alloc", &u64_le(0), &[])), 0);
+        assert_eq!(
+            call("alloc", b"abc", &[]).unwrap_err(),
+            "alloc: expected u64 byte count and optional u64 milliseconds (8 or 16 bytes), got 3 bytes"
+        );
+        assert!(
+            call("alloc", &u64_le(u64::MAX), &[])
+                .unwrap_err()
+                .starts_with("alloc: cannot allocate")
+        );
     }
 
     #[test]

@@ -28,9 +28,15 @@
 //! - `identity`: the first input, or args when there is no input.
 //! - `checksum`: 64-bit FNV-1a ([`fnv1a64`]) of the inputs concatenated (of args without inputs),
 //!   as u64 little-endian; lets tests check transferred data.
+//! - `alloc`: args u64 n, optionally followed by u64 milliseconds; allocates n bytes, touches
+//!   every page so they count in the worker's RSS, holds them that long, and returns n as a
+//!   number. Tests use it to push a worker over its memory limit.
 //!
 //! Overflow and malformed numbers are task errors with messages such as
 //! `inc: expected 8-byte i64, got 3 bytes`.
+//!
+//! The [nanny](Nanny) runs each worker as a child process and restarts it when it dies, goes
+//! over its memory limit, loses the scheduler or reaches its lifetime.
 //!
 //! ```
 //! use taskwire_protocol::{TaskId, TaskKindMsg};
@@ -53,6 +59,7 @@ mod command;
 mod executor;
 mod functions;
 mod memory;
+mod nanny;
 mod peer;
 mod registry;
 mod store;
@@ -62,6 +69,11 @@ pub use command::run_command;
 pub use executor::{Executor, Job, JobOutcome};
 pub use functions::{decode_i64, encode_i64, fnv1a64, pattern_bytes};
 pub use memory::{MemoryConfig, MemoryRelease, MemorySource, PAUSE_HYSTERESIS};
+pub use nanny::{
+    ChildState, ChildStatus, EXIT_DEATH_TIMEOUT, EXIT_LOST_SCHEDULER, Nanny, NannyBuilder,
+    NannyError, NannyHandle, NannyOutcome, RestartPolicy, THREAD_LIMIT_ENV, rss_of,
+    staggered_lifetime, status_json,
+};
 pub use registry::{Registry, TaskContext, TaskFn, TaskResult};
 pub use worker::{
     StopReason, Worker, WorkerBuilder, WorkerError, WorkerHandle, available_cpus, machine_memory,

@@ -167,7 +167,9 @@ async fn serve_peer(
     }
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Message, String>>>>>;
+/// Requests waiting for their answer; `None` once the connection failed, so that a request
+/// made after the reader gave up fails at once instead of waiting forever.
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Result<Message, String>>>>>>;
 
 struct PeerConn {
     sender: ConnSender,
@@ -197,6 +199,7 @@ impl PeerPool {
         let mut conns = self.conns.lock().await;
         if let Some(c) = conns.get(addr)
             && !c.sender.is_closed()
+            && c.pending.lock().expect("pending").is_some()
         {
             return Ok(c.clone());
         }
@@ -217,7 +220,7 @@ impl PeerPool {
             .map_err(|e| e.to_string())?;
         read_welcome(&welcome.header).map_err(|e| e.to_string())?;
         let (sender, mut receiver) = conn.split();
-        let pending: Pending = Default::default();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let reader_pending = pending.clone();
         tokio::spawn(async move {
             let failure = loop {
@@ -231,7 +234,12 @@ impl PeerPool {
                             ) => request,
                             Err(e) => break format!("malformed answer: {e}"),
                         };
-                        if let Some(tx) = reader_pending.lock().expect("pending").remove(&request) {
+                        let waiter = reader_pending
+                            .lock()
+                            .expect("pending")
+                            .as_mut()
+                            .and_then(|p| p.remove(&request));
+                        if let Some(tx) = waiter {
                             let _ = tx.send(Ok(msg));
                         }
                     }
@@ -239,7 +247,8 @@ impl PeerPool {
                     Err(e) => break e.to_string(),
                 }
             };
-            for (_, tx) in reader_pending.lock().expect("pending").drain() {
+            let waiters = reader_pending.lock().expect("pending").take();
+            for (_, tx) in waiters.into_iter().flatten() {
                 let _ = tx.send(Err(failure.clone()));
             }
         });
@@ -258,10 +267,17 @@ impl PeerPool {
         let conn = self.conn(addr).await?;
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        conn.pending.lock().expect("pending").insert(request, tx);
+        match conn.pending.lock().expect("pending").as_mut() {
+            Some(p) => {
+                p.insert(request, tx);
+            }
+            None => return Err(format!("connection to {addr} failed")),
+        }
         let header = encode(&ToPeer::GetData { request, tasks });
         if let Err(e) = conn.sender.send(Message::new(header)).await {
-            conn.pending.lock().expect("pending").remove(&request);
+            if let Some(p) = conn.pending.lock().expect("pending").as_mut() {
+                p.remove(&request);
+            }
             return Err(e.to_string());
         }
         let msg = rx.await.map_err(|_| "connection dropped".to_string())??;

@@ -138,6 +138,7 @@ mod tests {
             Registry::stock().names(),
             [
                 "add",
+                "alloc",
                 "checksum",
                 "fail",
                 "identity",

@@ -824,10 +824,31 @@ impl State {
             self.waiting.insert(msg.task, Waiting { msg, missing });
             return None;
         }
-        Some(self.job(msg))
+        self.job(msg)
     }
 
-    fn job(&mut self, msg: ComputeTaskMsg) -> Job {
+    fn job(&mut self, msg: ComputeTaskMsg) -> Option<Job> {
+        let vanished = msg.deps.iter().find(|d| {
+            !self.fetched.contains_key(&d.task)
+                && matches!(self.store.lookup(d.task), Lookup::Absent)
+        });
+        if let Some(dep) = vanished {
+            // Never run a task on made-up input: say the input is missing, and the scheduler
+            // refetches or recomputes it.
+            warn!(
+                "input {} of '{}' vanished before the task started",
+                dep.task, msg.key
+            );
+            let missing = vec![dep.task];
+            for d in &msg.deps {
+                self.release_fetched(d.task);
+            }
+            self.outgoing.push(FromWorker::MissingData {
+                task: msg.task,
+                missing,
+            });
+            return None;
+        }
         let mut inputs = Vec::with_capacity(msg.deps.len());
         for dep in &msg.deps {
             let value = match self.fetched.get_mut(&dep.task) {
@@ -839,17 +860,18 @@ impl State {
                     }
                     v
                 }
+                // Checked above: in memory or on disk.
                 None => self.store.get(dep.task).unwrap_or_default(),
             };
             inputs.push(value);
         }
         self.running.insert(msg.task);
-        Job {
+        Some(Job {
             task: msg.task,
             key: msg.key,
             kind: msg.kind,
             inputs,
-        }
+        })
     }
 
     /// Read a spilled input back from this worker's disk on a blocking thread; the value
@@ -920,7 +942,7 @@ impl State {
         let mut jobs = Vec::with_capacity(ready.len());
         for t in ready {
             if let Some(w) = self.waiting.remove(&t) {
-                jobs.push(self.job(w.msg));
+                jobs.extend(self.job(w.msg));
             }
         }
         self.executor.submit_all(jobs);
@@ -931,10 +953,23 @@ impl State {
         let Some(w) = self.waiting.remove(&task) else {
             return false;
         };
-        for d in &w.msg.deps {
-            self.release_fetched(d.task);
-        }
+        self.forget_waiter(&w.msg, None);
         true
+    }
+
+    /// A waiting task is gone: release the inputs it holds and take it off the fetches it
+    /// waits for (all but `except`). Without the latter, the task sent here again would be a
+    /// waiter twice, and the first arrival would count for both.
+    fn forget_waiter(&mut self, msg: &ComputeTaskMsg, except: Option<TaskId>) {
+        for d in &msg.deps {
+            if Some(d.task) == except {
+                continue;
+            }
+            self.release_fetched(d.task);
+            if let Some(f) = self.fetching.get_mut(&d.task) {
+                f.waiters.retain(|&x| x != msg.task);
+            }
+        }
     }
 
     fn release_fetched(&mut self, dep: TaskId) {
@@ -967,11 +1002,7 @@ impl State {
         debug!("input {dep} could not be fetched: {reason}");
         for waiter in fetch.waiters {
             if let Some(w) = self.waiting.remove(&waiter) {
-                for d in &w.msg.deps {
-                    if d.task != dep {
-                        self.release_fetched(d.task);
-                    }
-                }
+                self.forget_waiter(&w.msg, Some(dep));
                 let msg = FromWorker::MissingData {
                     task: waiter,
                     missing: vec![dep],

@@ -170,7 +170,7 @@ fn errors_of_every_kind_come_back_and_the_pool_keeps_going() {
     assert!(
         err(3)
             .message
-            .starts_with("unknown function 'nope' (this worker has: add, checksum,")
+            .starts_with("unknown function 'nope' (this worker has: add, alloc, checksum,")
     );
     assert_eq!(err(4).message, "inc: expected 8-byte i64, got 3 bytes");
     assert!(matches!(

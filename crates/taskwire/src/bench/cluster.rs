@@ -5,6 +5,10 @@
 //! and `taskwire worker`, exactly as a user starts them. They are killed when the
 //! [`ChildCluster`] is dropped, also when the benchmark fails or panics (unwinding). Their
 //! logs go to our standard error at `warn` level unless `TASKWIRE_LOG` says otherwise.
+//!
+//! By default each worker runs under its nanny, as `taskwire worker` does: the worker child
+//! process's `Registered to:` line passes through the nanny's standard output, and killing the
+//! nanny takes its worker with it (the nanny's children die with their parent).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -27,6 +31,8 @@ pub(crate) struct ClusterSpec {
     pub(crate) no_work_stealing: bool,
     /// Start the workers with `--zero-worker`.
     pub(crate) zero_worker: bool,
+    /// Run each worker under a nanny (`taskwire worker`'s default); else `--no-nanny`.
+    pub(crate) nanny: bool,
 }
 
 /// When the cluster came up, measured from just before the scheduler was spawned.
@@ -59,12 +65,21 @@ pub(crate) struct ChildCluster {
 
 impl Drop for ChildCluster {
     fn drop(&mut self) {
-        // Workers first, so none of them logs the scheduler's death.
-        for c in self.children.iter_mut().rev() {
+        // Workers first, and gone before the scheduler dies, so none of them logs its death.
+        // (A nanny's worker has its SIGKILL pending by the time the nanny can be waited for.)
+        let (scheduler, workers) = match self.children.split_first_mut() {
+            Some((s, w)) => (Some(s), w),
+            None => (None, &mut [][..]),
+        };
+        for c in workers.iter_mut() {
             let _ = c.kill();
         }
-        for c in self.children.iter_mut().rev() {
+        for c in workers.iter_mut() {
             let _ = c.wait();
+        }
+        if let Some(s) = scheduler {
+            let _ = s.kill();
+            let _ = s.wait();
         }
     }
 }
@@ -113,6 +128,9 @@ impl ChildCluster {
                 .args(["--name", &worker_name(i)]);
             if spec.zero_worker {
                 cmd.arg("--zero-worker");
+            }
+            if !spec.nanny {
+                cmd.arg("--no-nanny");
             }
             cluster.spawn(cmd, "worker", &tx)?;
         }

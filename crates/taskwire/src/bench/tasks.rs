@@ -67,7 +67,8 @@
 //!
 //! `--workers` (2), `--threads` (1), `--runs` (5; 3 for `scale`), `--warmup` (1), `--json`,
 //! `--scheduler ADDR`, `--worker-saturation F|inf` and `--no-work-stealing` (passed to the
-//! scheduler started here), `--zero-worker`, `--n`, `--leaves`, `--size`, `--graph-chunk`. Several workloads
+//! scheduler started here), `--zero-worker`, `--no-nanny` (workers started here run without a
+//! nanny; by default each runs under one, as `taskwire worker` does), `--n`, `--leaves`, `--size`, `--graph-chunk`. Several workloads
 //! may be named at once; they share one cluster.
 //!
 //! # JSON lines (`--json`)
@@ -83,6 +84,7 @@
 //! - `n`: tasks per run (`transfer`: 2; `startup`: worker count).
 //! - `worker_saturation`: as passed to the scheduler (`"inf"` or a number); the scheduler's
 //!   default when not given; `"unknown"` with `--scheduler`.
+//! - `nanny`: whether the workers started here run under a nanny (absent with `--scheduler`).
 //! - `cluster`: `"local"` (started here) or `"external"` (`--scheduler`); with `"external"`,
 //!   `workers` and `threads` are what the scheduler reported (threads: the largest per worker).
 //! - `loadavg`: the machine's 1, 5 and 15 minute load averages when the workload finished.
@@ -179,6 +181,10 @@ pub(crate) struct TasksArgs {
     /// Workers report tasks finished without running them (measures the scheduler alone).
     #[arg(long)]
     zero_worker: bool,
+    /// Start the workers without a nanny (`taskwire worker --no-nanny`); by default each runs
+    /// under one, as `taskwire worker` does (and as Dask's `LocalCluster` runs its workers).
+    #[arg(long)]
+    no_nanny: bool,
     /// `scale`: submit the graph in messages of at most this many tasks, one after another
     /// (0: one message). A message header is limited to 64 MiB, about 450,000 such tasks.
     #[arg(long, default_value_t = 250_000)]
@@ -206,6 +212,9 @@ struct TaskRow {
     worker_saturation: String,
     work_stealing: bool,
     zero_worker: bool,
+    /// Workers under a nanny; `None` for an external cluster (not known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nanny: Option<bool>,
     cluster: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     leaves: Option<u64>,
@@ -227,6 +236,7 @@ struct Labels {
     worker_saturation: String,
     work_stealing: bool,
     zero_worker: bool,
+    nanny: Option<bool>,
     cluster: &'static str,
 }
 
@@ -242,6 +252,7 @@ impl Labels {
             },
             work_stealing: !args.no_work_stealing,
             zero_worker: args.zero_worker,
+            nanny: Some(!args.no_nanny),
             cluster: "local",
         }
     }
@@ -406,6 +417,7 @@ async fn connect(args: &TasksArgs) -> Result<Ctx, String> {
                 worker_saturation: args.worker_saturation.clone(),
                 no_work_stealing: args.no_work_stealing,
                 zero_worker: args.zero_worker,
+                nanny: !args.no_nanny,
             };
             let c = tokio::task::spawn_blocking(move || ChildCluster::start(&spec))
                 .await
@@ -449,6 +461,7 @@ async fn connect(args: &TasksArgs) -> Result<Ctx, String> {
             worker_saturation: "unknown".into(),
             work_stealing: true,
             zero_worker: args.zero_worker,
+            nanny: None,
             cluster: "external",
         },
     };
@@ -513,6 +526,7 @@ async fn run_async(args: &TasksArgs) -> Result<(), String> {
                 worker_saturation: args.worker_saturation.clone(),
                 no_work_stealing: args.no_work_stealing,
                 zero_worker: args.zero_worker,
+                nanny: !args.no_nanny,
             };
             let warmup = args.warmup;
             let per_run = tokio::task::spawn_blocking(move || startup_runs(&spec, warmup, runs))
@@ -662,6 +676,7 @@ fn summarise(
                 worker_saturation: labels.worker_saturation.clone(),
                 work_stealing: labels.work_stealing,
                 zero_worker: labels.zero_worker,
+                nanny: labels.nanny,
                 cluster: labels.cluster,
                 leaves: extra.leaves,
                 size: extra.size,

@@ -74,30 +74,42 @@ pub(crate) struct PolicyArgs {
     no_work_stealing: bool,
     /// Remove a worker not heard from for this long (e.g. 30s, 500ms, 2m); workers give up
     /// on a scheduler silent for as long.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
     worker_ttl: Duration,
 }
 
-/// Parse a duration: `500ms`, `30s`, `5m`, `2h`, or plain seconds (`1.5`).
+/// Parse a duration: "500ms", "30s", "5m", "2h", "1d", or a number of seconds.
 pub(crate) fn parse_duration(spec: &str) -> Result<Duration, String> {
     let s = spec.trim();
     let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
+    let num: f64 = num
         .trim()
         .parse()
-        .map_err(|_| format!("'{spec}' is not a duration like 30s, 500ms or 5m"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => return Err(format!("'{spec}': unknown unit '{other}' (ms, s, m, h)")),
+        .map_err(|_| format!("'{spec}' is not a duration like 30s, 5m or 500ms"))?;
+    let secs = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        other => {
+            return Err(format!(
+                "duration '{spec}': unknown unit '{other}' (use ms, s, m, h or d)"
+            ));
+        }
     };
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(format!("'{spec}': a duration must be positive"));
+    Duration::try_from_secs_f64(num * secs)
+        .map_err(|_| format!("duration '{spec}' must be a non-negative, finite time"))
+}
+
+/// [`parse_duration`], refusing zero.
+pub(crate) fn parse_positive_duration(spec: &str) -> Result<Duration, String> {
+    let d = parse_duration(spec)?;
+    if d.is_zero() {
+        return Err(format!("duration '{spec}' must be more than zero"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 impl PolicyArgs {
@@ -114,7 +126,7 @@ impl PolicyArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_duration, parse_positive_duration};
     use std::time::Duration;
 
     #[test]
@@ -123,6 +135,8 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("-1s").is_err());
         assert!(
             parse_duration("5 parsecs")
                 .unwrap_err()
@@ -133,6 +147,7 @@ mod tests {
                 .unwrap_err()
                 .contains("not a duration")
         );
-        assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_positive_duration("0s").is_err());
     }
 }

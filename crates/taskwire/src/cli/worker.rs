@@ -1,22 +1,48 @@
-//! `taskwire worker`.
+//! `taskwire worker`: by default a nanny process that runs each worker as a child process
+//! (this binary again, with `--no-nanny`) and restarts it; with `--no-nanny` the workers run in
+//! this process.
+//!
+//! Exit status of a `--no-nanny` worker process, which its nanny reads: 0 when it was closed
+//! by the scheduler (retired), by a signal or by its `--lifetime`; [`EXIT_LOST_SCHEDULER`] when
+//! it lost the scheduler; [`EXIT_DEATH_TIMEOUT`] when it could not reach the scheduler within
+//! `--death-timeout`; 1 for any other failure.
 
+use super::parse_duration;
 use clap::Args;
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 use taskwire_transport::Address;
-use taskwire_worker::Worker;
+use taskwire_worker::{
+    EXIT_DEATH_TIMEOUT, EXIT_LOST_SCHEDULER, Nanny, NannyOutcome, RestartPolicy, StopReason,
+    Worker, WorkerError, WorkerHandle,
+};
+use tokio::signal::unix::{Signal, SignalKind};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+/// How long a worker asked to leave (signal, lifetime) may take to hand its results to other
+/// workers before it closes anyway.
+const RETIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the nanny waits for a child it sent SIGTERM before killing it.
+const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(40);
+/// Connection attempts to an unreachable scheduler: first wait, and the most.
+const CONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// One attempt to connect and register may take this long.
+const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Start workers and register them with a scheduler.
 #[derive(Args, Debug)]
 pub(crate) struct WorkerArgs {
     /// Scheduler address, e.g. tcp://host:8786.
     scheduler: Option<String>,
-    /// Read the scheduler address from this file instead.
+    /// Read the scheduler address from this file instead (re-read on every connection attempt).
     #[arg(long)]
     scheduler_file: Option<PathBuf>,
     /// Task threads per worker (default: CPUs / nworkers).
     #[arg(long)]
     nthreads: Option<usize>,
-    /// Workers to start.
+    /// Workers to start (each in its own process under the nanny).
     #[arg(long, default_value_t = 1)]
     nworkers: usize,
     /// Worker name (with --nworkers > 1, suffixed with -0, -1, ...).
@@ -25,21 +51,62 @@ pub(crate) struct WorkerArgs {
     /// Port for the worker's data server (default: a free port; with --nworkers, consecutive).
     #[arg(long)]
     worker_port: Option<u16>,
-    /// Interface the data server listens on (default: derived from the scheduler address).
+    /// Interface the data server and the nanny listen on (default: derived from the scheduler
+    /// address).
     #[arg(long)]
     host: Option<String>,
     /// Resources offered, e.g. "GPU=1,MEM=4e9".
     #[arg(long, default_value = "")]
     resources: String,
-    /// Memory limit per worker in bytes, or "auto" (machine memory / nworkers).
+    /// Memory limit per worker in bytes, or "auto" (machine memory / nworkers); the nanny
+    /// restarts a worker whose RSS crosses 95% of it; 0: no limit.
     #[arg(long, default_value = "auto")]
     memory_limit: String,
-    /// Directory for command tasks and spilled data.
+    /// Directory for command tasks and spilled data (worker i uses its subdirectory worker-i).
     #[arg(long)]
     local_directory: Option<PathBuf>,
     /// Benchmark mode: report tasks finished without running them (measures the scheduler).
     #[arg(long)]
     zero_worker: bool,
+    /// Run the workers in this process, without a nanny to restart them.
+    #[arg(long)]
+    no_nanny: bool,
+    /// Port of the nanny's control protocol ("status" and "restart" lines); 0: any free port.
+    #[arg(long, default_value_t = 0)]
+    nanny_port: u16,
+    /// Give up when the scheduler cannot be reached for this long at start, e.g. 60s, 5m; "inf"
+    /// or 0: keep trying.
+    #[arg(long, default_value = "60s")]
+    death_timeout: String,
+    /// Retire each worker after this long (e.g. 1h); under a nanny a fresh worker replaces it.
+    #[arg(long)]
+    lifetime: Option<String>,
+    /// Move each --lifetime by a random amount up to this much either way.
+    #[arg(long, default_value = "0s")]
+    lifetime_stagger: String,
+    /// The nanny gives a worker up after more than this many crashes within --restart-window
+    /// (exits because it lost the scheduler, retirements and lifetimes do not count).
+    #[arg(long, default_value_t = 10)]
+    restart_limit: u32,
+    /// The window for --restart-limit.
+    #[arg(long, default_value = "60s")]
+    restart_window: String,
+    /// Times a nanny restarted this worker (set by the nanny, reported to the scheduler).
+    #[arg(long, hide = true, default_value_t = 0)]
+    restarts: u32,
+    /// Index of the first worker in this process (set by the nanny; names the local
+    /// subdirectory).
+    #[arg(long, hide = true, default_value_t = 0)]
+    worker_index: usize,
+}
+
+/// `--death-timeout`: `None` for "inf" or 0 (keep trying).
+fn parse_death_timeout(spec: &str) -> Result<Option<Duration>, String> {
+    if spec.trim().eq_ignore_ascii_case("inf") {
+        return Ok(None);
+    }
+    let d = parse_duration(spec).map_err(|e| format!("--death-timeout: {e}"))?;
+    Ok((!d.is_zero()).then_some(d))
 }
 
 /// Parse "GPU=1,MEM=4e9".
@@ -94,65 +161,454 @@ pub(crate) fn parse_memory(spec: &str, nworkers: usize) -> Result<u64, String> {
     Ok((num * mult) as u64)
 }
 
-pub(crate) fn run(args: WorkerArgs) -> Result<(), String> {
-    let scheduler =
-        super::scheduler_address(args.scheduler.as_deref(), args.scheduler_file.as_deref())?;
-    let resources = parse_resources(&args.resources)?;
-    let memory_limit = parse_memory(&args.memory_limit, args.nworkers)?;
-    let nthreads = args
-        .nthreads
-        .unwrap_or_else(|| (taskwire_worker::available_cpus() / args.nworkers.max(1)).max(1));
-    super::runtime()?.block_on(async {
-        let mut handles = Vec::new();
-        for i in 0..args.nworkers.max(1) {
-            let mut b = Worker::builder(scheduler.clone())
-                .nthreads(nthreads)
-                .memory_limit(memory_limit)
-                .zero_worker(args.zero_worker);
-            if let Some(name) = &args.name {
-                b = b.name(if args.nworkers > 1 {
-                    format!("{name}-{i}")
-                } else {
-                    name.clone()
-                });
-            }
-            for (r, a) in &resources {
-                b = b.resource(r.clone(), *a);
-            }
-            if let Some(dir) = &args.local_directory {
-                b = b.local_directory(dir.join(format!("worker-{i}")));
-            }
-            if args.worker_port.is_some() || args.host.is_some() {
-                let host = args.host.clone().unwrap_or_else(|| "0.0.0.0".into());
-                let port = args.worker_port.map_or(0, |p| p + i as u16);
-                b = b.listen(Address::tcp(host, port));
-            }
-            let w = b
-                .start()
-                .await
-                .map_err(|e| format!("worker failed to start: {e}"))?;
-            println!("Start worker at: {}", w.address());
-            println!("Registered to: {}", w.scheduler());
-            handles.push(w);
+/// Everything `taskwire worker` needs, checked before anything starts.
+#[derive(Debug)]
+struct Plan {
+    nworkers: usize,
+    nthreads: usize,
+    memory_limit: u64,
+    resources: Vec<(String, f64)>,
+    death_timeout: Option<Duration>,
+    lifetime: Option<(Duration, Duration)>,
+}
+
+fn plan(args: &WorkerArgs) -> Result<Plan, String> {
+    if args.nworkers == 0 {
+        return Err("--nworkers must be at least 1".into());
+    }
+    if args.nthreads == Some(0) {
+        return Err("--nthreads must be at least 1".into());
+    }
+    if let Some(p) = args.worker_port
+        && usize::from(p) + args.nworkers - 1 > usize::from(u16::MAX)
+    {
+        return Err(format!(
+            "--worker-port {p} with --nworkers {} goes past port 65535",
+            args.nworkers
+        ));
+    }
+    if let Some(a) = &args.scheduler {
+        a.parse::<Address>().map_err(|e| format!("{e}"))?;
+    }
+    match (&args.scheduler, &args.scheduler_file) {
+        (Some(_), Some(_)) => {
+            return Err("give the scheduler address or --scheduler-file, not both".into());
         }
-        let all_finished = async {
-            for h in &handles {
-                h.finished().await;
+        (None, None) => {
+            return Err(
+                "give the scheduler address (e.g. tcp://host:8786) or --scheduler-file".into(),
+            );
+        }
+        _ => {}
+    }
+    let lifetime = match &args.lifetime {
+        Some(l) => {
+            let life = parse_duration(l).map_err(|e| format!("--lifetime: {e}"))?;
+            if life.is_zero() {
+                return Err("--lifetime must be longer than 0".into());
+            }
+            let stagger = parse_duration(&args.lifetime_stagger)
+                .map_err(|e| format!("--lifetime-stagger: {e}"))?;
+            Some((life, stagger))
+        }
+        None => None,
+    };
+    parse_duration(&args.restart_window).map_err(|e| format!("--restart-window: {e}"))?;
+    Ok(Plan {
+        nworkers: args.nworkers,
+        nthreads: args
+            .nthreads
+            .unwrap_or_else(|| (taskwire_worker::available_cpus() / args.nworkers).max(1)),
+        memory_limit: parse_memory(&args.memory_limit, args.nworkers)?,
+        resources: parse_resources(&args.resources)?,
+        death_timeout: parse_death_timeout(&args.death_timeout)?,
+        lifetime,
+    })
+}
+
+pub(crate) fn run(args: WorkerArgs) -> Result<(), String> {
+    let plan = plan(&args)?;
+    let code = if args.no_nanny {
+        super::runtime()?.block_on(run_workers(&args, &plan))?
+    } else {
+        // One thread is plenty for a supervisor, and the children's death signal follows the
+        // thread that spawned them (see the nanny's docs): this one lives as long as we do.
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?
+            .block_on(run_nanny(&args, &plan))?
+    };
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+/// SIGTERM and SIGINT, as one stream.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, String> {
+        let install = |kind| {
+            tokio::signal::unix::signal(kind)
+                .map_err(|e| format!("cannot install a signal handler: {e}"))
+        };
+        Ok(Signals {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nanny
+
+/// The host the nanny's control port listens on: `--host`, else loopback for a loopback
+/// scheduler and all interfaces otherwise (as the worker's data server does).
+fn nanny_host(args: &WorkerArgs) -> String {
+    if let Some(h) = &args.host {
+        return h.clone();
+    }
+    let scheduler = match (&args.scheduler, &args.scheduler_file) {
+        (Some(a), _) => a.parse::<Address>().ok(),
+        (None, Some(f)) => super::read_scheduler_file(f).ok(),
+        (None, None) => None,
+    };
+    match scheduler {
+        Some(Address::Net { host, .. }) if taskwire_transport_tcp::is_loopback_host(&host) => {
+            "127.0.0.1".into()
+        }
+        _ => "0.0.0.0".into(),
+    }
+}
+
+/// The command line of child `i`: this binary as one `--no-nanny` worker with the options
+/// given to the nanny (the nanny appends `--restarts K`).
+fn child_args(args: &WorkerArgs, plan: &Plan, i: usize) -> Vec<OsString> {
+    let mut a: Vec<OsString> = vec!["worker".into()];
+    if let Some(s) = &args.scheduler {
+        a.push(s.into());
+    }
+    if let Some(f) = &args.scheduler_file {
+        a.push("--scheduler-file".into());
+        a.push(f.into());
+    }
+    let mut opt = |flag: &str, value: String| {
+        a.push(flag.into());
+        a.push(value.into());
+    };
+    opt("--nworkers", "1".into());
+    opt("--nthreads", plan.nthreads.to_string());
+    opt("--memory-limit", plan.memory_limit.to_string());
+    opt("--resources", args.resources.clone());
+    opt("--death-timeout", args.death_timeout.clone());
+    opt("--worker-index", (args.worker_index + i).to_string());
+    if let Some(name) = &args.name {
+        opt(
+            "--name",
+            if plan.nworkers > 1 {
+                format!("{name}-{i}")
+            } else {
+                name.clone()
+            },
+        );
+    }
+    if let Some(p) = args.worker_port {
+        opt("--worker-port", (usize::from(p) + i).to_string());
+    }
+    if let Some(h) = &args.host {
+        opt("--host", h.clone());
+    }
+    a.push("--no-nanny".into());
+    if let Some(d) = &args.local_directory {
+        a.push("--local-directory".into());
+        a.push(d.into());
+    }
+    if args.zero_worker {
+        a.push("--zero-worker".into());
+    }
+    a
+}
+
+async fn run_nanny(args: &WorkerArgs, plan: &Plan) -> Result<i32, String> {
+    // Before any child exists: from here on a SIGTERM is forwarded, never fatal to us alone.
+    let mut signals = Signals::new()?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+    let mut b = Nanny::builder(exe)
+        .memory_limit(plan.memory_limit)
+        .restart_policy(RestartPolicy {
+            max_failures: args.restart_limit,
+            window: parse_duration(&args.restart_window)?,
+            ..RestartPolicy::default()
+        })
+        .stop_timeout(CHILD_STOP_TIMEOUT)
+        .control(nanny_host(args), args.nanny_port);
+    if let Some((life, stagger)) = plan.lifetime {
+        b = b.lifetime(life, stagger);
+    }
+    for i in 0..plan.nworkers {
+        b = b.child(child_args(args, plan, i));
+    }
+    let nanny = b.bind().await.map_err(|e| e.to_string())?;
+    let control = nanny.control_address().expect("control port requested");
+    let shown = taskwire_transport_tcp::contact_address(&Address::tcp(
+        control.ip().to_string(),
+        control.port(),
+    ));
+    println!("Nanny at: {shown}");
+    let handle = nanny.start();
+    let outcome = tokio::select! {
+        _ = signals.recv() => None,
+        o = handle.finished() => Some(o),
+    };
+    match outcome {
+        Some(NannyOutcome::GaveUp(n)) => Err(format!(
+            "the nanny gave up on {n} of {} worker(s); see the log above",
+            plan.nworkers
+        )),
+        Some(NannyOutcome::Retired) => {
+            info!("every worker was retired by the scheduler; the nanny stops");
+            Ok(0)
+        }
+        Some(NannyOutcome::Stopped) => Ok(0),
+        None => {
+            println!("Stopping nanny");
+            info!("nanny: asking the workers to retire (a second signal kills them)");
+            handle.shutdown();
+            tokio::select! {
+                _ = handle.finished() => {}
+                _ = signals.recv() => {
+                    handle.shutdown();
+                    handle.finished().await;
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workers in this process
+
+/// Why a worker did not start.
+enum StartFailure {
+    /// A signal arrived while it waited for the scheduler.
+    Interrupted,
+    /// The scheduler stayed unreachable past `--death-timeout`.
+    DeathTimeout(String),
+    /// Retrying will not help.
+    Fatal(String),
+}
+
+/// Resolve the scheduler's address (re-reading `--scheduler-file`, which a restarted
+/// scheduler may have rewritten).
+fn scheduler_now(args: &WorkerArgs) -> Result<Address, String> {
+    super::scheduler_address(args.scheduler.as_deref(), args.scheduler_file.as_deref())
+}
+
+fn local_directory(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("worker-{index}"))
+}
+
+/// Start worker `i` of this process, retrying with backoff while the scheduler cannot be
+/// reached, until `deadline`.
+async fn start_worker(
+    args: &WorkerArgs,
+    plan: &Plan,
+    i: usize,
+    deadline: Option<Instant>,
+    signals: &mut Signals,
+) -> Result<WorkerHandle, StartFailure> {
+    let mut delay = CONNECT_BACKOFF.0;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let attempt_timeout = deadline.map_or(CONNECT_ATTEMPT_TIMEOUT, |d| {
+            d.saturating_duration_since(Instant::now())
+                .clamp(Duration::from_secs(1), CONNECT_ATTEMPT_TIMEOUT)
+        });
+        let attempt = async {
+            // A missing or half-written scheduler file may be fixed by a scheduler starting.
+            let scheduler = scheduler_now(args).map_err(Ok)?;
+            let b = builder(args, plan, i, scheduler);
+            match tokio::time::timeout(attempt_timeout, b.start()).await {
+                Ok(Ok(h)) => Ok(h),
+                Ok(Err(WorkerError::Setup(e))) => Err(Err(e)),
+                Ok(Err(e)) => Err(Ok(e.to_string())),
+                Err(_) => Err(Ok(format!("no answer within {attempt_timeout:?}"))),
             }
         };
+        let why = tokio::select! {
+            r = attempt => match r {
+                Ok(h) => return Ok(h),
+                Err(Ok(retryable)) => retryable,
+                Err(Err(fatal)) => return Err(StartFailure::Fatal(fatal)),
+            },
+            _ = signals.recv() => return Err(StartFailure::Interrupted),
+        };
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Err(StartFailure::DeathTimeout(format!(
+                "could not reach the scheduler within --death-timeout {} ({attempts} attempts); \
+                 last error: {why}",
+                args.death_timeout
+            )));
+        }
+        let wait = deadline.map_or(delay, |d| delay.min(d - now));
+        warn!("cannot register with the scheduler yet ({why}); retrying in {wait:?}");
         tokio::select! {
-            _ = super::shutdown_signal() => {
-                println!("Stopping worker");
-            }
-            _ = all_finished => {
-                return Err("lost the scheduler; worker stopped".to_string());
-            }
+            _ = tokio::time::sleep(wait) => {}
+            _ = signals.recv() => return Err(StartFailure::Interrupted),
         }
-        for h in handles {
+        delay = (delay * 2).min(CONNECT_BACKOFF.1);
+    }
+}
+
+fn builder(
+    args: &WorkerArgs,
+    plan: &Plan,
+    i: usize,
+    scheduler: Address,
+) -> taskwire_worker::WorkerBuilder {
+    let mut b = Worker::builder(scheduler)
+        .nthreads(plan.nthreads)
+        .memory_limit(plan.memory_limit)
+        .zero_worker(args.zero_worker)
+        .restarts(args.restarts);
+    if let Some(name) = &args.name {
+        b = b.name(if plan.nworkers > 1 {
+            format!("{name}-{i}")
+        } else {
+            name.clone()
+        });
+    }
+    for (r, a) in &plan.resources {
+        b = b.resource(r.clone(), *a);
+    }
+    if let Some(dir) = &args.local_directory {
+        b = b.local_directory(local_directory(dir, args.worker_index + i));
+    }
+    if args.worker_port.is_some() || args.host.is_some() {
+        let host = args.host.clone().unwrap_or_else(|| "0.0.0.0".into());
+        let port = args.worker_port.map_or(0, |p| p + i as u16);
+        b = b.listen(Address::tcp(host, port));
+    }
+    b
+}
+
+/// Retire every worker at once (each hands its results to other workers), closing any that
+/// take longer than [`RETIRE_TIMEOUT`]; a signal meanwhile closes them all now.
+async fn retire_all(handles: Vec<WorkerHandle>, signals: &mut Signals) {
+    let mut set = tokio::task::JoinSet::new();
+    for h in handles {
+        set.spawn(async move {
+            if tokio::time::timeout(RETIRE_TIMEOUT, h.retire())
+                .await
+                .is_err()
+            {
+                warn!(
+                    "worker {} did not retire within {RETIRE_TIMEOUT:?}; closing it",
+                    h.name()
+                );
+            }
             h.close().await;
+        });
+    }
+    tokio::select! {
+        _ = async { while set.join_next().await.is_some() {} } => {}
+        _ = signals.recv() => {
+            warn!("second signal: closing the workers without waiting for retirement");
+            // Dropping the handles stops the workers.
+            set.shutdown().await;
         }
-        Ok(())
-    })
+    }
+}
+
+/// What ended a `--no-nanny` worker process's wait.
+enum Ending {
+    Signal,
+    Lifetime,
+    Finished(Vec<StopReason>),
+}
+
+async fn run_workers(args: &WorkerArgs, plan: &Plan) -> Result<i32, String> {
+    let mut signals = Signals::new()?;
+    let deadline = plan.death_timeout.map(|d| Instant::now() + d);
+    let mut handles = Vec::with_capacity(plan.nworkers);
+    for i in 0..plan.nworkers {
+        match start_worker(args, plan, i, deadline, &mut signals).await {
+            Ok(w) => {
+                println!("Start worker at: {}", w.address());
+                println!("Registered to: {}", w.scheduler());
+                handles.push(w);
+            }
+            Err(StartFailure::Interrupted) => {
+                println!("Stopping worker");
+                return Ok(0);
+            }
+            Err(StartFailure::DeathTimeout(why)) => {
+                eprintln!("error: {why}");
+                return Ok(EXIT_DEATH_TIMEOUT);
+            }
+            Err(StartFailure::Fatal(why)) => return Err(format!("worker failed to start: {why}")),
+        }
+    }
+    let lifetime_at = plan
+        .lifetime
+        .map(|(l, s)| Instant::now() + taskwire_worker::staggered_lifetime(l, s));
+    let ending = tokio::select! {
+        _ = signals.recv() => Ending::Signal,
+        _ = tokio::time::sleep_until(lifetime_at.unwrap_or_else(Instant::now)),
+            if lifetime_at.is_some() => Ending::Lifetime,
+        reasons = async {
+            let mut reasons = Vec::with_capacity(handles.len());
+            for h in &handles {
+                reasons.push(h.finished().await);
+            }
+            reasons
+        } => Ending::Finished(reasons),
+    };
+    match ending {
+        Ending::Signal => {
+            println!("Stopping worker");
+            info!("retiring: handing results to other workers (a second signal closes now)");
+            retire_all(handles, &mut signals).await;
+            Ok(0)
+        }
+        Ending::Lifetime => {
+            info!(
+                "--lifetime {} reached; retiring",
+                args.lifetime.as_deref().unwrap_or("")
+            );
+            retire_all(handles, &mut signals).await;
+            Ok(0)
+        }
+        Ending::Finished(reasons) => {
+            if let Some(r) = reasons
+                .iter()
+                .find(|r| matches!(r, StopReason::LostScheduler(_)))
+            {
+                eprintln!("error: worker stopped: {r}");
+                return Ok(EXIT_LOST_SCHEDULER);
+            }
+            if let Some(r) = reasons.iter().find(|r| matches!(r, StopReason::Failed(_))) {
+                return Err(format!("worker stopped: {r}"));
+            }
+            info!("the scheduler closed the worker(s); exiting");
+            Ok(0)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +629,78 @@ mod tests {
                 .contains("not a number")
         );
         assert!(parse_resources("GPU=-1").is_err());
+    }
+
+    #[test]
+    fn death_timeouts() {
+        assert_eq!(parse_death_timeout("inf").unwrap(), None);
+        assert_eq!(parse_death_timeout("0").unwrap(), None);
+        assert_eq!(
+            parse_death_timeout("60s").unwrap(),
+            Some(Duration::from_secs(60))
+        );
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    }
+
+    fn args(line: &[&str]) -> WorkerArgs {
+        use clap::Parser;
+        Cli::parse_from(std::iter::once("worker").chain(line.iter().copied())).worker
+    }
+
+    #[test]
+    fn children_get_their_own_name_port_and_directory() {
+        let a = args(&[
+            "tcp://127.0.0.1:8786",
+            "--nworkers",
+            "2",
+            "--name",
+            "w",
+            "--worker-port",
+            "9000",
+            "--memory-limit",
+            "1GB",
+            "--local-directory",
+            "/scratch",
+            "--lifetime",
+            "1h",
+        ]);
+        let p = plan(&a).unwrap();
+        let child: Vec<String> = child_args(&a, &p, 1)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        let line = child.join(" ");
+        assert!(line.starts_with("worker tcp://127.0.0.1:8786 "), "{line}");
+        for want in [
+            "--nworkers 1",
+            "--memory-limit 1000000000",
+            "--name w-1",
+            "--worker-port 9001",
+            "--worker-index 1",
+            "--local-directory /scratch",
+            "--no-nanny",
+        ] {
+            assert!(line.contains(want), "{want}: {line}");
+        }
+        // The nanny retires and replaces the child itself.
+        assert!(!line.contains("--lifetime"), "{line}");
+        let again = args(&child[1..].iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(again.no_nanny && plan(&again).is_ok());
+    }
+
+    #[test]
+    fn plans_refuse_nonsense() {
+        let bad = |line: &[&str]| plan(&args(line)).unwrap_err();
+        assert!(bad(&["tcp://h:1", "--nworkers", "0"]).contains("--nworkers"));
+        assert!(bad(&["tcp://h:1", "--nworkers", "3", "--worker-port", "65534"]).contains("65535"));
+        assert!(bad(&[]).contains("scheduler address"));
+        assert!(bad(&["tcp://h:1", "--lifetime", "0s"]).contains("--lifetime"));
+        assert!(bad(&["tcp://h:1", "--death-timeout", "later"]).contains("--death-timeout"));
     }
 
     #[test]
