@@ -151,11 +151,11 @@ fn killed_worker_is_restarted_and_computes() {
 }
 
 /// A task that allocates more than its worker's memory limit: the nanny kills the worker at
-/// 95% of the limit and restarts it; after the scheduler's allowed failures the task fails as
-/// "killed worker", and the rest of the graph completes.
+/// 95% of the limit and restarts it; after the scheduler's allowed failures (the default 3: the
+/// fourth death) the task fails as "killed worker", and the rest of the graph completes.
 #[test]
 fn memory_hog_is_killed_and_its_task_fails_as_killed_worker() {
-    let (_s, address) = scheduler(&["--allowed-failures", "1"]);
+    let (_s, address) = scheduler(&[]);
     let (nanny, ctl) = nanny(&address, 2, &["--memory-limit", "200MB", "--name", "mem"]);
     rt().block_on(async {
         let client = connect(&address).await;
@@ -190,9 +190,10 @@ fn memory_hog_is_killed_and_its_task_fails_as_killed_worker() {
             .expect("sum in time")
             .unwrap();
         assert_eq!(sum, (1..=20).sum::<i64>());
-        // Two deaths (allowed failures 1, so the second fails the task), two restarts.
+        assert!(err.to_string().contains("4 workers that died"), "{err}");
+        // Four deaths (allowed failures 3, so the fourth fails the task), four restarts.
         let ws = workers_until(&client, "both workers back", |ws| {
-            ws.len() == 2 && ws.iter().map(|w| w.restarts).sum::<u32>() == 2
+            ws.len() == 2 && ws.iter().map(|w| w.restarts).sum::<u32>() == 4
         })
         .await;
         assert!(ws.iter().all(|w| w.name.starts_with("mem-")), "{ws:?}");
@@ -200,7 +201,7 @@ fn memory_hog_is_killed_and_its_task_fails_as_killed_worker() {
             .iter()
             .map(|w| w["restarts"].as_u64().unwrap())
             .sum();
-        assert_eq!(restarts, 2);
+        assert_eq!(restarts, 4);
         compute_checks(&client, "after-hog", 10).await;
         client.close().await;
     });
