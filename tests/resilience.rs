@@ -458,3 +458,66 @@ fn a_partitioned_worker_is_dropped_by_its_ttl_and_rejoins_cleanly() {
     drop(far);
     rt.block_on(client.close());
 }
+
+#[test]
+fn results_larger_than_memory_spill_to_disk_and_come_back_intact() {
+    let (_sched, address) = scheduler(&[]);
+    let dir = tempdir("spill");
+    let dir_arg = dir.to_str().unwrap().to_string();
+    let _w = worker(
+        &address,
+        "spill-0",
+        &["--memory-limit", "256MiB", "--local-directory", &dir_arg],
+    );
+    let rt = rt();
+    let client = rt.block_on(Client::connect(&address)).unwrap();
+    // 40 results of 8 MiB (320 MiB) on a worker allowed 256 MiB (the process itself takes
+    // some tens of MiB), then a checksum of each.
+    let n = 40;
+    let size = 8u64 << 20;
+    let want = taskwire_worker::fnv1a64(&taskwire_worker::pattern_bytes(size as usize).unwrap());
+    let (sums, data) = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            tasks.push(Task::function(format!("big-{i}"), "make-bytes").arg_u64(size));
+        }
+        let data = client.submit_graph(tasks).await.unwrap();
+        let mut tasks = Vec::new();
+        for (i, d) in data.iter().enumerate() {
+            tasks.push(Task::function(format!("sum-{i}"), "checksum").dep(d));
+        }
+        let sums = client.submit_graph(tasks).await.unwrap();
+        let mut got = Vec::new();
+        for s in &sums {
+            let v = tokio::time::timeout(Duration::from_secs(120), s.result())
+                .await
+                .expect("checksums finish")
+                .unwrap();
+            got.push(u64::from_le_bytes(v[..8].try_into().unwrap()));
+        }
+        (got, data)
+    });
+    assert!(
+        sums.iter().all(|&s| s == want),
+        "a spilled result came back changed"
+    );
+    // The worker reported spilling, and a spilled result is served to the client intact.
+    let list = rt.block_on(wait_workers(
+        &client,
+        Duration::from_secs(30),
+        "a heartbeat",
+        |l| l.iter().any(|w| w.metrics.spilled > 0),
+    ));
+    assert!(list[0].metrics.managed <= 256 << 20, "{list:?}");
+    assert_eq!(list[0].restarts, 0, "the worker was restarted: {list:?}");
+    let first = rt.block_on(data[0].result()).unwrap();
+    assert_eq!(taskwire_worker::fnv1a64(&first), want);
+    assert!(
+        std::fs::read_dir(dir.join("worker-0").join("spill"))
+            .unwrap()
+            .count()
+            > 0,
+        "no spill files"
+    );
+    rt.block_on(client.close());
+}
