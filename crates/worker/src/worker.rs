@@ -26,6 +26,10 @@ use tracing::{debug, info, warn};
 const REPORT_DELAY: Duration = Duration::from_millis(5);
 /// ... and never holds more than this many.
 const MAX_HELD_REPORTS: usize = 4096;
+/// Values asked of one peer in one request (well under the transport's frame limit).
+const MAX_FETCH_BATCH: usize = 4096;
+/// Bytes asked of one peer in one request, unless a single value is larger.
+const MAX_FETCH_BYTES: u64 = 64 << 20;
 
 /// Why a worker could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -332,6 +336,7 @@ impl WorkerBuilder {
             fetch_tx,
             zero_worker: self.zero_worker,
             outgoing: Vec::new(),
+            fetch_queue: HashMap::new(),
             memory,
             paused: paused_rx,
         };
@@ -545,6 +550,8 @@ struct State {
     zero_worker: bool,
     /// Other reports (released, missing data, data added), sent in order at the next flush.
     outgoing: Vec<FromWorker>,
+    /// Inputs to fetch, by the holder asked first; sent by `flush_fetches` after each batch.
+    fetch_queue: HashMap<String, Vec<(TaskId, u64)>>,
     /// The memory thread (spilling, pause decisions) and the latest memory sample.
     memory: Monitor,
     /// Paused by the memory thread: the executor starts no new task.
@@ -683,6 +690,7 @@ impl State {
                         jobs.push(job);
                     }
                 }
+                self.flush_fetches();
                 self.executor.submit_all(jobs);
             }
             ToWorker::Free(tasks) => {
@@ -733,8 +741,12 @@ impl State {
                             keep: true,
                         },
                     );
-                    self.start_fetch(first, vec![dep.task]);
+                    self.fetch_queue
+                        .entry(first)
+                        .or_default()
+                        .push((dep.task, dep.nbytes));
                 }
+                self.flush_fetches();
             }
             ToWorker::HeartbeatAck => {}
             ToWorker::Registered { .. } | ToWorker::Refused(_) => {
@@ -808,7 +820,10 @@ impl State {
                     keep: false,
                 },
             );
-            self.start_fetch(first, vec![dep.task]);
+            self.fetch_queue
+                .entry(first)
+                .or_default()
+                .push((dep.task, dep.nbytes));
         }
         if missing > 0 {
             for (task, value) in local {
@@ -887,6 +902,30 @@ impl State {
                 result: Ok(vec![(task, value)]),
             });
         });
+    }
+
+    /// Send the fetches queued by a batch: one request per holder (of at most
+    /// [`MAX_FETCH_BATCH`] values and about [`MAX_FETCH_BYTES`]), not one per input — a task
+    /// with 100 inputs on one peer costs one round trip, not 100.
+    fn flush_fetches(&mut self) {
+        let queue = std::mem::take(&mut self.fetch_queue);
+        for (holder, deps) in queue {
+            let mut batch = Vec::new();
+            let mut bytes = 0u64;
+            for (task, nbytes) in deps {
+                if !batch.is_empty()
+                    && (batch.len() == MAX_FETCH_BATCH || bytes + nbytes > MAX_FETCH_BYTES)
+                {
+                    self.start_fetch(holder.clone(), std::mem::take(&mut batch));
+                    bytes = 0;
+                }
+                batch.push(task);
+                bytes += nbytes;
+            }
+            if !batch.is_empty() {
+                self.start_fetch(holder, batch);
+            }
+        }
     }
 
     fn start_fetch(&self, from: String, tasks: Vec<TaskId>) {

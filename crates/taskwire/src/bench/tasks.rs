@@ -897,7 +897,9 @@ fn scale_tasks(p: &str, leaves: usize) -> Vec<Task> {
     let mut tasks = Vec::with_capacity(leaves + reductions(leaves));
     let mut level: Vec<String> = (0..leaves)
         .map(|i| {
-            let key = format!("{p}{i:x}");
+            // Decimal indices: a hex one such as `abc` reads as part of the name (as in
+            // Dask's key_split), giving every such leaf a prefix of its own.
+            let key = format!("{p}{i}");
             tasks.push(Task::function(key.clone(), "noop"));
             key
         })
@@ -906,7 +908,7 @@ fn scale_tasks(p: &str, leaves: usize) -> Vec<Task> {
     while level.len() > 1 {
         let mut next = Vec::with_capacity(level.len().div_ceil(SCALE_FAN_IN));
         for chunk in level.chunks(SCALE_FAN_IN) {
-            let key = format!("{p}{next_id:x}");
+            let key = format!("{p}{next_id}");
             next_id += 1;
             let mut t = Task::function(key.clone(), "noop");
             for d in chunk {
