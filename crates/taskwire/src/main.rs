@@ -44,6 +44,8 @@ fn init_logging() {
 
 /// mimalloc's `purge_delay` option (see mimalloc.h, `mi_option_e`).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// mimalloc's `allow_thp` option (mimalloc v3's mimalloc.h, `mi_option_e`).
+const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 
 /// Keep freed memory for a second before returning it to the OS. With mimalloc's default of
 /// 10 ms, every burst of tasks re-faults (and the kernel re-zeroes) the memory the previous
@@ -52,9 +54,17 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// The other side of that delay: memory freed by a worker's spilling would show only some 10 s
 /// later (mimalloc purges its arenas after 10 purge delays), and a paused worker would stay
 /// paused that long. Workers under memory pressure make mimalloc return it at once.
+///
+/// No transparent huge pages: every 2 MiB page mimalloc touches first (or again after a purge)
+/// is zeroed whole by the kernel; with them, 30-45% of the scheduler's and the client's time on
+/// a 1M-task graph went to `clear_page`, and submission ran at half the rate (91-119k vs
+/// 166-191k tasks/s, `bench tasks scale --n 500000`, alternating runs).
 fn tune_allocator() {
     // SAFETY: setting an option is thread-safe and takes plain integers.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000);
+    }
     taskwire_worker::MemoryRelease::set_process_default(taskwire_worker::MemoryRelease::new(
         || {
             // SAFETY: mi_collect may be called from any thread at any time.
