@@ -23,6 +23,8 @@ fn cluster() -> Cluster {
             "127.0.0.1",
             "--port",
             "0",
+            "--dashboard-port",
+            "0",
             "--scheduler-file",
             file_arg,
         ],

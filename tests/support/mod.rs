@@ -140,7 +140,15 @@ pub(crate) fn spawn(args: &[&str], wanted: &[&str]) -> (Proc, Vec<String>) {
 
 /// Start a scheduler on 127.0.0.1 with extra flags; returns it and its address.
 pub(crate) fn scheduler(extra: &[&str]) -> (Proc, String) {
-    let mut args = vec!["scheduler", "--host", "127.0.0.1", "--port", "0"];
+    let mut args = vec![
+        "scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--dashboard-port",
+        "0",
+    ];
     args.extend_from_slice(extra);
     let (proc, lines) = spawn(&args, &["Scheduler at:"]);
     (proc, lines[0].clone())

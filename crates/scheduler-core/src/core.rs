@@ -83,6 +83,8 @@ pub struct Core {
     /// Results of retiring workers being copied: task slot -> the worker fetching it.
     pub(crate) replicas: FxHashMap<u32, u32>,
     pub(crate) recovery: RecoveryCounts,
+    /// Tasks that finished on a worker (processing -> memory), since the core started.
+    pub(crate) finished_total: u64,
     pub(crate) next_steal: Option<Instant>,
     pub(crate) rr_cursor: usize,
     pub(crate) assign_seq: u32,
@@ -145,6 +147,7 @@ impl Core {
             retirements: Vec::new(),
             replicas: FxHashMap::default(),
             recovery: RecoveryCounts::default(),
+            finished_total: 0,
             next_steal: None,
             rr_cursor: 0,
             assign_seq: 0,
@@ -283,6 +286,16 @@ impl Core {
     /// How many tasks are in each state.
     pub fn counts(&self) -> StateCounts {
         self.counts
+    }
+
+    /// Clients connected.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Tasks that finished on a worker since the core started (a throughput counter).
+    pub fn finished_total(&self) -> u64 {
+        self.finished_total
     }
 
     /// What worker losses and retirements have cost since the core started.
@@ -1155,6 +1168,7 @@ impl Core {
             match t.state {
                 TaskState::Processing => {
                     let on = t.processing_on;
+                    self.finished_total += 1;
                     self.pending_inline = f.inline.filter(|v| v.len() as u64 == f.nbytes);
                     if on != w {
                         // Another worker was given the task (a steal, a reschedule) but this

@@ -5,6 +5,7 @@
 //! each command for the connection it is addressed to.
 
 use crate::server::Route;
+use crate::snapshot::Publisher;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -38,19 +39,23 @@ pub(crate) struct CoreThread {
 /// Events applied before commands are flushed, so a burst becomes few large messages.
 const MAX_BATCH: usize = 4096;
 
-pub(crate) fn spawn(config: CoreConfig) -> CoreThread {
+pub(crate) fn spawn(config: CoreConfig, publisher: Publisher) -> CoreThread {
     let (inputs, rx) = crossbeam_channel::unbounded();
     let join = std::thread::Builder::new()
         .name("taskwire-core".into())
-        .spawn(move || run(Core::new(config), rx))
+        .spawn(move || run(Core::new(config), rx, publisher))
         .expect("spawn the scheduler core thread");
     CoreThread { inputs, join }
 }
 
-fn run(mut core: Core, rx: Receiver<Input>) {
+fn run(mut core: Core, rx: Receiver<Input>, mut publisher: Publisher) {
     let mut routes: HashMap<Peer, Route> = HashMap::new();
+    // A snapshot is owed when the state changed since the last one published.
+    let mut owed = true;
     loop {
-        let first = match core.poll_timeout() {
+        let publish_at = if owed { publisher.next_due() } else { None };
+        let deadline = core.poll_timeout().into_iter().chain(publish_at).min();
+        let first = match deadline {
             Some(deadline) => rx.recv_deadline(deadline),
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
@@ -93,6 +98,10 @@ fn run(mut core: Core, rx: Receiver<Input>) {
             core.handle_timeout(now);
         }
         flush(&mut core, &mut routes);
+        owed |= handled > 0;
+        if owed && publisher.maybe_publish(&core, now) {
+            owed = false;
+        }
     }
 }
 

@@ -22,7 +22,11 @@
 //! beyond the optional scheduler file.
 
 mod core_thread;
+mod dashboard;
 mod server;
+mod snapshot;
+
+pub use snapshot::Snapshot;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +36,8 @@ use tokio::sync::watch;
 
 /// Default scheduler port, as Dask's.
 pub const DEFAULT_PORT: u16 = 8786;
+/// Default dashboard port, as Dask's.
+pub const DEFAULT_DASHBOARD_PORT: u16 = 8787;
 
 /// Why the scheduler could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +45,14 @@ pub enum SchedulerError {
     /// Listening failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The dashboard could not listen.
+    #[error("dashboard could not listen on {addr}: {reason}")]
+    Dashboard {
+        /// Where.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
     /// The scheduler file could not be written.
     #[error("could not write scheduler file {path}: {reason}")]
     SchedulerFile {
@@ -61,6 +75,7 @@ impl Scheduler {
             registry: None,
             core: CoreConfig::default(),
             scheduler_file: None,
+            dashboard: None,
         }
     }
 }
@@ -72,6 +87,7 @@ pub struct SchedulerBuilder {
     registry: Option<Registry>,
     core: CoreConfig,
     scheduler_file: Option<PathBuf>,
+    dashboard: Option<(String, u16)>,
 }
 
 impl SchedulerBuilder {
@@ -111,6 +127,14 @@ impl SchedulerBuilder {
         self
     }
 
+    /// Serve the dashboard, `/metrics` and the JSON API over HTTP on `host:port` (port 0: a
+    /// free one; a taken port falls back to a free one with a warning, as in Dask). Off by
+    /// default in the library; `taskwire scheduler` turns it on at 8787.
+    pub fn dashboard(mut self, host: &str, port: u16) -> Self {
+        self.dashboard = Some((host.to_string(), port));
+        self
+    }
+
     /// Write `{"address": ...}` to this file once listening, for `--scheduler-file`.
     pub fn scheduler_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.scheduler_file = Some(path.into());
@@ -135,8 +159,30 @@ impl SchedulerBuilder {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(false);
+        let dashboard = match &self.dashboard {
+            Some((host, port)) => Some(bind_dashboard(host, *port).await?),
+            None => None,
+        };
+        let dashboard_address = dashboard
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| {
+                let host = match self.dashboard.as_ref().map(|d| d.0.as_str()) {
+                    Some("0.0.0.0") | Some("::") | None => taskwire_transport_tcp::host_ip(),
+                    Some(h) => h.to_string(),
+                };
+                format!("http://{host}:{}/", a.port())
+            });
         let worker_ttl = self.core.worker_ttl;
-        let core = core_thread::spawn(self.core);
+        let (publisher, snapshots) = snapshot::Publisher::new();
+        let core = core_thread::spawn(self.core, publisher);
+        if let Some(listener) = dashboard {
+            tokio::spawn(dashboard::serve(
+                listener,
+                snapshots.clone(),
+                stop_rx.clone(),
+            ));
+        }
         let shared = Arc::new(server::Shared::new(
             core.inputs.clone(),
             address.to_string(),
@@ -147,6 +193,8 @@ impl SchedulerBuilder {
         ));
         Ok(SchedulerHandle {
             address,
+            dashboard: dashboard_address,
+            snapshots,
             stop: stop_tx,
             done: done_rx,
         })
@@ -157,6 +205,8 @@ impl SchedulerBuilder {
 #[derive(Debug)]
 pub struct SchedulerHandle {
     address: Address,
+    dashboard: Option<String>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
     stop: watch::Sender<bool>,
     done: watch::Receiver<bool>,
 }
@@ -165,6 +215,16 @@ impl SchedulerHandle {
     /// The address clients and workers connect to.
     pub fn address(&self) -> &Address {
         &self.address
+    }
+
+    /// The dashboard's URL (`http://host:port/`), when it is on.
+    pub fn dashboard_link(&self) -> Option<&str> {
+        self.dashboard.as_deref()
+    }
+
+    /// The latest published view of the cluster (at most a publish interval old).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
     }
 
     /// Resolves when the scheduler has stopped.
@@ -183,5 +243,25 @@ impl SchedulerHandle {
 impl Drop for SchedulerHandle {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+    }
+}
+
+/// Bind the dashboard, falling back to a free port when the one asked for is taken.
+async fn bind_dashboard(host: &str, port: u16) -> Result<tokio::net::TcpListener, SchedulerError> {
+    match tokio::net::TcpListener::bind((host, port)).await {
+        Ok(l) => Ok(l),
+        Err(e) if port != 0 && e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!("dashboard port {port} is taken; using a free port instead");
+            tokio::net::TcpListener::bind((host, 0))
+                .await
+                .map_err(|e| SchedulerError::Dashboard {
+                    addr: format!("{host}:0"),
+                    reason: e.to_string(),
+                })
+        }
+        Err(e) => Err(SchedulerError::Dashboard {
+            addr: format!("{host}:{port}"),
+            reason: e.to_string(),
+        }),
     }
 }

@@ -107,7 +107,14 @@ impl ChildCluster {
 
         let t0 = Instant::now();
         let mut cmd = Command::new(&exe);
-        cmd.args(["scheduler", "--host", "127.0.0.1", "--port", "0"]);
+        cmd.args([
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+        ]);
         if let Some(s) = &spec.worker_saturation {
             cmd.args(["--worker-saturation", s]);
         }

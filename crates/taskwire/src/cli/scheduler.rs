@@ -16,6 +16,13 @@ pub(crate) struct SchedulerArgs {
     /// Write the scheduler's address to this JSON file (for `--scheduler-file` elsewhere).
     #[arg(long)]
     scheduler_file: Option<PathBuf>,
+    /// Port of the dashboard, `/metrics` and the JSON API (0: a free port; a taken port falls
+    /// back to a free one).
+    #[arg(long, default_value_t = taskwire_scheduler::DEFAULT_DASHBOARD_PORT)]
+    dashboard_port: u16,
+    /// Do not serve the dashboard.
+    #[arg(long)]
+    no_dashboard: bool,
     #[command(flatten)]
     policy: super::PolicyArgs,
 }
@@ -29,8 +36,14 @@ pub(crate) fn run(args: SchedulerArgs) -> Result<(), String> {
         if let Some(f) = &args.scheduler_file {
             builder = builder.scheduler_file(f);
         }
+        if !args.no_dashboard {
+            builder = builder.dashboard(&args.host, args.dashboard_port);
+        }
         let scheduler = builder.start().await.map_err(|e| e.to_string())?;
         println!("Scheduler at: {}", scheduler.address());
+        if let Some(link) = scheduler.dashboard_link() {
+            println!("dashboard at: {link}");
+        }
         tokio::select! {
             _ = super::shutdown_signal() => {
                 println!("Shutting down scheduler");

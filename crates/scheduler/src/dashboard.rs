@@ -1,0 +1,489 @@
+//! The scheduler's HTTP side: a live dashboard page, a JSON API, Prometheus metrics and a
+//! liveness check. Everything is served from the snapshots the core thread publishes at a
+//! bounded rate (see [`crate::snapshot`]): a request never reaches the core.
+//!
+//! Routes (GET only):
+//! - `/`: the dashboard page (embedded; no asset comes from the network);
+//! - `/health`: `ok`;
+//! - `/metrics`: Prometheus text format;
+//! - `/api/v1/totals`, `/api/v1/workers`: JSON;
+//! - `/api/v1/stream`: server-sent events, one `totals` + `workers` object per snapshot.
+//!
+//! The server is deliberately small: HTTP/1.1, one request per connection, request heads of at
+//! most 8 KiB read within 10 s, at most 64 connections at once. Anything else gets a 4xx answer
+//! and the server carries on.
+
+use crate::snapshot::{PUBLISH_INTERVAL, Snapshot};
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tracing::debug;
+
+const MAX_HEAD: usize = 8 * 1024;
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_CONNECTIONS: usize = 64;
+
+const PAGE: &str = include_str!("dashboard.html");
+
+/// Serve until `stop` turns true.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!("dashboard accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let snapshots = snapshots.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, snapshots, stop).await {
+                debug!("dashboard connection from {peer}: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Resolves once the scheduler stops (the watch guard is dropped inside, so callers stay
+/// `Send`).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn handle(
+    mut stream: TcpStream,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
+        Ok(Ok(Some(head))) => head,
+        Ok(Ok(None)) => {
+            return respond(&mut stream, 400, "text/plain", b"bad request\n").await;
+        }
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return respond(&mut stream, 408, "text/plain", b"request timeout\n").await,
+    };
+    let mut parts = head.split(' ');
+    let (method, target, version) = (parts.next(), parts.next(), parts.next());
+    let (Some(method), Some(target), Some(version)) = (method, target, version) else {
+        return respond(&mut stream, 400, "text/plain", b"bad request\n").await;
+    };
+    if !version.starts_with("HTTP/1.") {
+        return respond(&mut stream, 400, "text/plain", b"bad request\n").await;
+    }
+    if method != "GET" && method != "HEAD" {
+        return respond(&mut stream, 405, "text/plain", b"only GET\n").await;
+    }
+    let path = target.split('?').next().unwrap_or("/");
+    let snapshot = snapshots.borrow().clone();
+    match path {
+        "/" | "/index.html" => {
+            respond(
+                &mut stream,
+                200,
+                "text/html; charset=utf-8",
+                PAGE.as_bytes(),
+            )
+            .await
+        }
+        "/health" => respond(&mut stream, 200, "text/plain", b"ok\n").await,
+        "/metrics" => {
+            let body = metrics(&snapshot);
+            respond(
+                &mut stream,
+                200,
+                "text/plain; version=0.0.4",
+                body.as_bytes(),
+            )
+            .await
+        }
+        "/api/v1/totals" => json_response(&mut stream, &totals(&snapshot)).await,
+        "/api/v1/workers" => json_response(&mut stream, &workers(&snapshot)).await,
+        "/api/v1/stream" => stream_events(stream, snapshots, stop).await,
+        _ => respond(&mut stream, 404, "text/plain", b"not found\n").await,
+    }
+}
+
+/// The request line, once the whole head arrived; `None` for garbage or an oversized head.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = &buf[..end];
+            let line_end = head
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .unwrap_or(head.len());
+            return Ok(std::str::from_utf8(&head[..line_end])
+                .ok()
+                .filter(|l| l.is_ascii())
+                .map(str::to_string));
+        }
+        if buf.len() > MAX_HEAD {
+            return Ok(None);
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    stream.shutdown().await
+}
+
+async fn json_response(stream: &mut TcpStream, value: &Value) -> std::io::Result<()> {
+    let body = serde_json::to_vec(value).expect("JSON values serialize");
+    respond(stream, 200, "application/json", &body).await
+}
+
+/// Server-sent events: one message per new snapshot, until the client goes or the scheduler
+/// stops.
+async fn stream_events(
+    mut stream: TcpStream,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    stream
+        .write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n\
+              Connection: close\r\n\r\n",
+        )
+        .await?;
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        let event = json!({"totals": totals(&snapshot), "workers": workers(&snapshot)});
+        let line = format!("data: {event}\n\n");
+        stream.write_all(line.as_bytes()).await?;
+        // At most one event per publish interval, whatever the snapshot rate.
+        tokio::time::sleep(PUBLISH_INTERVAL).await;
+        let keep_alive = tokio::select! {
+            _ = stopped(&mut stop) => return Ok(()),
+            changed = snapshots.changed() => match changed {
+                Ok(()) => false,
+                Err(_) => return Ok(()),
+            },
+            _ = tokio::time::sleep(Duration::from_secs(15)) => true,
+        };
+        if keep_alive {
+            // A comment line lets a client notice a dead server.
+            stream.write_all(b": keep-alive\n\n").await?;
+        }
+    }
+}
+
+fn millis(t: std::time::SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(crate) fn totals(s: &Snapshot) -> Value {
+    let c = &s.counts;
+    let r = &s.recovery;
+    json!({
+        "taken_ms": millis(s.taken),
+        "tasks": {
+            "released": c.released, "waiting": c.waiting, "no_worker": c.no_worker,
+            "queued": c.queued, "processing": c.processing, "memory": c.memory,
+            "erred": c.erred, "total": c.total(),
+        },
+        "tasks_finished_total": s.finished_total,
+        "workers": s.workers.len(),
+        "threads": s.workers.iter().map(|w| w.nthreads as u64).sum::<u64>(),
+        "clients": s.clients,
+        "recovery": {
+            "workers_lost": r.workers_lost, "workers_retired": r.workers_retired,
+            "tasks_rescheduled": r.tasks_rescheduled, "results_recomputed": r.results_lost,
+            "killed_worker_errors": r.killed_worker_errors,
+        },
+    })
+}
+
+pub(crate) fn workers(s: &Snapshot) -> Value {
+    Value::Array(
+        s.workers
+            .iter()
+            .map(|w| {
+                json!({
+                    "id": w.id.0, "name": w.name, "address": w.address, "nthreads": w.nthreads,
+                    "memory_limit": w.memory_limit,
+                    "resources": w.resources.iter().map(|r| json!({"name": r.name, "amount": r.amount})).collect::<Vec<_>>(),
+                    "processing": w.processing, "in_memory": w.in_memory,
+                    "executing": w.metrics.executing, "managed_bytes": w.metrics.managed,
+                    "spilled_bytes": w.metrics.spilled, "rss_bytes": w.metrics.rss,
+                    "paused": w.metrics.paused, "restarts": w.restarts,
+                    "last_seen_ms": w.last_seen_ms,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub(crate) fn metrics(s: &Snapshot) -> String {
+    let mut out = String::with_capacity(4096 + s.workers.len() * 512);
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let c = &s.counts;
+    let states = [
+        ("released", c.released),
+        ("waiting", c.waiting),
+        ("no-worker", c.no_worker),
+        ("queued", c.queued),
+        ("processing", c.processing),
+        ("memory", c.memory),
+        ("erred", c.erred),
+    ];
+    let by_state: Vec<(String, f64)> = states
+        .iter()
+        .map(|(st, n)| (format!("{{state=\"{st}\"}}"), *n as f64))
+        .collect();
+    family(
+        "taskwire_tasks",
+        "gauge",
+        "Tasks the scheduler holds, by state.",
+        &by_state,
+    );
+    let one = |v: f64| vec![(String::new(), v)];
+    family(
+        "taskwire_tasks_finished_total",
+        "counter",
+        "Tasks finished on workers since the scheduler started.",
+        &one(s.finished_total as f64),
+    );
+    family(
+        "taskwire_workers",
+        "gauge",
+        "Workers registered.",
+        &one(s.workers.len() as f64),
+    );
+    family(
+        "taskwire_clients",
+        "gauge",
+        "Clients connected.",
+        &one(s.clients as f64),
+    );
+    let r = &s.recovery;
+    for (name, help, v) in [
+        (
+            "taskwire_workers_lost_total",
+            "Workers removed without retiring (connection lost, TTL expired, killed).",
+            r.workers_lost,
+        ),
+        (
+            "taskwire_workers_retired_total",
+            "Workers retired gracefully.",
+            r.workers_retired,
+        ),
+        (
+            "taskwire_tasks_rescheduled_total",
+            "Tasks sent back to placement after their worker was lost.",
+            r.tasks_rescheduled,
+        ),
+        (
+            "taskwire_results_recomputed_total",
+            "Results whose only copies were on lost workers.",
+            r.results_lost,
+        ),
+        (
+            "taskwire_killed_worker_errors_total",
+            "Tasks failed with KilledWorker.",
+            r.killed_worker_errors,
+        ),
+    ] {
+        family(name, "counter", help, &one(v as f64));
+    }
+    let per_worker = |f: &dyn Fn(&taskwire_protocol::WorkerInfoMsg) -> f64| -> Vec<(String, f64)> {
+        s.workers
+            .iter()
+            .map(|w| (format!("{{worker=\"{}\"}}", label(&w.name)), f(w)))
+            .collect()
+    };
+    for (name, kind, help, samples) in [
+        (
+            "taskwire_worker_threads",
+            "gauge",
+            "Task threads of a worker.",
+            per_worker(&|w| w.nthreads as f64),
+        ),
+        (
+            "taskwire_worker_processing",
+            "gauge",
+            "Tasks assigned to a worker and not finished.",
+            per_worker(&|w| w.processing as f64),
+        ),
+        (
+            "taskwire_worker_executing",
+            "gauge",
+            "Tasks a worker is running now (last heartbeat).",
+            per_worker(&|w| w.metrics.executing as f64),
+        ),
+        (
+            "taskwire_worker_results",
+            "gauge",
+            "Results a worker holds.",
+            per_worker(&|w| w.in_memory as f64),
+        ),
+        (
+            "taskwire_worker_managed_bytes",
+            "gauge",
+            "Bytes of results a worker holds in memory.",
+            per_worker(&|w| w.metrics.managed as f64),
+        ),
+        (
+            "taskwire_worker_spilled_bytes",
+            "gauge",
+            "Bytes of results a worker spilled to disk.",
+            per_worker(&|w| w.metrics.spilled as f64),
+        ),
+        (
+            "taskwire_worker_rss_bytes",
+            "gauge",
+            "Resident memory of a worker process.",
+            per_worker(&|w| w.metrics.rss as f64),
+        ),
+        (
+            "taskwire_worker_memory_limit_bytes",
+            "gauge",
+            "Memory limit of a worker (0: none).",
+            per_worker(&|w| w.memory_limit as f64),
+        ),
+        (
+            "taskwire_worker_paused",
+            "gauge",
+            "1 while a worker is paused for memory.",
+            per_worker(&|w| f64::from(u8::from(w.metrics.paused))),
+        ),
+        (
+            "taskwire_worker_restarts",
+            "gauge",
+            "Times the worker's nanny restarted it.",
+            per_worker(&|w| w.restarts as f64),
+        ),
+        (
+            "taskwire_worker_last_seen_seconds",
+            "gauge",
+            "Seconds since the scheduler last heard from a worker.",
+            per_worker(&|w| w.last_seen_ms as f64 / 1000.0),
+        ),
+    ] {
+        family(name, kind, help, &samples);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskwire_protocol::{WorkerId, WorkerInfoMsg, WorkerMetricsMsg};
+
+    fn snapshot() -> Snapshot {
+        let mut s = Snapshot::empty();
+        s.counts.processing = 3;
+        s.finished_total = 42;
+        s.workers.push(WorkerInfoMsg {
+            id: WorkerId(1),
+            name: "w\"1".into(),
+            address: "tcp://127.0.0.1:1".into(),
+            nthreads: 2,
+            memory_limit: 100,
+            resources: vec![],
+            processing: 3,
+            in_memory: 5,
+            metrics: WorkerMetricsMsg {
+                managed: 10,
+                spilled: 20,
+                rss: 30,
+                executing: 2,
+                paused: true,
+            },
+            restarts: 1,
+            last_seen_ms: 250,
+        });
+        s
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text_with_escaped_labels() {
+        let text = metrics(&snapshot());
+        assert!(
+            text.contains("taskwire_tasks{state=\"processing\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("taskwire_tasks_finished_total 42\n"));
+        assert!(text.contains("taskwire_worker_spilled_bytes{worker=\"w\\\"1\"} 20\n"));
+        assert!(text.contains("taskwire_worker_paused{worker=\"w\\\"1\"} 1\n"));
+        // Every sample line belongs to a family declared just before it.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{line}");
+        }
+    }
+
+    #[test]
+    fn json_views() {
+        let s = snapshot();
+        let t = totals(&s);
+        assert_eq!(t["tasks"]["processing"], 3);
+        assert_eq!(t["threads"], 2);
+        let w = workers(&s);
+        assert_eq!(w[0]["spilled_bytes"], 20);
+        assert_eq!(w[0]["paused"], true);
+    }
+}

@@ -1,0 +1,160 @@
+//! The scheduler's HTTP side with real processes: the dashboard page, `/health`, `/metrics`,
+//! the JSON API and the live event stream reflect a running cluster; garbage, wrong methods,
+//! oversized heads and unknown paths get 4xx answers, and the server carries on.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use support::{rt, spawn};
+use taskwire::{Client, Task};
+
+/// Send raw bytes, read the whole answer (the server closes after one response).
+fn raw(addr: &str, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect to the dashboard");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let answer = raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    );
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn dashboard_metrics_and_api_reflect_the_cluster_and_survive_garbage() {
+    let (_sched, lines) = spawn(
+        &[
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--dashboard-port",
+            "0",
+        ],
+        &["Scheduler at:", "dashboard at:"],
+    );
+    let address = lines[0].clone();
+    let link = lines[1].clone();
+    let http = link
+        .strip_prefix("http://")
+        .and_then(|l| l.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("dashboard link {link}"))
+        .to_string();
+    let _w = spawn(
+        &[
+            "worker",
+            &address,
+            "--nthreads",
+            "1",
+            "--name",
+            "dash-0",
+            "--no-nanny",
+        ],
+        &["Registered to:"],
+    );
+    let rt = rt();
+    let client = rt.block_on(Client::connect(&address)).unwrap();
+    let n = 1000;
+    // Held to the end, so the results stay in memory.
+    let _futures = rt.block_on(async {
+        let tasks = (0..n)
+            .map(|i| Task::function(format!("dash-inc-{i}"), "inc").arg_i64(i))
+            .collect();
+        let futures = client.submit_graph(tasks).await.unwrap();
+        client.wait(&futures).await;
+        futures
+    });
+
+    // Published snapshots lag by at most a publish interval: poll briefly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (status, body) = get(&http, "/metrics");
+        assert_eq!(status, 200);
+        if body.contains(&format!("taskwire_tasks_finished_total {n}\n")) {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed {n} tasks:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(metrics.contains("taskwire_workers 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("taskwire_worker_threads{worker=\"dash-0\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("taskwire_tasks{state=\"memory\"} 1000\n"),
+        "{metrics}"
+    );
+
+    assert_eq!(get(&http, "/health"), (200, "ok\n".to_string()));
+    let (status, page) = get(&http, "/");
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>Taskwire</title>") && page.contains("/api/v1/stream"));
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "the page loads nothing from the network"
+    );
+
+    let (status, body) = get(&http, "/api/v1/workers");
+    assert_eq!(status, 200);
+    let workers: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(workers[0]["name"], "dash-0");
+    assert_eq!(workers[0]["in_memory"], n);
+    let (_, body) = get(&http, "/api/v1/totals");
+    let totals: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(totals["tasks"]["memory"], n);
+    assert_eq!(totals["workers"], 1);
+
+    // The live stream: an event arrives at once, another after the next snapshot.
+    let mut s = TcpStream::connect(&http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /api/v1/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(s);
+    let mut events = 0;
+    let mut line = String::new();
+    rt.block_on(client.submit(Task::function("dash-more", "inc").arg_i64(1)))
+        .unwrap();
+    while events < 2 {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "stream closed");
+        if let Some(data) = line.strip_prefix("data: ") {
+            let v: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
+            assert_eq!(v["totals"]["workers"], 1);
+            events += 1;
+        }
+    }
+    drop(reader);
+
+    // Hostile or wrong input: a clear 4xx, and the server stays up.
+    assert!(raw(&http, b"\x00\x01garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
+    assert!(raw(&http, b"POST / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+    assert!(get(&http, "/nope").0 == 404);
+    let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+    assert!(raw(&http, huge.as_bytes()).starts_with("HTTP/1.1 400"));
+    // Half a request, then the connection closes.
+    drop(TcpStream::connect(&http).unwrap());
+    assert_eq!(get(&http, "/health"), (200, "ok\n".to_string()));
+    rt.block_on(client.close());
+}
