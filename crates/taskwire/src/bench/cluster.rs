@@ -33,6 +33,8 @@ pub(crate) struct ClusterSpec {
     pub(crate) zero_worker: bool,
     /// Run each worker under a nanny (`taskwire worker`'s default); else `--no-nanny`.
     pub(crate) nanny: bool,
+    /// Serve the scheduler's dashboard (on a free port); else `--no-dashboard`.
+    pub(crate) dashboard: bool,
 }
 
 /// When the cluster came up, measured from just before the scheduler was spawned.
@@ -57,6 +59,8 @@ pub(crate) struct ChildCluster {
     pub(crate) address: String,
     /// The scheduler's process id (for `/proc/<pid>/status`).
     pub(crate) scheduler_pid: u32,
+    /// `host:port` of the scheduler's dashboard, when started with one.
+    pub(crate) dashboard: Option<String>,
     /// How long it took to come up.
     pub(crate) startup: StartupTimes,
     /// Index 0 is the scheduler, then the workers in order.
@@ -98,6 +102,7 @@ impl ChildCluster {
         let mut cluster = ChildCluster {
             address: String::new(),
             scheduler_pid: 0,
+            dashboard: None,
             startup: StartupTimes {
                 scheduler_ready: Duration::ZERO,
                 workers_registered: Duration::ZERO,
@@ -107,14 +112,12 @@ impl ChildCluster {
 
         let t0 = Instant::now();
         let mut cmd = Command::new(&exe);
-        cmd.args([
-            "scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--no-dashboard",
-        ]);
+        cmd.args(["scheduler", "--host", "127.0.0.1", "--port", "0"]);
+        if spec.dashboard {
+            cmd.args(["--dashboard-port", "0"]);
+        } else {
+            cmd.arg("--no-dashboard");
+        }
         if let Some(s) = &spec.worker_saturation {
             cmd.args(["--worker-saturation", s]);
         }
@@ -126,6 +129,15 @@ impl ChildCluster {
         let (text, at) = wait_for(&rx, 0, "Scheduler at:", "the scheduler")?;
         cluster.startup.scheduler_ready = at - t0;
         cluster.address = text.trim().to_string();
+        if spec.dashboard {
+            let (link, _) = wait_for(&rx, 0, "dashboard at:", "the scheduler")?;
+            let link = link.trim();
+            let hostport = link
+                .strip_prefix("http://")
+                .and_then(|l| l.strip_suffix('/'))
+                .ok_or_else(|| format!("unexpected dashboard link {link}"))?;
+            cluster.dashboard = Some(hostport.to_string());
+        }
 
         for i in 0..spec.workers {
             let mut cmd = Command::new(&exe);

@@ -68,7 +68,9 @@
 //! `--workers` (2), `--threads` (1), `--runs` (5; 3 for `scale`), `--warmup` (1), `--json`,
 //! `--scheduler ADDR`, `--worker-saturation F|inf` and `--no-work-stealing` (passed to the
 //! scheduler started here), `--zero-worker`, `--no-nanny` (workers started here run without a
-//! nanny; by default each runs under one, as `taskwire worker` does), `--n`, `--leaves`, `--size`, `--graph-chunk`. Several workloads
+//! nanny; by default each runs under one, as `taskwire worker` does), `--dashboard` (the
+//! scheduler serves its dashboard and an observer streams it and scrapes `/metrics` every
+//! 250 ms for the whole run), `--n`, `--leaves`, `--size`, `--graph-chunk`. Several workloads
 //! may be named at once; they share one cluster.
 //!
 //! # JSON lines (`--json`)
@@ -85,6 +87,7 @@
 //! - `worker_saturation`: as passed to the scheduler (`"inf"` or a number); the scheduler's
 //!   default when not given; `"unknown"` with `--scheduler`.
 //! - `nanny`: whether the workers started here run under a nanny (absent with `--scheduler`).
+//! - `dashboard`: whether a dashboard observer was connected (`--dashboard`).
 //! - `cluster`: `"local"` (started here) or `"external"` (`--scheduler`); with `"external"`,
 //!   `workers` and `threads` are what the scheduler reported (threads: the largest per worker).
 //! - `loadavg`: the machine's 1, 5 and 15 minute load averages when the workload finished.
@@ -185,6 +188,10 @@ pub(crate) struct TasksArgs {
     /// under one, as `taskwire worker` does (and as Dask's `LocalCluster` runs its workers).
     #[arg(long)]
     no_nanny: bool,
+    /// Start the scheduler with its dashboard and keep an observer on it for the whole run: a
+    /// live event stream open and `/metrics` scraped every 250 ms (what the dashboard costs).
+    #[arg(long)]
+    dashboard: bool,
     /// `scale`: submit the graph in messages of at most this many tasks, one after another
     /// (0: one message). A message header is limited to 64 MiB, about 450,000 such tasks.
     #[arg(long, default_value_t = 250_000)]
@@ -215,6 +222,8 @@ struct TaskRow {
     /// Workers under a nanny; `None` for an external cluster (not known).
     #[serde(skip_serializing_if = "Option::is_none")]
     nanny: Option<bool>,
+    /// A dashboard observer was connected for the run.
+    dashboard: bool,
     cluster: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     leaves: Option<u64>,
@@ -237,6 +246,7 @@ struct Labels {
     work_stealing: bool,
     zero_worker: bool,
     nanny: Option<bool>,
+    dashboard: bool,
     cluster: &'static str,
 }
 
@@ -253,6 +263,7 @@ impl Labels {
             work_stealing: !args.no_work_stealing,
             zero_worker: args.zero_worker,
             nanny: Some(!args.no_nanny),
+            dashboard: args.dashboard,
             cluster: "local",
         }
     }
@@ -407,6 +418,31 @@ impl Ctx {
     }
 }
 
+/// A dashboard user for the whole run, on two threads that end with the process: the live
+/// event stream held open, and `/metrics` scraped every 250 ms.
+fn observe_dashboard(http: String) {
+    use std::io::{Read, Write};
+    let stream_addr = http.clone();
+    std::thread::spawn(move || {
+        let Ok(mut s) = std::net::TcpStream::connect(&stream_addr) else {
+            return;
+        };
+        let _ = s.write_all(b"GET /api/v1/stream HTTP/1.1\r\nHost: bench\r\n\r\n");
+        let mut buf = [0u8; 16 * 1024];
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    std::thread::spawn(move || {
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(&http) {
+                let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n");
+                let mut body = Vec::new();
+                let _ = s.read_to_end(&mut body);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+}
+
 async fn connect(args: &TasksArgs) -> Result<Ctx, String> {
     let (cluster, address) = match &args.scheduler {
         Some(a) => (None, a.clone()),
@@ -418,10 +454,14 @@ async fn connect(args: &TasksArgs) -> Result<Ctx, String> {
                 no_work_stealing: args.no_work_stealing,
                 zero_worker: args.zero_worker,
                 nanny: !args.no_nanny,
+                dashboard: args.dashboard,
             };
             let c = tokio::task::spawn_blocking(move || ChildCluster::start(&spec))
                 .await
                 .map_err(|e| format!("cluster start: {e}"))??;
+            if let Some(http) = &c.dashboard {
+                observe_dashboard(http.clone());
+            }
             let a = c.address.clone();
             (Some(c), a)
         }
@@ -462,6 +502,7 @@ async fn connect(args: &TasksArgs) -> Result<Ctx, String> {
             work_stealing: true,
             zero_worker: args.zero_worker,
             nanny: None,
+            dashboard: false,
             cluster: "external",
         },
     };
@@ -527,6 +568,7 @@ async fn run_async(args: &TasksArgs) -> Result<(), String> {
                 no_work_stealing: args.no_work_stealing,
                 zero_worker: args.zero_worker,
                 nanny: !args.no_nanny,
+                dashboard: args.dashboard,
             };
             let warmup = args.warmup;
             let per_run = tokio::task::spawn_blocking(move || startup_runs(&spec, warmup, runs))
@@ -677,6 +719,7 @@ fn summarise(
                 work_stealing: labels.work_stealing,
                 zero_worker: labels.zero_worker,
                 nanny: labels.nanny,
+                dashboard: labels.dashboard,
                 cluster: labels.cluster,
                 leaves: extra.leaves,
                 size: extra.size,
