@@ -37,6 +37,11 @@ const MAX_INFLIGHT: usize = 256;
 const MAX_INFLIGHT_BYTES: usize = 32 << 20;
 /// Messages taken off a send queue per wake-up before the driver is kicked.
 const SEND_BATCH: usize = 64;
+/// While operations are outstanding the driver also wakes this often, whatever the event fd
+/// says: UCX does not promise an event for every internal state change (a send parked in a
+/// transport's pending queue, for one), and a missed one must cost a little latency, not a
+/// hang. An idle engine (nothing outstanding) sleeps on the event fd alone.
+const OUTSTANDING_TICK: Duration = Duration::from_millis(5);
 /// How long shutdown waits for endpoints to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -282,6 +287,10 @@ struct State {
     listeners: RefCell<HashMap<u64, ListenerEntry>>,
     closing: RefCell<Vec<*mut c_void>>,
     next_id: Cell<u64>,
+    /// Sends and rendezvous receives posted and not yet completed.
+    outstanding: Cell<usize>,
+    /// Wake-ups by [`OUTSTANDING_TICK`] that found work the event fd had not announced.
+    tick_finds: Cell<u64>,
     /// Weak, so that the engine's own reference does not keep it running.
     cmd: mpsc::WeakUnboundedSender<Cmd>,
 }
@@ -329,6 +338,8 @@ impl Engine {
             listeners: RefCell::new(HashMap::new()),
             closing: RefCell::new(Vec::new()),
             next_id: Cell::new(1),
+            outstanding: Cell::new(0),
+            tick_finds: Cell::new(0),
             cmd: weak,
         });
         let arg = Rc::as_ptr(&state) as *mut c_void;
@@ -390,6 +401,16 @@ impl Engine {
                     continue;
                 }
             }
+            let busy = st.outstanding.get() > 0
+                || !st.closing.borrow().is_empty()
+                || st.conns.borrow().values().any(|c| !matches!(*c.role.borrow(), Role::Open));
+            let tick = async {
+                if busy {
+                    tokio::time::sleep(OUTSTANDING_TICK).await
+                } else {
+                    std::future::pending().await
+                }
+            };
             tokio::select! {
                 guard = afd.readable() => {
                     if let Ok(mut g) = guard {
@@ -401,9 +422,20 @@ impl Engine {
                     Some(cmd) => self.handle(cmd),
                     None => break,
                 },
+                _ = tick => {
+                    if self.worker.progress() != 0 {
+                        st.tick_finds.set(st.tick_finds.get() + 1);
+                    }
+                }
             }
         }
         self.shutdown().await;
+        if std::env::var_os("TASKWIRE_UCX_DEBUG").is_some() {
+            eprintln!(
+                "taskwire-transport-ucx: engine stopped; {} timer wake-ups found unannounced work",
+                st.tick_finds.get()
+            );
+        }
         drop(afd);
     }
 
@@ -786,6 +818,7 @@ pub(crate) fn ucx_address(sa: SocketAddr) -> Address {
 
 /// One posted send: everything UCX reads from stays here until the completion callback.
 struct SendOp {
+    st: *const State,
     conn: Rc<Conn>,
     am_header: Vec<u8>,
     out: Option<wire::Outgoing>,
@@ -807,8 +840,8 @@ fn post(
             status: Status(sys::UCS_ERR_CONNECTION_RESET),
         });
     };
-    let _ = st;
     let mut op = Box::new(SendOp {
+        st,
         conn: conn.clone(),
         am_header,
         bytes: out.as_ref().map_or(0, wire::Outgoing::data_len),
@@ -869,6 +902,7 @@ fn post(
             })
         }
         StatusPtr::Request(_) => {
+            st.outstanding.set(st.outstanding.get() + 1);
             conn.inflight.set(conn.inflight.get() + 1);
             conn.inflight_bytes.set(conn.inflight_bytes.get() + bytes);
             Ok(())
@@ -884,6 +918,9 @@ unsafe extern "C" fn on_send_done(
     // SAFETY: user is the SendOp boxed in `post`, handed to UCX with this request; UCX runs
     // this callback once, so the box is reclaimed once.
     let op = unsafe { Box::from_raw(user.cast::<SendOp>()) };
+    // SAFETY: the state outlives every operation on its worker.
+    let st = unsafe { &*op.st };
+    st.outstanding.set(st.outstanding.get() - 1);
     let c = &op.conn;
     c.inflight.set(c.inflight.get() - 1);
     c.inflight_bytes.set(c.inflight_bytes.get() - op.bytes);
@@ -1305,7 +1342,7 @@ unsafe fn receive(
                 format!("ucx: rendezvous receive failed: {s}"),
             ));
         }
-        StatusPtr::Request(_) => {}
+        StatusPtr::Request(_) => st.outstanding.set(st.outstanding.get() + 1),
     }
     // UCP owns the descriptor now that ucp_am_recv_data_nbx was called on it.
     sys::UCS_INPROGRESS
@@ -1319,14 +1356,15 @@ unsafe extern "C" fn on_recv_done(
 ) {
     // SAFETY: user is the RecvOp boxed in `receive` for this request; UCX calls this once.
     let mut op = unsafe { Box::from_raw(user.cast::<RecvOp>()) };
+    // SAFETY: the state outlives every operation on its worker.
+    let st = unsafe { &*op.st };
+    st.outstanding.set(st.outstanding.get() - 1);
     let status = Status(status);
     if status.is_ok() && length <= op.buf.capacity() {
         // SAFETY: the receive completed successfully and wrote `length` bytes into the buffer.
         unsafe { op.buf.set_len(length) };
         op.finish();
     } else {
-        // SAFETY: the state outlives every operation on its worker.
-        let st = unsafe { &*op.st };
         st.push(Action::ProtocolError(
             op.conn.id,
             format!("ucx: rendezvous receive failed: {status}"),
