@@ -118,6 +118,10 @@ impl EngineHandle {
     }
 }
 
+/// Engine threads currently running (for tests: an engine must stop once unused).
+pub(crate) static LIVE_ENGINES: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
 fn engine_thread(
     config: UcxConfig,
     weak: mpsc::WeakUnboundedSender<Cmd>,
@@ -137,6 +141,7 @@ fn engine_thread(
             return;
         }
     };
+    LIVE_ENGINES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let engine = match Engine::new(&config, weak) {
@@ -149,6 +154,8 @@ fn engine_thread(
         let _ = ready.send(Ok(()));
         engine.run(cmd_rx).await;
     });
+    drop(local);
+    LIVE_ENGINES.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// The worker's event fd, for `AsyncFd`. UCX owns the fd, so this has no `Drop`.
@@ -403,7 +410,11 @@ impl Engine {
             }
             let busy = st.outstanding.get() > 0
                 || !st.closing.borrow().is_empty()
-                || st.conns.borrow().values().any(|c| !matches!(*c.role.borrow(), Role::Open));
+                || st
+                    .conns
+                    .borrow()
+                    .values()
+                    .any(|c| !matches!(*c.role.borrow(), Role::Open));
             let tick = async {
                 if busy {
                     tokio::time::sleep(OUTSTANDING_TICK).await
@@ -1372,4 +1383,40 @@ unsafe extern "C" fn on_recv_done(
     }
     // SAFETY: completed; freed once.
     unsafe { ucp::request_free(request) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::UcxTransport;
+    use std::sync::atomic::Ordering;
+    use taskwire_transport::{Registry, Transport};
+
+    /// A process that used UCX and dropped everything gets its thread (and UCX context) back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn engine_stops_when_everything_is_dropped() {
+        let reg =
+            Registry::default().register(Arc::new(UcxTransport::new(UcxConfig::new().tls("tcp"))));
+        let addr: Address = "ucx://127.0.0.1:0".parse().unwrap();
+        let mut listener = reg.listen(&addr).await.unwrap();
+        let addr = listener.local_addr().clone();
+        let (client, server) = tokio::join!(reg.connect(&addr), listener.accept());
+        let (client, mut server) = (client.unwrap(), server.unwrap());
+        client
+            .send(Message::new(Bytes::from_static(b"x")))
+            .await
+            .unwrap();
+        assert_eq!(&server.recv_msg().await.unwrap().header[..], b"x");
+        assert!(LIVE_ENGINES.load(Ordering::SeqCst) >= 1);
+        drop((client, server, listener, reg));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while LIVE_ENGINES.load(Ordering::SeqCst) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "engine thread still running"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = UcxTransport::default().scheme();
+    }
 }
