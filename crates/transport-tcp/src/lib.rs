@@ -6,8 +6,8 @@
 //! payload frames are written from where they lie), and reads land in one growing buffer that
 //! is split into `Bytes` for the receiver.
 //!
-//! [`standard_registry`] is the registry every Taskwire process uses: in-memory and TCP (and
-//! whatever later transports the build includes).
+//! [`standard_registry`] is the registry every Taskwire process uses: in-memory and TCP, and
+//! UCX when built with the `ucx` feature (which the `taskwire` crate's `ucx` feature enables).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +22,12 @@ use tokio::sync::mpsc;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TcpTransport;
 
-/// In-memory plus TCP, with `cfg`'s limits.
+/// In-memory plus TCP (plus UCX when built with the `ucx` feature), with `cfg`'s limits.
 pub fn standard_registry(cfg: TransportConfig) -> Registry {
-    Registry::new(cfg).register(Arc::new(TcpTransport))
+    let registry = Registry::new(cfg).register(Arc::new(TcpTransport));
+    #[cfg(feature = "ucx")]
+    let registry = taskwire_transport_ucx::register(registry);
+    registry
 }
 
 fn socket_addr_of(addr: &Address) -> Result<String, TransportError> {

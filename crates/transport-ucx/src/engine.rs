@@ -1,0 +1,1422 @@
+//! The engine: one OS thread that owns the UCP context, the worker, every listener and every
+//! endpoint, and runs a `current_thread` tokio runtime.
+//!
+//! The rest of the process talks to it through channels: commands in ([`Cmd`]), accepted
+//! connections and received messages out, and each connection's send queue (the transport
+//! crate's [`Outbox`]) drained by a task on the engine thread. UCX callbacks run inside
+//! `ucp_worker_progress` on this thread; they only record work (deliveries, deferred
+//! [`Action`]s) and never call progress themselves. The driver loop progresses until idle, runs
+//! deferred actions, arms the worker and then sleeps on the worker's event fd (through
+//! `AsyncFd`), a command, or a kick from a task that posted work: no busy polling when idle.
+
+use crate::status::{Status, StatusPtr, UcxError};
+use crate::sys;
+use crate::ucp::{self, Armed, Context, EpTarget, UcpListener, UcxConfig, Worker};
+use crate::wire;
+use bytes::Bytes;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::c_void;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+use taskwire_transport::{
+    Address, ConnReceiver, ConnSender, Connection, Message, Outbox, RecvHalf, Scheme,
+    TransportConfig, TransportError,
+};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// Sends posted but not completed, per connection, before its send task waits.
+const MAX_INFLIGHT: usize = 256;
+/// Bytes posted but not completed, per connection, before its send task waits (one larger
+/// message is always allowed when nothing is in flight).
+const MAX_INFLIGHT_BYTES: usize = 32 << 20;
+/// Messages taken off a send queue per wake-up before the driver is kicked.
+const SEND_BATCH: usize = 64;
+/// While operations are outstanding the driver also wakes this often, whatever the event fd
+/// says: UCX does not promise an event for every internal state change (a send parked in a
+/// transport's pending queue, for one), and a missed one must cost a little latency, not a
+/// hang. An idle engine (nothing outstanding) sleeps on the event fd alone.
+const OUTSTANDING_TICK: Duration = Duration::from_millis(5);
+/// How long shutdown waits for endpoints to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// A request to the engine thread.
+pub(crate) enum Cmd {
+    Listen {
+        addr: SocketAddr,
+        cfg: Arc<TransportConfig>,
+        reply: oneshot::Sender<Result<Listening, UcxError>>,
+    },
+    StopListen(u64),
+    Connect {
+        addr: SocketAddr,
+        cfg: Arc<TransportConfig>,
+        reply: oneshot::Sender<Result<Connection, TransportError>>,
+    },
+    ReceiverDropped(u64),
+}
+
+/// A listener the engine opened.
+pub(crate) struct Listening {
+    pub(crate) id: u64,
+    pub(crate) local: SocketAddr,
+    pub(crate) accepted: mpsc::UnboundedReceiver<Connection>,
+}
+
+/// What the engine tells a connection's receiver.
+enum Incoming {
+    Msg(Message),
+    Eof,
+    Error(String),
+}
+
+/// A handle on a running engine; the thread stops once every handle (and every connection
+/// receiver and listener made through it) is gone.
+#[derive(Clone, Debug)]
+pub(crate) struct EngineHandle {
+    cmd: mpsc::UnboundedSender<Cmd>,
+}
+
+impl EngineHandle {
+    /// Start an engine thread; fails with UCX's reason if the context or worker cannot be made.
+    pub(crate) async fn start(config: UcxConfig) -> Result<EngineHandle, UcxError> {
+        let (cmd, cmd_rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("taskwire-ucx".into())
+            .spawn({
+                let weak = cmd.downgrade();
+                move || engine_thread(config, weak, cmd_rx, ready_tx)
+            })
+            .map_err(|_| UcxError {
+                op: "engine thread",
+                status: Status(sys::UCS_ERR_NO_RESOURCE),
+            })?;
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(EngineHandle { cmd }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(UcxError {
+                op: "engine start",
+                status: Status(sys::UCS_ERR_NO_RESOURCE),
+            }),
+        }
+    }
+
+    pub(crate) fn send(&self, cmd: Cmd) -> Result<(), TransportError> {
+        self.cmd
+            .send(cmd)
+            .map_err(|_| TransportError::Other("ucx: engine thread has stopped".into()))
+    }
+
+    pub(crate) fn sender(&self) -> mpsc::UnboundedSender<Cmd> {
+        self.cmd.clone()
+    }
+}
+
+/// Engine threads currently running (for tests: an engine must stop once unused).
+pub(crate) static LIVE_ENGINES: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+fn engine_thread(
+    config: UcxConfig,
+    weak: mpsc::WeakUnboundedSender<Cmd>,
+    cmd_rx: mpsc::UnboundedReceiver<Cmd>,
+    ready: oneshot::Sender<Result<(), UcxError>>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(_) => {
+            let _ = ready.send(Err(UcxError {
+                op: "engine runtime",
+                status: Status(sys::UCS_ERR_NO_RESOURCE),
+            }));
+            return;
+        }
+    };
+    LIVE_ENGINES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let engine = match Engine::new(&config, weak) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        engine.run(cmd_rx).await;
+    });
+    drop(local);
+    LIVE_ENGINES.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The worker's event fd, for `AsyncFd`. UCX owns the fd, so this has no `Drop`.
+struct EventFd(RawFd);
+
+impl AsRawFd for EventFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Work recorded by callbacks, done by the driver outside `ucp_worker_progress`.
+enum Action {
+    Accept(u64, sys::ucp_conn_request_h),
+    Failed(u64, Status),
+    ProtocolError(u64, String),
+    HelloReceived(u64, Result<(), String>),
+    HelloAcked(u64, Result<(), String>),
+    SenderDone(u64),
+}
+
+enum Role {
+    /// Client waiting for the server's hello ack.
+    Connecting {
+        reply: oneshot::Sender<Result<Connection, TransportError>>,
+        conn: Connection,
+        outbox: Outbox,
+        addr: String,
+    },
+    /// Server side waiting for the client's hello.
+    Accepting {
+        listener: u64,
+        conn: Connection,
+        outbox: Outbox,
+    },
+    Open,
+}
+
+/// Receive-side ordering: messages are delivered by sequence number.
+#[derive(Default)]
+struct RecvOrder {
+    next: u64,
+    /// Out-of-order arrivals (`None` while a rendezvous transfer is still running).
+    parked: BTreeMap<u64, Option<Message>>,
+    close_at: Option<u64>,
+    finished: bool,
+}
+
+struct Conn {
+    id: u64,
+    ep: Cell<Option<sys::ucp_ep_h>>,
+    cfg: Arc<TransportConfig>,
+    role: RefCell<Role>,
+    next_seq: Cell<u64>,
+    inflight: Cell<usize>,
+    inflight_bytes: Cell<usize>,
+    sender_wake: Notify,
+    failure: RefCell<Option<String>>,
+    sender_done: Cell<bool>,
+    receiver_dropped: Cell<bool>,
+    to_app: mpsc::UnboundedSender<Incoming>,
+    order: RefCell<RecvOrder>,
+}
+
+impl Conn {
+    fn deliver(&self, seq: u64, msg: Message) {
+        let mut o = self.order.borrow_mut();
+        if o.finished {
+            return;
+        }
+        if seq == o.next && o.parked.is_empty() {
+            o.next += 1;
+            let _ = self.to_app.send(Incoming::Msg(msg));
+        } else {
+            o.parked.insert(seq, Some(msg));
+        }
+        self.flush(&mut o);
+    }
+
+    fn flush(&self, o: &mut RecvOrder) {
+        loop {
+            let next = o.next;
+            match o.parked.get(&next) {
+                Some(Some(_)) => {
+                    let m = o.parked.remove(&next).flatten().expect("parked message");
+                    o.next += 1;
+                    let _ = self.to_app.send(Incoming::Msg(m));
+                }
+                _ => break,
+            }
+        }
+        if !o.finished && o.close_at == Some(o.next) {
+            o.finished = true;
+            let _ = self.to_app.send(Incoming::Eof);
+        }
+    }
+
+    /// The connection broke: the receiver sees what arrived in order, then the error (or a
+    /// clean end if the peer had already said it was done).
+    fn fail(&self, reason: String) {
+        {
+            let mut o = self.order.borrow_mut();
+            self.flush(&mut o);
+            if !o.finished {
+                o.finished = true;
+                let _ = self.to_app.send(Incoming::Error(reason.clone()));
+            }
+        }
+        self.failure.borrow_mut().get_or_insert(reason);
+        self.sender_wake.notify_one();
+    }
+}
+
+struct ListenerEntry {
+    /// Dropping the entry destroys the UCP listener.
+    _ucp: UcpListener,
+    local: SocketAddr,
+    accepted: mpsc::UnboundedSender<Connection>,
+    cfg: Arc<TransportConfig>,
+    _arg: Box<ListenerArg>,
+}
+
+struct ListenerArg {
+    state: *const State,
+    id: u64,
+}
+
+/// Engine state reachable from callbacks (through the `arg` pointer) and tasks.
+struct State {
+    worker: sys::ucp_worker_h,
+    max_am_header: usize,
+    kick: Notify,
+    actions: RefCell<Vec<Action>>,
+    conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    by_ep: RefCell<HashMap<usize, u64>>,
+    listeners: RefCell<HashMap<u64, ListenerEntry>>,
+    closing: RefCell<Vec<*mut c_void>>,
+    next_id: Cell<u64>,
+    /// Sends and rendezvous receives posted and not yet completed.
+    outstanding: Cell<usize>,
+    /// Wake-ups by [`OUTSTANDING_TICK`] that found work the event fd had not announced.
+    tick_finds: Cell<u64>,
+    /// Weak, so that the engine's own reference does not keep it running.
+    cmd: mpsc::WeakUnboundedSender<Cmd>,
+}
+
+impl State {
+    fn id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    fn push(&self, a: Action) {
+        self.actions.borrow_mut().push(a);
+    }
+
+    fn conn_by_ep(&self, ep: sys::ucp_ep_h) -> Option<Rc<Conn>> {
+        let id = *self.by_ep.borrow().get(&(ep as usize))?;
+        self.conns.borrow().get(&id).cloned()
+    }
+
+    fn conn(&self, id: u64) -> Option<Rc<Conn>> {
+        self.conns.borrow().get(&id).cloned()
+    }
+}
+
+struct Engine {
+    // Field order is drop order: the worker goes before its context, and both before the
+    // state that callbacks point into.
+    worker: Worker,
+    _ctx: Context,
+    state: Rc<State>,
+}
+
+impl Engine {
+    fn new(config: &UcxConfig, weak: mpsc::WeakUnboundedSender<Cmd>) -> Result<Engine, UcxError> {
+        let ctx = Context::new(config)?;
+        let worker = Worker::new(&ctx)?;
+        let state = Rc::new(State {
+            worker: worker.raw(),
+            max_am_header: worker.max_am_header()?.min(4096),
+            kick: Notify::new(),
+            actions: RefCell::new(Vec::new()),
+            conns: RefCell::new(HashMap::new()),
+            by_ep: RefCell::new(HashMap::new()),
+            listeners: RefCell::new(HashMap::new()),
+            closing: RefCell::new(Vec::new()),
+            next_id: Cell::new(1),
+            outstanding: Cell::new(0),
+            tick_finds: Cell::new(0),
+            cmd: weak,
+        });
+        let arg = Rc::as_ptr(&state) as *mut c_void;
+        let handlers: [(u32, sys::ucp_am_recv_callback_t); 5] = [
+            (wire::AM_HELLO, Some(on_hello)),
+            (wire::AM_HELLO_ACK, Some(on_hello_ack)),
+            (wire::AM_MSG, Some(on_msg)),
+            (wire::AM_MSG_LONG, Some(on_msg_long)),
+            (wire::AM_CLOSE, Some(on_close)),
+        ];
+        for (id, cb) in handlers {
+            // SAFETY: arg points into `state`, which the Engine keeps alive until after the
+            // worker is destroyed (field order).
+            unsafe { worker.set_am_handler(id, cb, arg)? };
+        }
+        Ok(Engine {
+            worker,
+            _ctx: ctx,
+            state,
+        })
+    }
+
+    async fn run(self, mut cmd_rx: mpsc::UnboundedReceiver<Cmd>) {
+        let fd = match self.worker.event_fd() {
+            Ok(fd) => fd,
+            Err(e) => {
+                fail_all_commands(&mut cmd_rx, e).await;
+                return;
+            }
+        };
+        // SAFETY: the worker owns the event fd and keeps it open until ucp_worker_destroy; the
+        // AsyncFd is dropped at the end of this function, before the Engine (and its worker).
+        let registered =
+            unsafe { AsyncFd::register_with_interest(EventFd(fd), tokio::io::Interest::READABLE) };
+        let afd = match registered {
+            Ok(a) => a,
+            Err(_) => {
+                let e = UcxError {
+                    op: "AsyncFd on ucp_worker_get_efd",
+                    status: Status(sys::UCS_ERR_IO_ERROR),
+                };
+                fail_all_commands(&mut cmd_rx, e).await;
+                return;
+            }
+        };
+        let st = self.state.clone();
+        loop {
+            self.progress_until_idle();
+            match self.worker.arm() {
+                Ok(Armed::Busy) => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Ok(Armed::Sleep) => {}
+                Err(e) => {
+                    // Cannot sleep on the fd: fall back to a short timer rather than spin.
+                    tracing_free_warn(&e);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+            }
+            let busy = st.outstanding.get() > 0
+                || !st.closing.borrow().is_empty()
+                || st
+                    .conns
+                    .borrow()
+                    .values()
+                    .any(|c| !matches!(*c.role.borrow(), Role::Open));
+            let tick = async {
+                if busy {
+                    tokio::time::sleep(OUTSTANDING_TICK).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                guard = afd.readable() => {
+                    if let Ok(mut g) = guard {
+                        g.clear_ready();
+                    }
+                }
+                _ = st.kick.notified() => {}
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => break,
+                },
+                _ = tick => {
+                    if self.worker.progress() != 0 {
+                        st.tick_finds.set(st.tick_finds.get() + 1);
+                    }
+                }
+            }
+        }
+        self.shutdown().await;
+        if std::env::var_os("TASKWIRE_UCX_DEBUG").is_some() {
+            eprintln!(
+                "taskwire-transport-ucx: engine stopped; {} timer wake-ups found unannounced work",
+                st.tick_finds.get()
+            );
+        }
+        drop(afd);
+    }
+
+    fn progress_until_idle(&self) {
+        loop {
+            while self.worker.progress() != 0 {}
+            let actions = std::mem::take(&mut *self.state.actions.borrow_mut());
+            let reaped = self.reap_closing();
+            if actions.is_empty() && !reaped {
+                return;
+            }
+            for a in actions {
+                self.act(a);
+            }
+        }
+    }
+
+    /// Free finished endpoint-close requests; true if any finished.
+    fn reap_closing(&self) -> bool {
+        let mut closing = self.state.closing.borrow_mut();
+        let before = closing.len();
+        closing.retain(|&req| {
+            // SAFETY: req is a close request we have not freed yet.
+            if unsafe { ucp::request_in_progress(req) } {
+                true
+            } else {
+                // SAFETY: completed, freed once, and removed from the list.
+                unsafe { ucp::request_free(req) };
+                false
+            }
+        });
+        closing.len() != before
+    }
+
+    fn handle(&self, cmd: Cmd) {
+        match cmd {
+            Cmd::Listen { addr, cfg, reply } => {
+                let _ = reply.send(self.listen(addr, cfg));
+            }
+            Cmd::StopListen(id) => {
+                self.state.listeners.borrow_mut().remove(&id);
+            }
+            Cmd::Connect { addr, cfg, reply } => self.connect(addr, cfg, reply),
+            Cmd::ReceiverDropped(id) => {
+                if let Some(c) = self.state.conn(id) {
+                    c.receiver_dropped.set(true);
+                    self.maybe_close(&c);
+                }
+            }
+        }
+    }
+
+    fn listen(&self, addr: SocketAddr, cfg: Arc<TransportConfig>) -> Result<Listening, UcxError> {
+        let id = self.state.id();
+        let arg = Box::new(ListenerArg {
+            state: Rc::as_ptr(&self.state),
+            id,
+        });
+        let arg_ptr = (&*arg as *const ListenerArg).cast_mut().cast::<c_void>();
+        // SAFETY: arg lives in the ListenerEntry, which owns (and drops first) the listener.
+        let ucp = unsafe { UcpListener::new(&self.worker, addr, Some(on_conn_request), arg_ptr)? };
+        let local = ucp.local_addr()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.state.listeners.borrow_mut().insert(
+            id,
+            ListenerEntry {
+                _ucp: ucp,
+                local,
+                accepted: tx,
+                cfg,
+                _arg: arg,
+            },
+        );
+        Ok(Listening {
+            id,
+            local,
+            accepted: rx,
+        })
+    }
+
+    fn new_conn(
+        &self,
+        ep: sys::ucp_ep_h,
+        cfg: Arc<TransportConfig>,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) -> (Rc<Conn>, Connection, Outbox) {
+        let id = self.state.id();
+        let (to_app, from_engine) = mpsc::unbounded_channel();
+        let (sender, outbox) = ConnSender::channel(cfg.clone());
+        let receiver = UcxReceiver {
+            rx: from_engine,
+            cmd: self.state.cmd.upgrade(),
+            id,
+            state: RecvState::Open,
+        };
+        let connection = Connection {
+            sender,
+            receiver: ConnReceiver::new(Box::new(receiver)),
+            local: ucx_address(local),
+            peer: ucx_address(peer),
+        };
+        let conn = Rc::new(Conn {
+            id,
+            ep: Cell::new(Some(ep)),
+            cfg,
+            role: RefCell::new(Role::Open),
+            next_seq: Cell::new(0),
+            inflight: Cell::new(0),
+            inflight_bytes: Cell::new(0),
+            sender_wake: Notify::new(),
+            failure: RefCell::new(None),
+            sender_done: Cell::new(false),
+            receiver_dropped: Cell::new(false),
+            to_app,
+            order: RefCell::new(RecvOrder::default()),
+        });
+        self.state.conns.borrow_mut().insert(id, conn.clone());
+        self.state.by_ep.borrow_mut().insert(ep as usize, id);
+        (conn, connection, outbox)
+    }
+
+    fn connect(
+        &self,
+        addr: SocketAddr,
+        cfg: Arc<TransportConfig>,
+        reply: oneshot::Sender<Result<Connection, TransportError>>,
+    ) {
+        let addr_str = ucx_address(addr).to_string();
+        // SAFETY: the state pointer outlives every endpoint (closed in shutdown before the
+        // worker and state go).
+        let ep = match unsafe {
+            ucp::ep_create(
+                &self.worker,
+                EpTarget::Connect(addr),
+                Some(on_ep_error),
+                Rc::as_ptr(&self.state).cast_mut().cast(),
+            )
+        } {
+            Ok(ep) => ep,
+            Err(e) => {
+                let _ = reply.send(Err(TransportError::Connect {
+                    addr: addr_str,
+                    reason: e.to_string(),
+                }));
+                return;
+            }
+        };
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        let (conn, connection, outbox) = self.new_conn(ep, cfg.clone(), unspecified, addr);
+        *conn.role.borrow_mut() = Role::Connecting {
+            reply,
+            conn: connection,
+            outbox,
+            addr: addr_str,
+        };
+        if let Err(e) = post(
+            &self.state,
+            &conn,
+            wire::AM_HELLO,
+            wire::HELLO.to_vec(),
+            None,
+        ) {
+            self.fail_conn(&conn, e.to_string());
+            return;
+        }
+        // The engine enforces the timeout too, so an endpoint that never wires up is cleaned
+        // up even when the caller has given up.
+        let st = self.state.clone();
+        let id = conn.id;
+        let timeout = cfg.connect_timeout;
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(c) = st.conn(id)
+                && matches!(*c.role.borrow(), Role::Connecting { .. })
+            {
+                st.push(Action::Failed(id, Status(sys::UCS_ERR_TIMED_OUT)));
+                st.kick.notify_one();
+            }
+        });
+    }
+
+    fn act(&self, a: Action) {
+        match a {
+            Action::Accept(listener, req) => self.accept(listener, req),
+            Action::Failed(id, status) => {
+                if let Some(c) = self.state.conn(id) {
+                    self.fail_conn(&c, format!("ucx: {status}"));
+                }
+            }
+            Action::ProtocolError(id, reason) => {
+                if let Some(c) = self.state.conn(id) {
+                    self.fail_conn(&c, reason);
+                }
+            }
+            Action::HelloReceived(id, check) => {
+                let Some(c) = self.state.conn(id) else { return };
+                if let Err(e) = check {
+                    self.fail_conn(&c, e);
+                    return;
+                }
+                let role = std::mem::replace(&mut *c.role.borrow_mut(), Role::Open);
+                let Role::Accepting {
+                    listener,
+                    conn,
+                    outbox,
+                } = role
+                else {
+                    // A second hello: not from a Taskwire peer.
+                    self.fail_conn(&c, "ucx: unexpected hello".into());
+                    return;
+                };
+                if let Err(e) = post(
+                    &self.state,
+                    &c,
+                    wire::AM_HELLO_ACK,
+                    wire::HELLO.to_vec(),
+                    None,
+                ) {
+                    drop(conn);
+                    self.fail_conn(&c, e.to_string());
+                    return;
+                }
+                tokio::task::spawn_local(send_loop(self.state.clone(), c.clone(), outbox));
+                let listeners = self.state.listeners.borrow();
+                match listeners.get(&listener) {
+                    Some(l) => {
+                        let _ = l.accepted.send(conn);
+                    }
+                    None => drop(conn),
+                }
+            }
+            Action::SenderDone(id) => {
+                if let Some(c) = self.state.conn(id) {
+                    self.maybe_close(&c);
+                }
+            }
+            Action::HelloAcked(id, check) => {
+                let Some(c) = self.state.conn(id) else { return };
+                if let Err(e) = check {
+                    self.fail_conn(&c, e);
+                    return;
+                }
+                let role = std::mem::replace(&mut *c.role.borrow_mut(), Role::Open);
+                let Role::Connecting {
+                    reply,
+                    mut conn,
+                    outbox,
+                    ..
+                } = role
+                else {
+                    self.fail_conn(&c, "ucx: unexpected hello ack".into());
+                    return;
+                };
+                if let Some(ep) = c.ep.get()
+                    && let Some(local) = ucp::ep_local_addr(ep)
+                {
+                    conn.local = ucx_address(local);
+                }
+                tokio::task::spawn_local(send_loop(self.state.clone(), c.clone(), outbox));
+                // If the caller gave up, dropping the connection closes it.
+                let _ = reply.send(Ok(conn));
+            }
+        }
+    }
+
+    fn accept(&self, listener: u64, req: sys::ucp_conn_request_h) {
+        let (local, cfg) = {
+            let ls = self.state.listeners.borrow();
+            match ls.get(&listener) {
+                Some(l) => (l.local, l.cfg.clone()),
+                None => return,
+            }
+        };
+        let peer = ucp::conn_request_client(req).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        // SAFETY: req is a pending request from our listener's callback, consumed here; the
+        // state pointer outlives the endpoint.
+        let ep = match unsafe {
+            ucp::ep_create(
+                &self.worker,
+                EpTarget::Accept(req),
+                Some(on_ep_error),
+                Rc::as_ptr(&self.state).cast_mut().cast(),
+            )
+        } {
+            Ok(ep) => ep,
+            Err(_) => return,
+        };
+        let (conn, connection, outbox) = self.new_conn(ep, cfg, local, peer);
+        *conn.role.borrow_mut() = Role::Accepting {
+            listener,
+            conn: connection,
+            outbox,
+        };
+    }
+
+    fn fail_conn(&self, c: &Rc<Conn>, reason: String) {
+        let role = std::mem::replace(&mut *c.role.borrow_mut(), Role::Open);
+        match role {
+            Role::Connecting {
+                reply,
+                addr,
+                outbox,
+                ..
+            } => {
+                let err = TransportError::Connect {
+                    addr,
+                    reason: reason.clone(),
+                };
+                outbox.fail(&TransportError::Other(reason.clone()));
+                let _ = reply.send(Err(err));
+            }
+            Role::Accepting { outbox, .. } => outbox.fail(&TransportError::Other(reason.clone())),
+            Role::Open => {}
+        }
+        c.fail(reason);
+        self.close_ep(c, true);
+    }
+
+    /// Close the endpoint once both halves are done with it.
+    fn maybe_close(&self, c: &Rc<Conn>) {
+        if c.sender_done.get() && c.receiver_dropped.get() {
+            self.close_ep(c, c.failure.borrow().is_some());
+        }
+    }
+
+    fn close_ep(&self, c: &Rc<Conn>, force: bool) {
+        let Some(ep) = c.ep.take() else { return };
+        self.state.by_ep.borrow_mut().remove(&(ep as usize));
+        self.state.conns.borrow_mut().remove(&c.id);
+        // SAFETY: ep is live and taken out of the connection, so it is closed exactly once.
+        match unsafe { ucp::ep_close(ep, force) } {
+            StatusPtr::Request(req) => self.state.closing.borrow_mut().push(req),
+            StatusPtr::Done | StatusPtr::Error(_) => {}
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.state.listeners.borrow_mut().clear();
+        let conns: Vec<Rc<Conn>> = self.state.conns.borrow().values().cloned().collect();
+        for c in conns {
+            self.fail_conn(&c, "ucx: transport shut down".into());
+        }
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while !self.state.closing.borrow().is_empty() && tokio::time::Instant::now() < deadline {
+            self.progress_until_idle();
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+}
+
+fn tracing_free_warn(e: &UcxError) {
+    eprintln!("taskwire-transport-ucx: {e}; polling every millisecond instead");
+}
+
+async fn fail_all_commands(cmd_rx: &mut mpsc::UnboundedReceiver<Cmd>, e: UcxError) {
+    while let Some(cmd) = cmd_rx.recv().await {
+        match cmd {
+            Cmd::Listen { reply, .. } => {
+                let _ = reply.send(Err(e.clone()));
+            }
+            Cmd::Connect { reply, addr, .. } => {
+                let _ = reply.send(Err(TransportError::Connect {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                }));
+            }
+            _ => {}
+        }
+    }
+}
+
+pub(crate) fn ucx_address(sa: SocketAddr) -> Address {
+    Address::Net {
+        scheme: Scheme::Ucx,
+        host: sa.ip().to_string(),
+        port: sa.port(),
+    }
+}
+
+/// One posted send: everything UCX reads from stays here until the completion callback.
+struct SendOp {
+    st: *const State,
+    conn: Rc<Conn>,
+    am_header: Vec<u8>,
+    out: Option<wire::Outgoing>,
+    iov: Vec<sys::ucp_dt_iov_t>,
+    bytes: usize,
+}
+
+/// Post one active message on `conn`'s endpoint.
+fn post(
+    st: &State,
+    conn: &Rc<Conn>,
+    am_id: u32,
+    am_header: Vec<u8>,
+    out: Option<wire::Outgoing>,
+) -> Result<(), UcxError> {
+    let Some(ep) = conn.ep.get() else {
+        return Err(UcxError {
+            op: "ucp_am_send_nbx",
+            status: Status(sys::UCS_ERR_CONNECTION_RESET),
+        });
+    };
+    let mut op = Box::new(SendOp {
+        st,
+        conn: conn.clone(),
+        am_header,
+        bytes: out.as_ref().map_or(0, wire::Outgoing::data_len),
+        out,
+        iov: Vec::new(),
+    });
+    let pieces = op
+        .out
+        .as_ref()
+        .map(wire::Outgoing::pieces)
+        .unwrap_or_default();
+    let mut param = sys::ucp_request_param_t {
+        op_attr_mask: sys::UCP_OP_ATTR_FIELD_CALLBACK
+            | sys::UCP_OP_ATTR_FIELD_USER_DATA
+            | sys::UCP_OP_ATTR_FIELD_FLAGS,
+        flags: sys::UCP_AM_SEND_FLAG_REPLY,
+        ..Default::default()
+    };
+    param.cb.send = Some(on_send_done);
+    let (buffer, count): (*const c_void, usize) = match pieces.len() {
+        0 => (std::ptr::null(), 0),
+        1 => (pieces[0].0.cast(), pieces[0].1),
+        _ => {
+            op.iov = pieces
+                .iter()
+                .map(|&(p, n)| sys::ucp_dt_iov_t {
+                    buffer: p.cast_mut().cast(),
+                    length: n,
+                })
+                .collect();
+            param.op_attr_mask |= sys::UCP_OP_ATTR_FIELD_DATATYPE;
+            param.datatype = sys::UCP_DATATYPE_IOV as u64;
+            (op.iov.as_ptr().cast(), op.iov.len())
+        }
+    };
+    let bytes = op.bytes;
+    let header_ptr = op.am_header.as_ptr().cast::<c_void>();
+    let header_len = op.am_header.len();
+    let raw = Box::into_raw(op);
+    param.user_data = raw.cast();
+    // SAFETY: ep is live (taken out of the connection before it is closed); the header, the
+    // iov array and the data it points to live in the boxed SendOp, which is freed only when
+    // the send completes (in the callback, or below when UCX finished or refused it in place).
+    let r =
+        unsafe { sys::ucp_am_send_nbx(ep, am_id, header_ptr, header_len, buffer, count, &param) };
+    match StatusPtr::from_raw(r) {
+        StatusPtr::Done => {
+            // SAFETY: completed in place: no callback will run, so the box is ours again.
+            drop(unsafe { Box::from_raw(raw) });
+            Ok(())
+        }
+        StatusPtr::Error(s) => {
+            // SAFETY: refused: no callback will run.
+            drop(unsafe { Box::from_raw(raw) });
+            Err(UcxError {
+                op: "ucp_am_send_nbx",
+                status: s,
+            })
+        }
+        StatusPtr::Request(_) => {
+            st.outstanding.set(st.outstanding.get() + 1);
+            conn.inflight.set(conn.inflight.get() + 1);
+            conn.inflight_bytes.set(conn.inflight_bytes.get() + bytes);
+            Ok(())
+        }
+    }
+}
+
+unsafe extern "C" fn on_send_done(
+    request: *mut c_void,
+    status: sys::ucs_status_t,
+    user: *mut c_void,
+) {
+    // SAFETY: user is the SendOp boxed in `post`, handed to UCX with this request; UCX runs
+    // this callback once, so the box is reclaimed once.
+    let op = unsafe { Box::from_raw(user.cast::<SendOp>()) };
+    // SAFETY: the state outlives every operation on its worker.
+    let st = unsafe { &*op.st };
+    st.outstanding.set(st.outstanding.get() - 1);
+    let c = &op.conn;
+    c.inflight.set(c.inflight.get() - 1);
+    c.inflight_bytes.set(c.inflight_bytes.get() - op.bytes);
+    let status = Status(status);
+    if !status.is_ok() && c.failure.borrow().is_none() {
+        // The endpoint's error callback normally says the same; record it in case it does not.
+        c.failure
+            .borrow_mut()
+            .replace(format!("ucx: send failed: {status}"));
+    }
+    c.sender_wake.notify_one();
+    drop(op);
+    // SAFETY: the request completed and is freed exactly once (freeing in the callback is
+    // allowed).
+    unsafe { ucp::request_free(request) };
+}
+
+/// Drain one connection's send queue into active messages.
+async fn send_loop(st: Rc<State>, conn: Rc<Conn>, mut outbox: Outbox) {
+    loop {
+        if let Some(reason) = conn.failure.borrow().clone() {
+            outbox.fail(&TransportError::Other(format!(
+                "connection failed: {reason}"
+            )));
+            return;
+        }
+        if conn.inflight.get() >= MAX_INFLIGHT
+            || (conn.inflight.get() > 0 && conn.inflight_bytes.get() >= MAX_INFLIGHT_BYTES)
+        {
+            conn.sender_wake.notified().await;
+            continue;
+        }
+        let next = tokio::select! {
+            biased;
+            _ = conn.sender_wake.notified() => continue,
+            m = outbox.recv() => m,
+        };
+        let Some(first) = next else {
+            // Every sender is gone: tell the peer where the stream ends.
+            let n = conn.next_seq.get();
+            if let Err(e) = post(&st, &conn, wire::AM_CLOSE, n.to_le_bytes().to_vec(), None) {
+                st.push(Action::ProtocolError(conn.id, e.to_string()));
+            }
+            conn.sender_done.set(true);
+            st.push(Action::SenderDone(conn.id));
+            st.kick.notify_one();
+            return;
+        };
+        let mut msg = Some(first);
+        let mut sent = 0;
+        while let Some(m) = msg.take() {
+            let seq = conn.next_seq.get();
+            conn.next_seq.set(seq + 1);
+            let mut out = wire::Outgoing::new(seq, m, st.max_am_header);
+            let header = std::mem::take(&mut out.am_header);
+            if let Err(e) = post(&st, &conn, out.am_id, header, Some(out)) {
+                st.push(Action::ProtocolError(conn.id, e.to_string()));
+                break;
+            }
+            sent += 1;
+            if sent < SEND_BATCH && conn.inflight.get() < MAX_INFLIGHT {
+                msg = outbox.try_recv();
+            }
+        }
+        st.kick.notify_one();
+    }
+}
+
+/// A connection's receiving half: messages the engine delivered, in order.
+struct UcxReceiver {
+    rx: mpsc::UnboundedReceiver<Incoming>,
+    /// Keeps the engine running while the connection is in use, and tells it when the
+    /// receiver is gone.
+    cmd: Option<mpsc::UnboundedSender<Cmd>>,
+    id: u64,
+    state: RecvState,
+}
+
+enum RecvState {
+    Open,
+    Eof,
+    Broken,
+}
+
+impl RecvHalf for UcxReceiver {
+    fn poll_recv(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Result<Option<Message>, TransportError>> {
+        match self.state {
+            RecvState::Open => {}
+            RecvState::Eof => return Poll::Ready(Ok(None)),
+            RecvState::Broken => return Poll::Ready(Err(TransportError::Closed)),
+        }
+        match std::task::ready!(self.rx.poll_recv(cx)) {
+            Some(Incoming::Msg(m)) => Poll::Ready(Ok(Some(m))),
+            Some(Incoming::Eof) => {
+                self.state = RecvState::Eof;
+                Poll::Ready(Ok(None))
+            }
+            Some(Incoming::Error(reason)) => {
+                self.state = RecvState::Broken;
+                Poll::Ready(Err(TransportError::Other(format!(
+                    "connection failed: {reason}"
+                ))))
+            }
+            None => {
+                self.state = RecvState::Broken;
+                Poll::Ready(Err(TransportError::Other(
+                    "ucx: engine thread has stopped".into(),
+                )))
+            }
+        }
+    }
+}
+
+impl Drop for UcxReceiver {
+    fn drop(&mut self) {
+        if let Some(cmd) = &self.cmd {
+            let _ = cmd.send(Cmd::ReceiverDropped(self.id));
+        }
+    }
+}
+
+// ---- UCX callbacks. They run inside ucp_worker_progress on the engine thread, never call
+// progress, and hand anything that needs more UCX calls to the driver as an Action.
+
+/// # Safety
+/// `arg` must be the engine's `State` pointer registered with the handler.
+unsafe fn state<'a>(arg: *mut c_void) -> &'a State {
+    // SAFETY: guaranteed by the caller; the state outlives the worker that runs callbacks.
+    unsafe { &*(arg as *const State) }
+}
+
+/// # Safety
+/// `p` must be null or a valid `ucp_am_recv_param_t`, and `(ptr, len)` a readable region.
+unsafe fn am_args<'a>(
+    header: *const c_void,
+    len: usize,
+    p: *const sys::ucp_am_recv_param_t,
+) -> (&'a [u8], u64, sys::ucp_ep_h) {
+    let h = if len == 0 || header.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: UCX hands us a header of `len` readable bytes for the callback's duration.
+        unsafe { std::slice::from_raw_parts(header.cast::<u8>(), len) }
+    };
+    // SAFETY: UCX always passes a valid param struct.
+    let p = unsafe { &*p };
+    let ep = if p.recv_attr & sys::UCP_AM_RECV_ATTR_FIELD_REPLY_EP as u64 != 0 {
+        p.reply_ep
+    } else {
+        std::ptr::null_mut()
+    };
+    (h, p.recv_attr, ep)
+}
+
+unsafe extern "C" fn on_conn_request(req: sys::ucp_conn_request_h, arg: *mut c_void) {
+    // SAFETY: arg is the ListenerArg boxed in the ListenerEntry that owns this listener.
+    let la = unsafe { &*(arg as *const ListenerArg) };
+    // SAFETY: the state outlives every listener.
+    let st = unsafe { &*la.state };
+    st.push(Action::Accept(la.id, req));
+}
+
+unsafe extern "C" fn on_ep_error(arg: *mut c_void, ep: sys::ucp_ep_h, status: sys::ucs_status_t) {
+    // SAFETY: registered with the state pointer.
+    let st = unsafe { state(arg) };
+    if let Some(c) = st.conn_by_ep(ep) {
+        st.push(Action::Failed(c.id, Status(status)));
+    }
+}
+
+unsafe extern "C" fn on_hello(
+    arg: *mut c_void,
+    header: *const c_void,
+    header_len: usize,
+    _data: *mut c_void,
+    _len: usize,
+    param: *const sys::ucp_am_recv_param_t,
+) -> sys::ucs_status_t {
+    // SAFETY: UCX's callback contract (see am_args); arg is the state.
+    let (h, _, ep) = unsafe { am_args(header, header_len, param) };
+    // SAFETY: registered with the state pointer.
+    let st = unsafe { state(arg) };
+    if let Some(c) = st.conn_by_ep(ep) {
+        st.push(Action::HelloReceived(c.id, wire::check_hello(h)));
+    }
+    sys::UCS_OK
+}
+
+unsafe extern "C" fn on_hello_ack(
+    arg: *mut c_void,
+    header: *const c_void,
+    header_len: usize,
+    _data: *mut c_void,
+    _len: usize,
+    param: *const sys::ucp_am_recv_param_t,
+) -> sys::ucs_status_t {
+    // SAFETY: as in on_hello.
+    let (h, _, ep) = unsafe { am_args(header, header_len, param) };
+    // SAFETY: registered with the state pointer.
+    let st = unsafe { state(arg) };
+    if let Some(c) = st.conn_by_ep(ep) {
+        st.push(Action::HelloAcked(c.id, wire::check_hello(h)));
+    }
+    sys::UCS_OK
+}
+
+unsafe extern "C" fn on_close(
+    arg: *mut c_void,
+    header: *const c_void,
+    header_len: usize,
+    _data: *mut c_void,
+    _len: usize,
+    param: *const sys::ucp_am_recv_param_t,
+) -> sys::ucs_status_t {
+    // SAFETY: as in on_hello.
+    let (h, _, ep) = unsafe { am_args(header, header_len, param) };
+    // SAFETY: registered with the state pointer.
+    let st = unsafe { state(arg) };
+    let Some(c) = st.conn_by_ep(ep) else {
+        return sys::UCS_OK;
+    };
+    match wire::seq_of(h) {
+        Ok(n) => {
+            let mut o = c.order.borrow_mut();
+            o.close_at = Some(n);
+            c.flush(&mut o);
+        }
+        Err(e) => st.push(Action::ProtocolError(c.id, e.to_string())),
+    }
+    sys::UCS_OK
+}
+
+/// Where a received body goes once all of it is here.
+enum Body {
+    /// `MSG`: the shape came in the AM header.
+    Short(wire::Shape),
+    /// `MSG_LONG`: the prelude is at the start of the body.
+    Long,
+}
+
+struct RecvOp {
+    st: *const State,
+    conn: Rc<Conn>,
+    seq: u64,
+    buf: Vec<u8>,
+    body: Body,
+}
+
+impl RecvOp {
+    fn finish(self) {
+        let RecvOp {
+            st,
+            conn,
+            seq,
+            buf,
+            body,
+        } = self;
+        let body_bytes = Bytes::from(buf);
+        let result = match body {
+            Body::Short(shape) => wire::split(body_bytes, 0, &shape),
+            Body::Long => wire::parse_prelude(&body_bytes, &conn.cfg)
+                .and_then(|(shape, plen)| wire::split(body_bytes.clone(), plen, &shape)),
+        };
+        match result {
+            Ok(m) => conn.deliver(seq, m),
+            Err(e) => {
+                // SAFETY: the state outlives every operation on its worker.
+                let st = unsafe { &*st };
+                st.push(Action::ProtocolError(
+                    conn.id,
+                    format!("ucx: bad message: {e}"),
+                ));
+            }
+        }
+    }
+}
+
+unsafe extern "C" fn on_msg(
+    arg: *mut c_void,
+    header: *const c_void,
+    header_len: usize,
+    data: *mut c_void,
+    len: usize,
+    param: *const sys::ucp_am_recv_param_t,
+) -> sys::ucs_status_t {
+    // SAFETY: as in on_hello.
+    let (h, attr, ep) = unsafe { am_args(header, header_len, param) };
+    // SAFETY: registered with the state pointer.
+    let st = unsafe { state(arg) };
+    let Some(c) = st.conn_by_ep(ep) else {
+        return sys::UCS_OK;
+    };
+    let parsed = wire::seq_of(h).and_then(|seq| {
+        let (shape, _) = wire::parse_prelude(&h[8..], &c.cfg)?;
+        if shape.body_len() != len {
+            return Err(TransportError::Truncated {
+                have: len,
+                need: shape.body_len(),
+            });
+        }
+        Ok((seq, shape))
+    });
+    match parsed {
+        Ok((seq, shape)) => {
+            // SAFETY: UCX's contract for data/len/attr, forwarded.
+            unsafe { receive(st, c, seq, Body::Short(shape), data, len, attr) }
+        }
+        Err(e) => {
+            st.push(Action::ProtocolError(
+                c.id,
+                format!("ucx: bad message: {e}"),
+            ));
+            sys::UCS_OK
+        }
+    }
+}
+
+unsafe extern "C" fn on_msg_long(
+    arg: *mut c_void,
+    header: *const c_void,
+    header_len: usize,
+    data: *mut c_void,
+    len: usize,
+    param: *const sys::ucp_am_recv_param_t,
+) -> sys::ucs_status_t {
+    // SAFETY: as in on_hello.
+    let (h, attr, ep) = unsafe { am_args(header, header_len, param) };
+    // SAFETY: registered with the state pointer.
+    let st = unsafe { state(arg) };
+    let Some(c) = st.conn_by_ep(ep) else {
+        return sys::UCS_OK;
+    };
+    let max = wire::max_long_len(&c.cfg);
+    match wire::seq_of(h) {
+        Ok(_) if len > max => {
+            st.push(Action::ProtocolError(
+                c.id,
+                format!("ucx: message of {len} bytes exceeds the limit of {max} bytes"),
+            ));
+            sys::UCS_OK
+        }
+        Ok(seq) => {
+            // SAFETY: UCX's contract for data/len/attr, forwarded.
+            unsafe { receive(st, c, seq, Body::Long, data, len, attr) }
+        }
+        Err(e) => {
+            st.push(Action::ProtocolError(c.id, e.to_string()));
+            sys::UCS_OK
+        }
+    }
+}
+
+/// Take a message body: copy an eager one, or start a rendezvous receive straight into a
+/// buffer of our own.
+///
+/// # Safety
+/// `data`, `len` and `attr` must be what UCX passed to the active-message callback now running.
+unsafe fn receive(
+    st: &State,
+    conn: Rc<Conn>,
+    seq: u64,
+    body: Body,
+    data: *mut c_void,
+    len: usize,
+    attr: u64,
+) -> sys::ucs_status_t {
+    if attr & sys::UCP_AM_RECV_ATTR_FLAG_RNDV as u64 == 0 {
+        let buf = if len == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: eager data: `len` readable bytes, valid during the callback.
+            unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) }.to_vec()
+        };
+        RecvOp {
+            st,
+            conn,
+            seq,
+            buf,
+            body,
+        }
+        .finish();
+        return sys::UCS_OK;
+    }
+    conn.order.borrow_mut().parked.insert(seq, None);
+    let op = Box::new(RecvOp {
+        st,
+        conn,
+        seq,
+        buf: Vec::with_capacity(len),
+        body,
+    });
+    let dst = op.buf.as_ptr().cast_mut().cast::<c_void>();
+    let raw = Box::into_raw(op);
+    let mut param = sys::ucp_request_param_t {
+        op_attr_mask: sys::UCP_OP_ATTR_FIELD_CALLBACK | sys::UCP_OP_ATTR_FIELD_USER_DATA,
+        user_data: raw.cast(),
+        ..Default::default()
+    };
+    param.cb.recv_am = Some(on_recv_done);
+    // SAFETY: data is the rendezvous descriptor of this callback; dst has capacity for len
+    // bytes and lives in the boxed RecvOp, which is reclaimed only on completion.
+    let r = unsafe { sys::ucp_am_recv_data_nbx(st.worker, data, dst, len, &param) };
+    match StatusPtr::from_raw(r) {
+        StatusPtr::Done => {
+            // SAFETY: completed in place (no callback will run); UCX wrote all len bytes.
+            let mut op = unsafe { Box::from_raw(raw) };
+            // SAFETY: the receive completed successfully and filled `len` bytes.
+            unsafe { op.buf.set_len(len) };
+            op.finish();
+        }
+        StatusPtr::Error(s) => {
+            // SAFETY: refused: no callback will run.
+            let op = unsafe { Box::from_raw(raw) };
+            st.push(Action::ProtocolError(
+                op.conn.id,
+                format!("ucx: rendezvous receive failed: {s}"),
+            ));
+        }
+        StatusPtr::Request(_) => st.outstanding.set(st.outstanding.get() + 1),
+    }
+    // UCP owns the descriptor now that ucp_am_recv_data_nbx was called on it.
+    sys::UCS_INPROGRESS
+}
+
+unsafe extern "C" fn on_recv_done(
+    request: *mut c_void,
+    status: sys::ucs_status_t,
+    length: usize,
+    user: *mut c_void,
+) {
+    // SAFETY: user is the RecvOp boxed in `receive` for this request; UCX calls this once.
+    let mut op = unsafe { Box::from_raw(user.cast::<RecvOp>()) };
+    // SAFETY: the state outlives every operation on its worker.
+    let st = unsafe { &*op.st };
+    st.outstanding.set(st.outstanding.get() - 1);
+    let status = Status(status);
+    if status.is_ok() && length <= op.buf.capacity() {
+        // SAFETY: the receive completed successfully and wrote `length` bytes into the buffer.
+        unsafe { op.buf.set_len(length) };
+        op.finish();
+    } else {
+        st.push(Action::ProtocolError(
+            op.conn.id,
+            format!("ucx: rendezvous receive failed: {status}"),
+        ));
+    }
+    // SAFETY: completed; freed once.
+    unsafe { ucp::request_free(request) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::UcxTransport;
+    use std::sync::atomic::Ordering;
+    use taskwire_transport::{Registry, Transport};
+
+    /// A process that used UCX and dropped everything gets its thread (and UCX context) back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn engine_stops_when_everything_is_dropped() {
+        let reg =
+            Registry::default().register(Arc::new(UcxTransport::new(UcxConfig::new().tls("tcp"))));
+        let addr: Address = "ucx://127.0.0.1:0".parse().unwrap();
+        let mut listener = reg.listen(&addr).await.unwrap();
+        let addr = listener.local_addr().clone();
+        let (client, server) = tokio::join!(reg.connect(&addr), listener.accept());
+        let (client, mut server) = (client.unwrap(), server.unwrap());
+        client
+            .send(Message::new(Bytes::from_static(b"x")))
+            .await
+            .unwrap();
+        assert_eq!(&server.recv_msg().await.unwrap().header[..], b"x");
+        assert!(LIVE_ENGINES.load(Ordering::SeqCst) >= 1);
+        drop((client, server, listener, reg));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while LIVE_ENGINES.load(Ordering::SeqCst) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "engine thread still running"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = UcxTransport::default().scheme();
+    }
+}

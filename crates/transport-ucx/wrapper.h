@@ -1,0 +1,2 @@
+/* Input for regen-bindings.sh: the UCP API, as installed by libucx-dev. */
+#include <ucp/api/ucp.h>
