@@ -121,6 +121,47 @@ fn dashboard_metrics_and_api_reflect_the_cluster_and_survive_garbage() {
     let workers: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(workers[0]["name"], "dash-0");
     assert_eq!(workers[0]["in_memory"], n);
+    let (_, body) = get(&http, "/api/v1/groups");
+    let groups: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(groups[0]["name"], "dash-inc", "{groups}");
+    assert_eq!(groups[0]["memory"], n, "{groups}");
+    assert!(
+        metrics.contains("taskwire_group_tasks{group=\"dash-inc\",state=\"memory\"} 1000\n"),
+        "{metrics}"
+    );
+    // A task's story, from the core's transition log, as JSON and as a page.
+    let (status, body) = get(&http, "/api/v1/task/dash-inc-7");
+    assert_eq!(status, 200);
+    let story: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let steps: Vec<String> = story["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            format!(
+                "{} -> {}",
+                t["from"].as_str().unwrap(),
+                t["to"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        steps.contains(&"processing -> memory".to_string()),
+        "{steps:?}"
+    );
+    assert!(
+        story["transitions"][0]["stimulus"]
+            .as_str()
+            .unwrap()
+            .contains("update-graph")
+    );
+    let (status, page) = get(&http, "/task/dash%2Dinc%2D7");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<h1>dash-inc-7</h1>") && page.contains("memory"),
+        "{page}"
+    );
+    assert_eq!(get(&http, "/task/bad%zz").0, 400);
     let (_, body) = get(&http, "/api/v1/totals");
     let totals: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(totals["tasks"]["memory"], n);

@@ -15,7 +15,9 @@ use crate::event::{Command, Event};
 // Fx: a fast, deterministic hash (the simulator's runs repeat from their seed).
 use crate::heap::WorkerHeap;
 use crate::lifecycle::{RecoveryCounts, Retirement};
-use crate::state::{StateCounts, StimulusId, TaskState, TransitionLog, TransitionRecord};
+use crate::state::{
+    GroupInfo, StateCounts, StimulusId, TaskState, TransitionLog, TransitionRecord,
+};
 use crate::task::{Constraint, F_SCATTER, Prefix, QueueKey, Task, TaskRef, key_prefix};
 use crate::worker::{Worker, WorkerStatus, heartbeat_ms};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -288,6 +290,23 @@ impl Core {
         self.counts
     }
 
+    /// Task groups (Dask's task prefixes: `inc` for `inc-1`, `inc-2`) with tasks now: name,
+    /// tasks by state, mean duration in µs once measured. Sorted by name.
+    pub fn groups(&self) -> Vec<GroupInfo> {
+        let mut groups: Vec<GroupInfo> = self
+            .prefixes
+            .iter()
+            .filter(|p| p.counts.total() > 0)
+            .map(|p| GroupInfo {
+                name: p.name.to_string(),
+                counts: p.counts,
+                duration_us: p.duration_us,
+            })
+            .collect();
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        groups
+    }
+
     /// Clients connected.
     pub fn client_count(&self) -> usize {
         self.clients.len()
@@ -555,6 +574,7 @@ impl Core {
             duration_us: None,
             nbytes: None,
             live: 1,
+            counts: StateCounts::default(),
         };
         let i = match self.prefix_free.pop() {
             Some(i) => {
@@ -642,6 +662,7 @@ impl Core {
         t.state = TaskState::Released;
         t.prefix = prefix;
         self.counts.released += 1;
+        self.prefixes[prefix as usize].counts.released += 1;
         self.by_id.insert(id.0, slot);
         self.by_key.insert(key, slot);
         slot

@@ -185,6 +185,25 @@ impl Core {
             self.counts,
             counts
         );
+        let mut by_group = vec![StateCounts::default(); self.prefixes.len()];
+        for t in self
+            .tasks
+            .iter()
+            .filter(|t| t.state != TaskState::Forgotten)
+        {
+            *by_group[t.prefix as usize]
+                .slot(t.state)
+                .expect("live state") += 1;
+        }
+        for (p, counted) in self.prefixes.iter().zip(&by_group) {
+            ensure!(
+                p.counts == *counted,
+                "group '{}' counts {:?} != {:?}",
+                p.name,
+                p.counts,
+                counted
+            );
+        }
         ensure!(
             live == self.by_key.len(),
             "key index has {} entries, {live} tasks",

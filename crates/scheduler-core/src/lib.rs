@@ -127,4 +127,4 @@ pub use crate::config::CoreConfig;
 pub use crate::core::Core;
 pub use crate::event::{Command, Event};
 pub use crate::lifecycle::RecoveryCounts;
-pub use crate::state::{StateCounts, StimulusId, TaskState, TransitionRecord};
+pub use crate::state::{GroupInfo, StateCounts, StimulusId, TaskState, TransitionRecord};

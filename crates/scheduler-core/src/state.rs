@@ -110,6 +110,17 @@ impl fmt::Display for TransitionRecord {
     }
 }
 
+/// A task group (key prefix) as [`Core::groups`](crate::Core::groups) reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupInfo {
+    /// The prefix, e.g. `inc` for `inc-1`.
+    pub name: String,
+    /// Its tasks by state.
+    pub counts: StateCounts,
+    /// Mean run time in µs (moving average), once one finished.
+    pub duration_us: Option<f64>,
+}
+
 /// How many tasks are in each state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StateCounts {

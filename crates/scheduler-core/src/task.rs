@@ -125,6 +125,8 @@ pub(crate) struct Prefix {
     /// Moving average of the result size, once a task of the prefix has finished.
     pub(crate) nbytes: Option<f64>,
     pub(crate) live: u32,
+    /// Its tasks by state (the dashboard's progress bars).
+    pub(crate) counts: crate::state::StateCounts,
 }
 
 impl Prefix {

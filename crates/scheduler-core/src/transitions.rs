@@ -123,6 +123,13 @@ impl Core {
         if let Some(c) = self.counts.slot(to) {
             *c += 1;
         }
+        let group = &mut self.prefixes[t.prefix as usize].counts;
+        if let Some(c) = group.slot(from) {
+            *c -= 1;
+        }
+        if let Some(c) = group.slot(to) {
+            *c += 1;
+        }
         if self.log.enabled() {
             let at = self.now.expect("transitions happen inside handle_*");
             self.log

@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::HashMap;
 use std::time::Instant;
 use taskwire_protocol::{ClientId, ToWorker, WorkerId, encode};
-use taskwire_scheduler_core::{Command, Core, CoreConfig, Event, RecoveryCounts};
+use taskwire_scheduler_core::{Command, Core, CoreConfig, Event, RecoveryCounts, TransitionRecord};
 use taskwire_transport::Message;
 
 /// Who a connection belongs to.
@@ -26,6 +26,8 @@ pub(crate) enum Input {
     Attach(Peer, Route),
     /// An event for the core.
     Event(Event),
+    /// The transitions of a key still in the core's log (the dashboard's task story).
+    Story(String, tokio::sync::oneshot::Sender<Vec<TransitionRecord>>),
     /// Stop the thread.
     Shutdown,
 }
@@ -82,6 +84,9 @@ fn run(mut core: Core, rx: Receiver<Input>, mut publisher: Publisher) {
                         routes.remove(&peer);
                         log_recovery(peer, before, core.recovery());
                     }
+                }
+                Input::Story(key, reply) => {
+                    let _ = reply.send(core.story(&key));
                 }
                 Input::Shutdown => {
                     flush(&mut core, &mut routes);

@@ -6,18 +6,25 @@
 //! - `/`: the dashboard page (embedded; no asset comes from the network);
 //! - `/health`: `ok`;
 //! - `/metrics`: Prometheus text format;
-//! - `/api/v1/totals`, `/api/v1/workers`: JSON;
-//! - `/api/v1/stream`: server-sent events, one `totals` + `workers` object per snapshot.
+//! - `/api/v1/totals`, `/api/v1/workers`, `/api/v1/groups`: JSON;
+//! - `/api/v1/stream`: server-sent events, one `totals` + `workers` + `groups` object per
+//!   snapshot;
+//! - `/api/v1/task/KEY` (JSON) and `/task/KEY` (a page): the task's transitions still in the
+//!   core's log, with their stimulus ids. This is the one request that reaches the core thread:
+//!   one bounded lookup in its queue, like any event.
 //!
 //! The server is deliberately small: HTTP/1.1, one request per connection, request heads of at
 //! most 8 KiB read within 10 s, at most 64 connections at once. Anything else gets a 4xx answer
 //! and the server carries on.
 
+use crate::core_thread::Input;
 use crate::snapshot::{PUBLISH_INTERVAL, Snapshot};
+use crossbeam_channel::Sender;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
+use taskwire_scheduler_core::TransitionRecord;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -33,6 +40,7 @@ const PAGE: &str = include_str!("dashboard.html");
 pub(crate) async fn serve(
     listener: TcpListener,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    core: Sender<Input>,
     mut stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -57,8 +65,9 @@ pub(crate) async fn serve(
         };
         let snapshots = snapshots.clone();
         let stop = stop.clone();
+        let core = core.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, snapshots, stop).await {
+            if let Err(e) = handle(stream, snapshots, core, stop).await {
                 debug!("dashboard connection from {peer}: {e}");
             }
             drop(permit);
@@ -75,6 +84,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn handle(
     mut stream: TcpStream,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    core: Sender<Input>,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
@@ -121,7 +131,29 @@ async fn handle(
         }
         "/api/v1/totals" => json_response(&mut stream, &totals(&snapshot)).await,
         "/api/v1/workers" => json_response(&mut stream, &workers(&snapshot)).await,
+        "/api/v1/groups" => json_response(&mut stream, &groups(&snapshot)).await,
         "/api/v1/stream" => stream_events(stream, snapshots, stop).await,
+        p if p.starts_with("/api/v1/task/") || p.starts_with("/task/") => {
+            let raw = p.rsplit_once("/task/").map_or("", |(_, k)| k);
+            let Some(key) = percent_decode(raw) else {
+                return respond(&mut stream, 400, "text/plain", b"bad key encoding\n").await;
+            };
+            let Some(story) = story(&core, key.clone()).await else {
+                return respond(&mut stream, 503, "text/plain", b"scheduler stopping\n").await;
+            };
+            if p.starts_with("/api/") {
+                json_response(&mut stream, &story_json(&key, &story)).await
+            } else {
+                let body = story_page(&key, &story);
+                respond(
+                    &mut stream,
+                    200,
+                    "text/html; charset=utf-8",
+                    body.as_bytes(),
+                )
+                .await
+            }
+        }
         _ => respond(&mut stream, 404, "text/plain", b"not found\n").await,
     }
 }
@@ -165,6 +197,7 @@ async fn respond(
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        503 => "Service Unavailable",
         _ => "Error",
     };
     let head = format!(
@@ -197,7 +230,11 @@ async fn stream_events(
         .await?;
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
-        let event = json!({"totals": totals(&snapshot), "workers": workers(&snapshot)});
+        let event = json!({
+            "totals": totals(&snapshot),
+            "workers": workers(&snapshot),
+            "groups": groups(&snapshot),
+        });
         let line = format!("data: {event}\n\n");
         stream.write_all(line.as_bytes()).await?;
         // At most one event per publish interval, whatever the snapshot rate.
@@ -264,6 +301,92 @@ pub(crate) fn workers(s: &Snapshot) -> Value {
     )
 }
 
+pub(crate) fn groups(s: &Snapshot) -> Value {
+    Value::Array(
+        s.groups
+            .iter()
+            .map(|g| {
+                let c = &g.counts;
+                json!({
+                    "name": g.name,
+                    "waiting": c.waiting + c.no_worker + c.queued + c.released,
+                    "processing": c.processing, "memory": c.memory, "erred": c.erred,
+                    "total": c.total(), "duration_us": g.duration_us,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Ask the core thread for a key's story; `None` if it is gone.
+async fn story(core: &Sender<Input>, key: String) -> Option<Vec<TransitionRecord>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    core.send(Input::Story(key, tx)).ok()?;
+    rx.await.ok()
+}
+
+fn story_json(key: &str, story: &[TransitionRecord]) -> Value {
+    let now = std::time::Instant::now();
+    json!({
+        "key": key,
+        "transitions": story.iter().map(|r| json!({
+            "from": r.from.to_string(), "to": r.to.to_string(),
+            "stimulus": r.stimulus.to_string(),
+            "ago_ms": now.saturating_duration_since(r.at).as_millis() as u64,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn story_page(key: &str, story: &[TransitionRecord]) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let now = std::time::Instant::now();
+    let mut rows = String::new();
+    for r in story {
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.3} s ago</td></tr>",
+            esc(&r.from.to_string()),
+            esc(&r.to.to_string()),
+            esc(&r.stimulus.to_string()),
+            now.saturating_duration_since(r.at).as_secs_f64()
+        );
+    }
+    if story.is_empty() {
+        rows.push_str("<tr><td colspan=4>no transitions of this key in the log</td></tr>");
+    }
+    format!(
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>{k} - Taskwire</title>\
+         <style>body{{font:14px system-ui,sans-serif;margin:24px}}td,th{{padding:4px 10px;\
+         text-align:left;border-bottom:1px solid #e5e5ea}}</style></head><body>\
+         <p><a href=\"/\">Taskwire</a></p><h1>{k}</h1><table><tr><th>From</th><th>To</th>\
+         <th>Stimulus</th><th>When</th></tr>{rows}</table></body></html>",
+        k = esc(key)
+    )
+}
+
+/// Decode `%XX` escapes of a URL path segment; `None` for a bad escape or non-UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// A Prometheus label value: backslash, quote and newline escaped.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -301,6 +424,27 @@ pub(crate) fn metrics(s: &Snapshot) -> String {
         &by_state,
     );
     let one = |v: f64| vec![(String::new(), v)];
+    let mut by_group = Vec::new();
+    for g in &s.groups {
+        let c = &g.counts;
+        for (st, n) in [
+            ("waiting", c.waiting + c.no_worker + c.queued + c.released),
+            ("processing", c.processing),
+            ("memory", c.memory),
+            ("erred", c.erred),
+        ] {
+            by_group.push((
+                format!("{{group=\"{}\",state=\"{st}\"}}", label(&g.name)),
+                n as f64,
+            ));
+        }
+    }
+    family(
+        "taskwire_group_tasks",
+        "gauge",
+        "Tasks of each task group (key prefix) the scheduler holds, by state.",
+        &by_group,
+    );
     family(
         "taskwire_tasks_finished_total",
         "counter",

@@ -180,6 +180,7 @@ impl SchedulerBuilder {
             tokio::spawn(dashboard::serve(
                 listener,
                 snapshots.clone(),
+                core.inputs.clone(),
                 stop_rx.clone(),
             ));
         }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use taskwire_protocol::WorkerInfoMsg;
-use taskwire_scheduler_core::{Core, RecoveryCounts, StateCounts};
+use taskwire_scheduler_core::{Core, GroupInfo, RecoveryCounts, StateCounts};
 use tokio::sync::watch;
 
 /// At most this many snapshots a second.
@@ -19,6 +19,8 @@ pub struct Snapshot {
     pub counts: StateCounts,
     /// Workers, by id.
     pub workers: Vec<WorkerInfoMsg>,
+    /// Task groups with tasks, by name.
+    pub groups: Vec<GroupInfo>,
     /// Worker losses and retirements so far.
     pub recovery: RecoveryCounts,
     /// Tasks finished since the scheduler started.
@@ -33,6 +35,7 @@ impl Snapshot {
             taken: SystemTime::now(),
             counts: core.counts(),
             workers: core.workers(),
+            groups: core.groups(),
             recovery: core.recovery(),
             finished_total: core.finished_total(),
             clients: core.client_count(),
@@ -45,6 +48,7 @@ impl Snapshot {
             taken: SystemTime::now(),
             counts: StateCounts::default(),
             workers: Vec::new(),
+            groups: Vec::new(),
             recovery: RecoveryCounts::default(),
             finished_total: 0,
             clients: 0,
