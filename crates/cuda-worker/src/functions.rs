@@ -1,0 +1,340 @@
+//! GPU task functions for the stock worker.
+//!
+//! | name         | args                | result                                                    |
+//! |--------------|---------------------|-----------------------------------------------------------|
+//! | `gpu-info`   | ignored             | JSON: the device the task ran on (name, UUID, memory, where it was read) |
+//! | `gpu-saxpy`  | u64 n (default 2^20)| u64 LE: FNV-1a 64 of `y = 2 x + 1` computed on the GPU ([`saxpy_checksum_cpu`]) |
+//!
+//! "The device the task ran on" is the worker's CUDA device 0 (the first entry of its rotated
+//! `CUDA_VISIBLE_DEVICES`), or device `ordinal` for in-process workers (`LocalCudaCluster`).
+//! Without a GPU both are task errors with a clear message, never a panic: the CUDA driver
+//! library is probed before any driver call (cudarc would panic without it).
+
+use crate::plan::DEVICE_MEMORY_LIMIT_ENV;
+use bytes::Bytes;
+use taskwire_worker::{Registry, TaskResult, fnv1a64};
+
+/// Elements `gpu-saxpy` computes when its args are empty.
+pub const SAXPY_DEFAULT_N: u64 = 1 << 20;
+/// Largest `gpu-saxpy` size (4 GiB of device memory for x and y).
+pub const SAXPY_MAX_N: u64 = 1 << 29;
+
+/// `x[i]` of `gpu-saxpy`: small integers, so `2 x + 1` is exact in `f32` and the CPU can check
+/// the GPU bit for bit.
+fn saxpy_x(i: u64) -> f32 {
+    (i % 4096) as f32
+}
+
+/// The checksum `gpu-saxpy` returns for `n` elements, computed on the CPU.
+pub fn saxpy_checksum_cpu(n: u64) -> u64 {
+    let mut bytes = Vec::with_capacity(4 * n as usize);
+    for i in 0..n {
+        bytes.extend_from_slice(&(2.0 * saxpy_x(i) + 1.0).to_le_bytes());
+    }
+    fnv1a64(&bytes)
+}
+
+/// Register `gpu-info` and `gpu-saxpy`, running on CUDA device `ordinal` of this process.
+pub fn register_gpu_functions(r: &mut Registry, ordinal: usize) {
+    r.register("gpu-info", move |_, _, _| gpu_info(ordinal));
+    r.register("gpu-saxpy", move |_, args, _| {
+        let n = match args.len() {
+            0 => SAXPY_DEFAULT_N,
+            8 => u64::from_le_bytes(args.try_into().expect("8 bytes")),
+            l => return Err(format!("gpu-saxpy: expected 8-byte u64 n, got {l} bytes")),
+        };
+        if n == 0 || n > SAXPY_MAX_N {
+            return Err(format!(
+                "gpu-saxpy: n must be in 1..={SAXPY_MAX_N}, got {n}"
+            ));
+        }
+        saxpy(ordinal, n)
+    });
+}
+
+/// The stock functions plus the GPU functions on device 0: what `taskwire worker` processes
+/// (and so the cuda-worker's) run.
+pub fn worker_functions() -> Registry {
+    let mut r = Registry::stock();
+    register_gpu_functions(&mut r, 0);
+    r
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// What `gpu-info` reports.
+struct DeviceInfo {
+    name: String,
+    uuid: String,
+    memory_total: Option<u64>,
+    memory_used: Option<u64>,
+    source: &'static str,
+}
+
+fn gpu_info(ordinal: usize) -> TaskResult {
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let info = match cuda::device_info(ordinal) {
+        Ok(info) => info,
+        Err(cuda_err) => nvml_device_info(ordinal, visible.as_deref()).map_err(|nvml_err| {
+            format!(
+                "gpu-info: no GPU usable on this worker: CUDA: {cuda_err}; NVML: {nvml_err} \
+                 (CUDA_VISIBLE_DEVICES={})",
+                visible.as_deref().unwrap_or("unset")
+            )
+        })?,
+    };
+    let opt = |v: Option<u64>| v.map_or_else(|| "null".into(), |b| b.to_string());
+    let limit = std::env::var(DEVICE_MEMORY_LIMIT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    Ok(Bytes::from(format!(
+        "{{\"ordinal\":{ordinal},\"name\":{},\"uuid\":{},\"memory_total\":{},\"memory_used\":{},\
+         \"device_memory_limit\":{},\"cuda_visible_devices\":{},\"source\":\"{}\"}}",
+        json_str(&info.name),
+        json_str(&info.uuid),
+        opt(info.memory_total),
+        opt(info.memory_used),
+        opt(limit),
+        visible.as_deref().map_or_else(|| "null".into(), json_str),
+        info.source
+    )))
+}
+
+/// The device through NVML: entry `ordinal` of `CUDA_VISIBLE_DEVICES` (workers run with
+/// `CUDA_DEVICE_ORDER=PCI_BUS_ID`, so an index is NVML's), or NVML device `ordinal` without it.
+fn nvml_device_info(ordinal: usize, visible: Option<&str>) -> Result<DeviceInfo, String> {
+    use crate::devices::{DeviceId, parse_visible_devices};
+    use nvml_wrapper::Nvml;
+    let nvml = Nvml::init().map_err(|e| e.to_string())?;
+    let id = match visible {
+        Some(v) => parse_visible_devices(v, "CUDA_VISIBLE_DEVICES")
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .nth(ordinal)
+            .ok_or_else(|| format!("CUDA_VISIBLE_DEVICES has no device {ordinal}"))?,
+        None => DeviceId::Index(ordinal as u32),
+    };
+    let device = match &id {
+        DeviceId::Index(i) => nvml.device_by_index(*i),
+        DeviceId::Uuid(u) | DeviceId::Mig(u) => nvml.device_by_uuid(u.as_str()),
+    }
+    .map_err(|e| format!("device {id}: {e}"))?;
+    let memory = device.memory_info().ok();
+    Ok(DeviceInfo {
+        name: device.name().map_err(|e| e.to_string())?,
+        uuid: device.uuid().map_err(|e| e.to_string())?,
+        memory_total: memory.as_ref().map(|m| m.total),
+        memory_used: memory.as_ref().map(|m| m.used),
+        source: "nvml",
+    })
+}
+
+fn saxpy(ordinal: usize, n: u64) -> TaskResult {
+    cuda::saxpy(ordinal, n).map(|sum| Bytes::copy_from_slice(&sum.to_le_bytes()))
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! The CUDA driver through cudarc (loaded at run time).
+
+    use super::{DeviceInfo, saxpy_x};
+    use cudarc::driver::sys;
+    use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
+    use cudarc::nvrtc::Ptx;
+    use taskwire_worker::fnv1a64;
+
+    /// `y[i] = a * x[i] + y[i]` for `i < n`; args `(float* y, const float* x, float a, u32 n)`.
+    /// Hand-written, so no NVRTC or toolkit is needed: the driver JIT-compiles it. `.version 7.0`
+    /// needs a CUDA 11.0+ driver; `sm_75` runs on Turing and newer.
+    const SAXPY_PTX: &str = include_str!("saxpy.ptx");
+
+    /// Probe for libcuda first: cudarc panics on the first driver call without it.
+    fn driver() -> Result<(), String> {
+        // SAFETY: is_culib_present only tries to dlopen the driver library by its known names
+        // and closes it again; it touches no other state.
+        if unsafe { sys::is_culib_present() } {
+            Ok(())
+        } else {
+            Err("the CUDA driver library (libcuda.so.1) is not installed on this worker".into())
+        }
+    }
+
+    fn uuid_string(u: &sys::CUuuid) -> String {
+        let b: Vec<u8> = u.bytes.iter().map(|&c| c as u8).collect();
+        let hex =
+            |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+        format!(
+            "GPU-{}-{}-{}-{}-{}",
+            hex(0..4),
+            hex(4..6),
+            hex(6..8),
+            hex(8..10),
+            hex(10..16)
+        )
+    }
+
+    pub(super) fn device_info(ordinal: usize) -> Result<DeviceInfo, String> {
+        use cudarc::driver::result;
+        driver()?;
+        result::init().map_err(|e| format!("cuInit: {e}"))?;
+        let dev =
+            result::device::get(ordinal as i32).map_err(|e| format!("device {ordinal}: {e}"))?;
+        let name = result::device::get_name(dev).map_err(|e| e.to_string())?;
+        let uuid = result::device::get_uuid(dev).map_err(|e| e.to_string())?;
+        // SAFETY: `dev` is a valid device handle from cuDeviceGet after cuInit.
+        let total = unsafe { result::device::total_mem(dev) }.map_err(|e| e.to_string())?;
+        Ok(DeviceInfo {
+            name,
+            uuid: uuid_string(&uuid),
+            memory_total: Some(total as u64),
+            memory_used: None,
+            source: "cuda",
+        })
+    }
+
+    pub(super) fn saxpy(ordinal: usize, n: u64) -> Result<u64, String> {
+        driver().map_err(|e| format!("gpu-saxpy: {e}"))?;
+        let err = |what: &str| {
+            let what = what.to_string();
+            move |e: cudarc::driver::DriverError| format!("gpu-saxpy: {what}: {e}")
+        };
+        let ctx = CudaContext::new(ordinal).map_err(err("cannot open the device"))?;
+        let stream = ctx.default_stream();
+        let module = ctx
+            .load_module(Ptx::from_src(SAXPY_PTX))
+            .map_err(err("cannot load the kernel"))?;
+        let f = module
+            .load_function("saxpy")
+            .map_err(err("cannot find the kernel"))?;
+        let host_x: Vec<f32> = (0..n).map(saxpy_x).collect();
+        let host_y = vec![1.0f32; n as usize];
+        let x = stream.clone_htod(&host_x).map_err(err("copy to the GPU"))?;
+        let mut y = stream.clone_htod(&host_y).map_err(err("copy to the GPU"))?;
+        let (a, n32) = (2.0f32, n as u32);
+        let mut launch = stream.launch_builder(&f);
+        launch.arg(&mut y).arg(&x).arg(&a).arg(&n32);
+        // SAFETY: the kernel's parameters are (f32* y, const f32* x, f32 a, u32 n), matching the
+        // arguments pushed above; y and x hold n elements and the kernel touches only i < n.
+        unsafe { launch.launch(LaunchConfig::for_num_elems(n32)) }.map_err(err("launch"))?;
+        let out = stream.clone_dtoh(&y).map_err(err("copy from the GPU"))?;
+        let bytes: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Ok(fnv1a64(&bytes))
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    //! Built without the `cuda` feature: no driver calls at all.
+
+    use super::DeviceInfo;
+
+    const NO_CUDA: &str = "this taskwire was built without the `cuda` feature";
+
+    pub(super) fn device_info(_ordinal: usize) -> Result<DeviceInfo, String> {
+        Err(NO_CUDA.into())
+    }
+
+    pub(super) fn saxpy(_ordinal: usize, _n: u64) -> Result<u64, String> {
+        Err(format!("gpu-saxpy: {NO_CUDA}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskwire_worker::TaskContext;
+
+    fn ctx() -> TaskContext<'static> {
+        TaskContext {
+            key: "gpu-0",
+            worker_name: "w-gpu0",
+            thread: 0,
+        }
+    }
+
+    fn no_gpu_here() -> bool {
+        !std::path::Path::new("/proc/driver/nvidia").exists()
+    }
+
+    #[test]
+    fn cpu_reference_is_what_saxpy_means() {
+        // y = 2 x + 1 with x = 0, 1, 2: 1, 3, 5.
+        let mut b = Vec::new();
+        for v in [1.0f32, 3.0, 5.0] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(saxpy_checksum_cpu(3), fnv1a64(&b));
+        assert_ne!(saxpy_checksum_cpu(4096), saxpy_checksum_cpu(4097));
+    }
+
+    #[test]
+    fn registered_in_the_worker_functions() {
+        let r = worker_functions();
+        for f in ["gpu-info", "gpu-saxpy", "inc", "noop"] {
+            assert!(r.get(f).is_some(), "{f}");
+        }
+    }
+
+    #[test]
+    fn bad_saxpy_sizes_are_task_errors() {
+        let r = worker_functions();
+        let f = r.get("gpu-saxpy").unwrap();
+        assert!(f(&ctx(), b"abc", &[]).unwrap_err().contains("8-byte"));
+        assert!(
+            f(&ctx(), &0u64.to_le_bytes(), &[])
+                .unwrap_err()
+                .contains("1..=")
+        );
+    }
+
+    #[test]
+    fn without_a_gpu_the_functions_fail_clearly_without_panicking() {
+        if !no_gpu_here() {
+            eprintln!("skipped: this machine has an NVIDIA driver");
+            return;
+        }
+        let r = worker_functions();
+        let e = r.get("gpu-info").unwrap()(&ctx(), &[], &[]).unwrap_err();
+        assert!(
+            e.starts_with("gpu-info: no GPU usable on this worker"),
+            "{e}"
+        );
+        let e = r.get("gpu-saxpy").unwrap()(&ctx(), &[], &[]).unwrap_err();
+        assert!(e.starts_with("gpu-saxpy: "), "{e}");
+        #[cfg(feature = "cuda")]
+        assert!(e.contains("libcuda.so.1"), "{e}");
+    }
+
+    /// Needs an NVIDIA GPU and driver:
+    /// `cargo test -p taskwire-cuda-worker -- --ignored gpu_saxpy_matches_the_cpu`.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn gpu_saxpy_matches_the_cpu() {
+        let r = worker_functions();
+        let info = r.get("gpu-info").unwrap()(&ctx(), &[], &[]).unwrap();
+        eprintln!("gpu-info: {}", String::from_utf8_lossy(&info));
+        for n in [1u64, 1000, SAXPY_DEFAULT_N, 10_000_019] {
+            let t = std::time::Instant::now();
+            let out = r.get("gpu-saxpy").unwrap()(&ctx(), &n.to_le_bytes(), &[]).unwrap();
+            let got = u64::from_le_bytes(out[..].try_into().unwrap());
+            eprintln!(
+                "gpu-saxpy n={n}: {:?} (context, JIT, copies, kernel)",
+                t.elapsed()
+            );
+            assert_eq!(got, saxpy_checksum_cpu(n), "n={n}");
+        }
+    }
+}
