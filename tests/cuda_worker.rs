@@ -298,6 +298,92 @@ fn killed_gpu_worker_comes_back_on_the_same_gpu() {
     });
 }
 
+/// `LocalCudaCluster` in a process whose `CUDA_VISIBLE_DEVICES` is `0,1,2,3` and which has no
+/// NVML: this test runs the next one in a child process with that variable set (setting it in
+/// this multi-threaded test process would race other tests).
+#[test]
+fn local_cuda_cluster_starts_a_worker_per_visible_gpu() {
+    if has_nvidia_driver() {
+        eprintln!("skipped: this machine has an NVIDIA driver");
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "local_cuda_cluster_in_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+        .env(CHILD_MARK, "1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "the child test ran: {text}");
+}
+
+const CHILD_MARK: &str = "TASKWIRE_TEST_LOCAL_CUDA_CHILD";
+
+#[test]
+#[ignore = "run by local_cuda_cluster_starts_a_worker_per_visible_gpu in a child process"]
+fn local_cuda_cluster_in_child() {
+    if std::env::var_os(CHILD_MARK).is_none() {
+        eprintln!("skipped: only meaningful as the child of local_cuda_cluster_starts_...");
+        return;
+    }
+    assert_eq!(std::env::var("CUDA_VISIBLE_DEVICES").unwrap(), "0,1,2,3");
+    rt().block_on(async {
+        let cluster = taskwire::LocalCudaCluster::builder().start().await.unwrap();
+        let gpus = cluster.gpus();
+        let lists: Vec<&str> = gpus
+            .iter()
+            .map(|g| g.cuda_visible_devices.as_str())
+            .collect();
+        assert_eq!(lists, ROTATIONS);
+        let client = cluster.client().await.unwrap();
+        let ws = workers_until(&client, "4 local GPU workers", |ws| ws.len() == 4).await;
+        let mut names: Vec<&str> = ws.iter().map(|w| w.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["local-gpu0", "local-gpu1", "local-gpu2", "local-gpu3"]
+        );
+        for w in &ws {
+            assert_eq!(w.nthreads, 1);
+            assert_eq!(
+                (w.resources[0].name.as_str(), w.resources[0].amount),
+                ("GPU", 1.0)
+            );
+        }
+        // Each worker's GPU functions are bound to its own GPU: CUDA device k of this process.
+        for k in 0..4 {
+            let f = client
+                .submit(
+                    Task::function(format!("info-{k}"), "gpu-info")
+                        .resource("GPU", 1.0)
+                        .worker(&format!("local-gpu{k}")),
+                )
+                .await
+                .unwrap();
+            match tokio::time::timeout(SOON, f.result())
+                .await
+                .expect("in time")
+            {
+                Err(ClientError::Task { error, .. }) => assert!(
+                    error.message.contains(&format!("wanted CUDA device {k})")),
+                    "{}",
+                    error.message
+                ),
+                other => panic!("gpu-info without a GPU: {other:?}"),
+            }
+        }
+        client.close().await;
+        cluster.close().await;
+    });
+}
+
 /// On a real GPU node: every GPU's worker runs `gpu-info` and `gpu-saxpy` on its own GPU and the
 /// checksum matches the CPU's. Prints device names and timings for BENCHMARKS.md.
 #[test]

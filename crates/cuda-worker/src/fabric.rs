@@ -89,6 +89,9 @@ impl Fabric {
     }
 }
 
+/// Environment variables to give each worker, and warnings for the log.
+pub type EnvAndWarnings = (Vec<(String, String)>, Vec<String>);
+
 /// Check the transport and fabric flags; returns the UCX variables to give each worker and
 /// warnings about variables the environment (`existing`) already sets. `ucx_built`: whether
 /// this binary has the UCX transport.
@@ -97,7 +100,7 @@ pub fn transport_env(
     fabric: Fabric,
     ucx_built: bool,
     existing: impl Fn(&str) -> Option<String>,
-) -> Result<(Vec<(String, String)>, Vec<String>), CudaWorkerError> {
+) -> Result<EnvAndWarnings, CudaWorkerError> {
     match transport {
         Transport::Tcp => {
             if fabric.any() {

@@ -2,14 +2,17 @@
 //!
 //! | name         | args                | result                                                    |
 //! |--------------|---------------------|-----------------------------------------------------------|
-//! | `gpu-info`   | ignored             | JSON: the device the task ran on (name, UUID, memory, where it was read) |
+//! | `gpu-info`   | ignored             | JSON: the device the task ran on (ordinal, name, UUID, memory, the recorded device memory limit, `CUDA_VISIBLE_DEVICES`, where it was read) |
 //! | `gpu-saxpy`  | u64 n (default 2^20)| u64 LE: FNV-1a 64 of `y = 2 x + 1` computed on the GPU ([`saxpy_checksum_cpu`]) |
 //!
 //! "The device the task ran on" is the worker's CUDA device 0 (the first entry of its rotated
-//! `CUDA_VISIBLE_DEVICES`), or device `ordinal` for in-process workers (`LocalCudaCluster`).
+//! `CUDA_VISIBLE_DEVICES`) in a worker process, or the device a [`GpuSelector`] names for
+//! in-process workers (`LocalCudaCluster`), which share one environment.
 //! Without a GPU both are task errors with a clear message, never a panic: the CUDA driver
 //! library is probed before any driver call (cudarc would panic without it).
 
+use crate::devices::{DeviceId, parse_visible_devices};
+use crate::discover::Gpu;
 use crate::plan::DEVICE_MEMORY_LIMIT_ENV;
 use bytes::Bytes;
 use taskwire_worker::{Registry, TaskResult, fnv1a64};
@@ -34,9 +37,49 @@ pub fn saxpy_checksum_cpu(n: u64) -> u64 {
     fnv1a64(&bytes)
 }
 
-/// Register `gpu-info` and `gpu-saxpy`, running on CUDA device `ordinal` of this process.
-pub fn register_gpu_functions(r: &mut Registry, ordinal: usize) {
-    r.register("gpu-info", move |_, _, _| gpu_info(ordinal));
+/// Which GPU the GPU functions of a worker use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GpuSelector {
+    /// CUDA device `k` of this process (0 in a cuda-worker process: its own GPU).
+    Ordinal(usize),
+    /// The GPU whose UUID starts with this (`GPU-...`), whatever its ordinal.
+    Uuid(String),
+}
+
+impl GpuSelector {
+    /// The selector for an in-process worker owning `gpu`, in a process whose own
+    /// `CUDA_VISIBLE_DEVICES` is `process_visible`: by UUID where known (robust to device
+    /// order), else its position in `process_visible`, else its index as given.
+    pub fn for_gpu(gpu: &Gpu, process_visible: Option<&[DeviceId]>) -> GpuSelector {
+        if let Some(n) = &gpu.nvml {
+            return GpuSelector::Uuid(n.uuid.clone());
+        }
+        if let DeviceId::Uuid(u) = &gpu.id {
+            return GpuSelector::Uuid(u.clone());
+        }
+        if let Some(k) = process_visible.and_then(|v| v.iter().position(|d| *d == gpu.id)) {
+            return GpuSelector::Ordinal(k);
+        }
+        match gpu.id {
+            DeviceId::Index(n) => GpuSelector::Ordinal(n as usize),
+            _ => GpuSelector::Ordinal(0),
+        }
+    }
+}
+
+impl std::fmt::Display for GpuSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GpuSelector::Ordinal(k) => write!(f, "CUDA device {k}"),
+            GpuSelector::Uuid(u) => write!(f, "the GPU {u}"),
+        }
+    }
+}
+
+/// Register `gpu-info` and `gpu-saxpy`, running on the GPU `on` selects.
+pub fn register_gpu_functions(r: &mut Registry, on: GpuSelector) {
+    let sel = on.clone();
+    r.register("gpu-info", move |_, _, _| gpu_info(&sel));
     r.register("gpu-saxpy", move |_, args, _| {
         let n = match args.len() {
             0 => SAXPY_DEFAULT_N,
@@ -48,15 +91,15 @@ pub fn register_gpu_functions(r: &mut Registry, ordinal: usize) {
                 "gpu-saxpy: n must be in 1..={SAXPY_MAX_N}, got {n}"
             ));
         }
-        saxpy(ordinal, n)
+        cuda::saxpy(&on, n).map(|sum| Bytes::copy_from_slice(&sum.to_le_bytes()))
     });
 }
 
-/// The stock functions plus the GPU functions on device 0: what `taskwire worker` processes
-/// (and so the cuda-worker's) run.
+/// The stock functions plus the GPU functions on CUDA device 0: what `taskwire worker`
+/// processes (and so the cuda-worker's) run.
 pub fn worker_functions() -> Registry {
     let mut r = Registry::stock();
-    register_gpu_functions(&mut r, 0);
+    register_gpu_functions(&mut r, GpuSelector::Ordinal(0));
     r
 }
 
@@ -77,6 +120,8 @@ fn json_str(s: &str) -> String {
 
 /// What `gpu-info` reports.
 struct DeviceInfo {
+    /// The CUDA ordinal, where the CUDA driver was asked.
+    ordinal: Option<usize>,
     name: String,
     uuid: String,
     memory_total: Option<u64>,
@@ -84,14 +129,14 @@ struct DeviceInfo {
     source: &'static str,
 }
 
-fn gpu_info(ordinal: usize) -> TaskResult {
+fn gpu_info(on: &GpuSelector) -> TaskResult {
     let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-    let info = match cuda::device_info(ordinal) {
+    let info = match cuda::device_info(on) {
         Ok(info) => info,
-        Err(cuda_err) => nvml_device_info(ordinal, visible.as_deref()).map_err(|nvml_err| {
+        Err(cuda_err) => nvml_device_info(on, visible.as_deref()).map_err(|nvml_err| {
             format!(
-                "gpu-info: no GPU usable on this worker: CUDA: {cuda_err}; NVML: {nvml_err} \
-                 (CUDA_VISIBLE_DEVICES={})",
+                "gpu-info: no GPU usable on this worker (wanted {on}): CUDA: {cuda_err}; NVML: \
+                 {nvml_err} (CUDA_VISIBLE_DEVICES={})",
                 visible.as_deref().unwrap_or("unset")
             )
         })?,
@@ -101,8 +146,9 @@ fn gpu_info(ordinal: usize) -> TaskResult {
         .ok()
         .and_then(|v| v.parse::<u64>().ok());
     Ok(Bytes::from(format!(
-        "{{\"ordinal\":{ordinal},\"name\":{},\"uuid\":{},\"memory_total\":{},\"memory_used\":{},\
+        "{{\"ordinal\":{},\"name\":{},\"uuid\":{},\"memory_total\":{},\"memory_used\":{},\
          \"device_memory_limit\":{},\"cuda_visible_devices\":{},\"source\":\"{}\"}}",
+        opt(info.ordinal.map(|k| k as u64)),
         json_str(&info.name),
         json_str(&info.uuid),
         opt(info.memory_total),
@@ -113,27 +159,42 @@ fn gpu_info(ordinal: usize) -> TaskResult {
     )))
 }
 
-/// The device through NVML: entry `ordinal` of `CUDA_VISIBLE_DEVICES` (workers run with
-/// `CUDA_DEVICE_ORDER=PCI_BUS_ID`, so an index is NVML's), or NVML device `ordinal` without it.
-fn nvml_device_info(ordinal: usize, visible: Option<&str>) -> Result<DeviceInfo, String> {
-    use crate::devices::{DeviceId, parse_visible_devices};
+/// The device through NVML, where the CUDA driver could not be asked. For an ordinal `k`:
+/// entry `k` of `CUDA_VISIBLE_DEVICES` (workers run with `CUDA_DEVICE_ORDER=PCI_BUS_ID`, so an
+/// index is NVML's), or NVML device `k` without it; for a UUID, the GPU whose UUID starts with
+/// it.
+fn nvml_device_info(on: &GpuSelector, visible: Option<&str>) -> Result<DeviceInfo, String> {
     use nvml_wrapper::Nvml;
     let nvml = Nvml::init().map_err(|e| e.to_string())?;
-    let id = match visible {
-        Some(v) => parse_visible_devices(v, "CUDA_VISIBLE_DEVICES")
+    let id = match (on, visible) {
+        (GpuSelector::Uuid(u), _) => DeviceId::Uuid(u.clone()),
+        (GpuSelector::Ordinal(k), Some(v)) => parse_visible_devices(v, "CUDA_VISIBLE_DEVICES")
             .map_err(|e| e.to_string())?
             .into_iter()
-            .nth(ordinal)
-            .ok_or_else(|| format!("CUDA_VISIBLE_DEVICES has no device {ordinal}"))?,
-        None => DeviceId::Index(ordinal as u32),
+            .nth(*k)
+            .ok_or_else(|| format!("CUDA_VISIBLE_DEVICES has no device {k}"))?,
+        (GpuSelector::Ordinal(k), None) => DeviceId::Index(*k as u32),
     };
     let device = match &id {
         DeviceId::Index(i) => nvml.device_by_index(*i),
-        DeviceId::Uuid(u) | DeviceId::Mig(u) => nvml.device_by_uuid(u.as_str()),
+        DeviceId::Mig(u) => nvml.device_by_uuid(u.as_str()),
+        DeviceId::Uuid(prefix) => {
+            let p = prefix.to_ascii_lowercase();
+            let count = nvml.device_count().map_err(|e| e.to_string())?;
+            let index = (0..count)
+                .find(|&i| {
+                    nvml.device_by_index(i)
+                        .and_then(|d| d.uuid())
+                        .is_ok_and(|u| u.to_ascii_lowercase().starts_with(&p))
+                })
+                .ok_or_else(|| format!("no GPU has a UUID starting with {prefix}"))?;
+            nvml.device_by_index(index)
+        }
     }
     .map_err(|e| format!("device {id}: {e}"))?;
     let memory = device.memory_info().ok();
     Ok(DeviceInfo {
+        ordinal: None,
         name: device.name().map_err(|e| e.to_string())?,
         uuid: device.uuid().map_err(|e| e.to_string())?,
         memory_total: memory.as_ref().map(|m| m.total),
@@ -142,17 +203,13 @@ fn nvml_device_info(ordinal: usize, visible: Option<&str>) -> Result<DeviceInfo,
     })
 }
 
-fn saxpy(ordinal: usize, n: u64) -> TaskResult {
-    cuda::saxpy(ordinal, n).map(|sum| Bytes::copy_from_slice(&sum.to_le_bytes()))
-}
-
 #[cfg(feature = "cuda")]
 mod cuda {
     //! The CUDA driver through cudarc (loaded at run time).
 
-    use super::{DeviceInfo, saxpy_x};
+    use super::{DeviceInfo, GpuSelector, saxpy_x};
     use cudarc::driver::sys;
-    use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
+    use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg, result};
     use cudarc::nvrtc::Ptx;
     use taskwire_worker::fnv1a64;
 
@@ -186,10 +243,31 @@ mod cuda {
         )
     }
 
-    pub(super) fn device_info(ordinal: usize) -> Result<DeviceInfo, String> {
-        use cudarc::driver::result;
+    /// The CUDA ordinal `on` names (initialises the driver).
+    fn ordinal(on: &GpuSelector) -> Result<usize, String> {
         driver()?;
         result::init().map_err(|e| format!("cuInit: {e}"))?;
+        match on {
+            GpuSelector::Ordinal(k) => Ok(*k),
+            GpuSelector::Uuid(prefix) => {
+                let p = prefix.to_ascii_lowercase();
+                let count = result::device::get_count().map_err(|e| e.to_string())?;
+                for k in 0..count {
+                    let dev = result::device::get(k).map_err(|e| e.to_string())?;
+                    let uuid = result::device::get_uuid(dev).map_err(|e| e.to_string())?;
+                    if uuid_string(&uuid).starts_with(&p) {
+                        return Ok(k as usize);
+                    }
+                }
+                Err(format!(
+                    "none of the {count} CUDA devices has a UUID starting with {prefix}"
+                ))
+            }
+        }
+    }
+
+    pub(super) fn device_info(on: &GpuSelector) -> Result<DeviceInfo, String> {
+        let ordinal = ordinal(on)?;
         let dev =
             result::device::get(ordinal as i32).map_err(|e| format!("device {ordinal}: {e}"))?;
         let name = result::device::get_name(dev).map_err(|e| e.to_string())?;
@@ -197,6 +275,7 @@ mod cuda {
         // SAFETY: `dev` is a valid device handle from cuDeviceGet after cuInit.
         let total = unsafe { result::device::total_mem(dev) }.map_err(|e| e.to_string())?;
         Ok(DeviceInfo {
+            ordinal: Some(ordinal),
             name,
             uuid: uuid_string(&uuid),
             memory_total: Some(total as u64),
@@ -205,8 +284,8 @@ mod cuda {
         })
     }
 
-    pub(super) fn saxpy(ordinal: usize, n: u64) -> Result<u64, String> {
-        driver().map_err(|e| format!("gpu-saxpy: {e}"))?;
+    pub(super) fn saxpy(on: &GpuSelector, n: u64) -> Result<u64, String> {
+        let ordinal = ordinal(on).map_err(|e| format!("gpu-saxpy: {e}"))?;
         let err = |what: &str| {
             let what = what.to_string();
             move |e: cudarc::driver::DriverError| format!("gpu-saxpy: {what}: {e}")
@@ -239,15 +318,15 @@ mod cuda {
 mod cuda {
     //! Built without the `cuda` feature: no driver calls at all.
 
-    use super::DeviceInfo;
+    use super::{DeviceInfo, GpuSelector};
 
     const NO_CUDA: &str = "this taskwire was built without the `cuda` feature";
 
-    pub(super) fn device_info(_ordinal: usize) -> Result<DeviceInfo, String> {
+    pub(super) fn device_info(_on: &GpuSelector) -> Result<DeviceInfo, String> {
         Err(NO_CUDA.into())
     }
 
-    pub(super) fn saxpy(_ordinal: usize, _n: u64) -> Result<u64, String> {
+    pub(super) fn saxpy(_on: &GpuSelector, _n: u64) -> Result<u64, String> {
         Err(format!("gpu-saxpy: {NO_CUDA}"))
     }
 }
@@ -278,6 +357,40 @@ mod tests {
         }
         assert_eq!(saxpy_checksum_cpu(3), fnv1a64(&b));
         assert_ne!(saxpy_checksum_cpu(4096), saxpy_checksum_cpu(4097));
+    }
+
+    #[test]
+    fn in_process_workers_select_their_gpu_by_uuid_or_position() {
+        use crate::NvmlGpu;
+        let unverified = |id: DeviceId| Gpu { id, nvml: None };
+        let visible = [DeviceId::Index(4), DeviceId::Index(6)];
+        assert_eq!(
+            GpuSelector::for_gpu(&unverified(DeviceId::Index(6)), Some(&visible)),
+            GpuSelector::Ordinal(1),
+            "the process sees 4,6: GPU 6 is its device 1"
+        );
+        assert_eq!(
+            GpuSelector::for_gpu(&unverified(DeviceId::Index(2)), None),
+            GpuSelector::Ordinal(2)
+        );
+        assert_eq!(
+            GpuSelector::for_gpu(&unverified(DeviceId::Uuid("GPU-ab".into())), None),
+            GpuSelector::Uuid("GPU-ab".into())
+        );
+        let verified = Gpu {
+            id: DeviceId::Index(1),
+            nvml: Some(NvmlGpu {
+                index: 1,
+                name: "x".into(),
+                uuid: "GPU-1234".into(),
+                memory_total: None,
+                cpus: Ok(vec![0]),
+            }),
+        };
+        assert_eq!(
+            GpuSelector::for_gpu(&verified, Some(&visible)),
+            GpuSelector::Uuid("GPU-1234".into())
+        );
     }
 
     #[test]

@@ -37,9 +37,10 @@ pub use devices::{DeviceId, join, parse_visible_devices, rotate};
 pub use discover::{
     Discovery, Gpu, NvmlGpu, NvmlProbe, VisibleSpec, discover, probe_nvml, proc_gpu_count,
 };
-pub use fabric::{Fabric, Transport, interface_address, transport_env};
+pub use fabric::{EnvAndWarnings, Fabric, Transport, interface_address, transport_env};
 pub use functions::{
-    SAXPY_DEFAULT_N, SAXPY_MAX_N, register_gpu_functions, saxpy_checksum_cpu, worker_functions,
+    GpuSelector, SAXPY_DEFAULT_N, SAXPY_MAX_N, register_gpu_functions, saxpy_checksum_cpu,
+    worker_functions,
 };
 pub use plan::{
     DEFAULT_DEVICE_MEMORY_FRACTION, DEVICE_MEMORY_LIMIT_ENV, DeviceMemoryLimit, GpuWorkerPlan,
