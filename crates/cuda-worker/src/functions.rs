@@ -209,8 +209,10 @@ mod cuda {
 
     use super::{DeviceInfo, GpuSelector, saxpy_x};
     use cudarc::driver::sys;
-    use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg, result};
+    use cudarc::driver::{CudaContext, CudaFunction, LaunchConfig, PushKernelArg, result};
     use cudarc::nvrtc::Ptx;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
     use taskwire_worker::fnv1a64;
 
     /// `y[i] = a * x[i] + y[i]` for `i < n`; args `(float* y, const float* x, float a, u32 n)`.
@@ -284,20 +286,42 @@ mod cuda {
         })
     }
 
-    pub(super) fn saxpy(on: &GpuSelector, n: u64) -> Result<u64, String> {
-        let ordinal = ordinal(on).map_err(|e| format!("gpu-saxpy: {e}"))?;
-        let err = |what: &str| {
-            let what = what.to_string();
-            move |e: cudarc::driver::DriverError| format!("gpu-saxpy: {what}: {e}")
-        };
+    fn err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> String {
+        let what = what.to_string();
+        move |e| format!("gpu-saxpy: {what}: {e}")
+    }
+
+    /// A device's context and the saxpy kernel loaded in it.
+    type Kernel = (Arc<CudaContext>, CudaFunction);
+
+    /// The device's context and the loaded kernel, made once per device and process: creating
+    /// a context and JIT-compiling the PTX take far longer than the kernel, and keeping the
+    /// context also keeps the device memory it holds reserved for this worker.
+    fn kernel(ordinal: usize) -> Result<Kernel, String> {
+        static KERNELS: OnceLock<Mutex<HashMap<usize, Kernel>>> = OnceLock::new();
+        let mut kernels = KERNELS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = kernels.get(&ordinal) {
+            return Ok(k.clone());
+        }
         let ctx = CudaContext::new(ordinal).map_err(err("cannot open the device"))?;
-        let stream = ctx.default_stream();
         let module = ctx
             .load_module(Ptx::from_src(SAXPY_PTX))
             .map_err(err("cannot load the kernel"))?;
         let f = module
             .load_function("saxpy")
             .map_err(err("cannot find the kernel"))?;
+        kernels.insert(ordinal, (ctx.clone(), f.clone()));
+        Ok((ctx, f))
+    }
+
+    pub(super) fn saxpy(on: &GpuSelector, n: u64) -> Result<u64, String> {
+        let ordinal = ordinal(on).map_err(|e| format!("gpu-saxpy: {e}"))?;
+        let (ctx, f) = kernel(ordinal)?;
+        // A stream of its own: tasks on several executor threads do not wait for each other.
+        let stream = ctx.new_stream().map_err(err("cannot create a stream"))?;
         let host_x: Vec<f32> = (0..n).map(saxpy_x).collect();
         let host_y = vec![1.0f32; n as usize];
         let x = stream.clone_htod(&host_x).map_err(err("copy to the GPU"))?;
@@ -309,6 +333,8 @@ mod cuda {
         // arguments pushed above; y and x hold n elements and the kernel touches only i < n.
         unsafe { launch.launch(LaunchConfig::for_num_elems(n32)) }.map_err(err("launch"))?;
         let out = stream.clone_dtoh(&y).map_err(err("copy from the GPU"))?;
+        // The copy is asynchronous on the stream: wait for it before reading `out`.
+        stream.synchronize().map_err(err("synchronize"))?;
         let bytes: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
         Ok(fnv1a64(&bytes))
     }

@@ -108,14 +108,19 @@ struct Plan {
 }
 
 fn plan(args: &CudaWorkerArgs) -> Result<Plan, String> {
-    if args.scheduler.is_some() == args.scheduler_file.is_some() {
-        return Err(
-            "give the scheduler address (e.g. tcp://host:8786) or --scheduler-file, not both"
-                .into(),
-        );
-    }
-    if let Some(a) = &args.scheduler {
-        a.parse::<Address>().map_err(|e| format!("{e}"))?;
+    match (&args.scheduler, &args.scheduler_file) {
+        (Some(a), None) => {
+            a.parse::<Address>().map_err(|e| format!("{e}"))?;
+        }
+        (None, Some(_)) => {}
+        (Some(_), Some(_)) => {
+            return Err("give the scheduler address or --scheduler-file, not both".into());
+        }
+        (None, None) => {
+            return Err(
+                "give the scheduler address (e.g. tcp://host:8786) or --scheduler-file".into(),
+            );
+        }
     }
     if args.nthreads == 0 {
         return Err("--nthreads must be at least 1".into());
