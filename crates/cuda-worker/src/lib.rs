@@ -18,6 +18,8 @@
 //! - **Fabric** ([`transport_env`]): `--transport ucx` and dask-cuda's `--enable-nvlink`,
 //!   `--enable-infiniband`, `--enable-rdmacm` mapped to UCX variables; a clear error where the
 //!   binary has no UCX.
+//! - **GPU memory** ([`DeviceMemoryReader`]): a worker's GPU memory use through NVML, for
+//!   heartbeats (not wired into them yet: the heartbeat message has no field for it).
 //! - **GPU functions** ([`register_gpu_functions`]): `gpu-info` and `gpu-saxpy` (hand-written PTX
 //!   run through cudarc, which loads `libcuda` at run time; feature `cuda`, on by default).
 //!
@@ -30,6 +32,7 @@ mod devices;
 mod discover;
 mod fabric;
 mod functions;
+mod memory;
 mod plan;
 
 pub use affinity::{allowed_cpus, cpu_list, pin_set, unpack_bitmask};
@@ -42,6 +45,7 @@ pub use functions::{
     GpuSelector, SAXPY_DEFAULT_N, SAXPY_MAX_N, register_gpu_functions, saxpy_checksum_cpu,
     worker_functions,
 };
+pub use memory::{DeviceMemory, DeviceMemoryReader};
 pub use plan::{
     DEFAULT_DEVICE_MEMORY_FRACTION, DEVICE_MEMORY_LIMIT_ENV, DeviceMemoryLimit, GpuWorkerPlan,
     WorkerOptions, hostname, plan_workers,
