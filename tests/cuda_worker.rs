@@ -403,6 +403,7 @@ fn real_gpus_run_gpu_functions_on_their_own_device() {
         let ws = workers_until(&client, "GPU workers", |ws| ws.len() == n_gpus).await;
         let n: u64 = 1 << 24;
         let want = taskwire_cuda_worker::saxpy_checksum_cpu(n);
+        let mut uuids = Vec::new();
         for w in &ws {
             let info = client
                 .submit(Task::function(format!("info-{}", w.name), "gpu-info").worker(&w.name))
@@ -412,6 +413,12 @@ fn real_gpus_run_gpu_functions_on_their_own_device() {
                 .await
                 .unwrap();
             let info = String::from_utf8_lossy(&info).to_string();
+            let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+            assert_eq!(
+                v["ordinal"], 0,
+                "a worker's own GPU is its CUDA device 0: {info}"
+            );
+            uuids.push(v["uuid"].as_str().unwrap().to_string());
             let t = Instant::now();
             let out = client
                 .submit(
@@ -433,6 +440,9 @@ fn real_gpus_run_gpu_functions_on_their_own_device() {
             );
             assert_eq!(got, want, "{}", w.name);
         }
+        uuids.sort();
+        uuids.dedup();
+        assert_eq!(uuids.len(), n_gpus, "each worker on a GPU of its own");
         client.close().await;
     });
 }
