@@ -23,9 +23,12 @@
 //! ```
 
 mod local;
+mod local_cuda;
 
 pub use local::{LocalCluster, LocalClusterBuilder, LocalClusterError, LocalTransport};
+pub use local_cuda::{LocalCudaCluster, LocalCudaClusterBuilder, LocalCudaClusterError};
 pub use taskwire_client::*;
+pub use taskwire_cuda_worker as cuda;
 pub use taskwire_protocol as protocol;
 pub use taskwire_scheduler::{Scheduler, SchedulerBuilder, SchedulerError, SchedulerHandle};
 pub use taskwire_scheduler_core::CoreConfig;

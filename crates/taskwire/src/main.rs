@@ -23,6 +23,8 @@ enum Command {
     Scheduler(cli::scheduler::SchedulerArgs),
     /// Start workers that register with a scheduler.
     Worker(cli::worker::WorkerArgs),
+    /// Start one worker per GPU (like dask-cuda's `dask cuda worker`).
+    CudaWorker(cli::cuda_worker::CudaWorkerArgs),
     /// Start a scheduler and workers in this process and run a sample graph.
     Local(cli::local::LocalArgs),
     /// Submit command tasks to a running cluster.
@@ -80,6 +82,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Scheduler(args) => cli::scheduler::run(args),
         Command::Worker(args) => cli::worker::run(args),
+        Command::CudaWorker(args) => cli::cuda_worker::run(args),
         Command::Local(args) => cli::local::run(args),
         Command::Submit(args) => cli::submit::run(args),
         Command::Retire(args) => cli::retire::run(args),

@@ -70,8 +70,8 @@ pub use executor::{Executor, Job, JobOutcome};
 pub use functions::{decode_i64, encode_i64, fnv1a64, pattern_bytes};
 pub use memory::{MemoryConfig, MemoryRelease, MemorySource, PAUSE_HYSTERESIS};
 pub use nanny::{
-    ChildState, ChildStatus, EXIT_DEATH_TIMEOUT, EXIT_LOST_SCHEDULER, Nanny, NannyBuilder,
-    NannyError, NannyHandle, NannyOutcome, RestartPolicy, THREAD_LIMIT_ENV, rss_of,
+    ChildOptions, ChildState, ChildStatus, EXIT_DEATH_TIMEOUT, EXIT_LOST_SCHEDULER, Nanny,
+    NannyBuilder, NannyError, NannyHandle, NannyOutcome, RestartPolicy, THREAD_LIMIT_ENV, rss_of,
     staggered_lifetime, status_json,
 };
 pub use registry::{Registry, TaskContext, TaskFn, TaskResult};

@@ -198,6 +198,18 @@ pub fn status_json(status: &[ChildStatus]) -> String {
     format!("{{\"workers\":[{}]}}", workers.join(","))
 }
 
+/// What one child slot gets besides its arguments: environment variables of its own (after the
+/// nanny-wide ones of [`NannyBuilder::env`]) and the CPUs it may run on. The cuda-worker uses it
+/// to give each worker its rotated `CUDA_VISIBLE_DEVICES` and the CPUs close to its GPU.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChildOptions {
+    /// Environment variables for this child only.
+    pub env: Vec<(OsString, OsString)>,
+    /// Pin the child (all its threads) to these CPUs, set before it runs (`sched_setaffinity`
+    /// between fork and exec); `None` leaves the nanny's own affinity.
+    pub cpus: Option<Vec<usize>>,
+}
+
 /// Entry point for starting a nanny.
 #[derive(Debug)]
 pub struct Nanny {
@@ -279,7 +291,7 @@ impl Nanny {
 #[derive(Debug)]
 pub struct NannyBuilder {
     program: PathBuf,
-    children: Vec<Vec<OsString>>,
+    children: Vec<(Vec<OsString>, ChildOptions)>,
     env: Vec<(OsString, OsString)>,
     memory_limit: u64,
     lifetime: Option<(Duration, Duration)>,
@@ -291,13 +303,23 @@ pub struct NannyBuilder {
 
 impl NannyBuilder {
     /// Add a child slot run as `program args... --restarts K`.
-    pub fn child<I, S>(mut self, args: I) -> Self
+    pub fn child<I, S>(self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.child_with(args, ChildOptions::default())
+    }
+
+    /// Add a child slot run as `program args... --restarts K` with its own environment and CPU
+    /// affinity; every restart of the slot gets the same.
+    pub fn child_with<I, S>(mut self, args: I, options: ChildOptions) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<OsString>,
     {
         self.children
-            .push(args.into_iter().map(Into::into).collect());
+            .push((args.into_iter().map(Into::into).collect(), options));
         self
     }
 
@@ -357,6 +379,20 @@ impl NannyBuilder {
                 "a nanny needs at least one child".into(),
             ));
         }
+        let mut children = Vec::with_capacity(self.children.len());
+        for (i, (args, options)) in self.children.into_iter().enumerate() {
+            let cpus = match &options.cpus {
+                Some(cpus) => Some(
+                    cpu_set(cpus).map_err(|e| NannyError::Config(format!("worker {i}: {e}")))?,
+                ),
+                None => None,
+            };
+            children.push(ChildSpec {
+                args,
+                env: options.env,
+                cpus,
+            });
+        }
         let listener = match &self.control {
             Some(addr) => Some(TcpListener::bind(addr.as_str()).await.map_err(|source| {
                 NannyError::Control {
@@ -372,7 +408,7 @@ impl NannyBuilder {
             .map(|k| (OsString::from(k), OsString::from("1")))
             .collect();
         env.extend(self.env);
-        let status = (0..self.children.len())
+        let status = (0..children.len())
             .map(|index| ChildStatus {
                 index,
                 pid: None,
@@ -383,7 +419,7 @@ impl NannyBuilder {
         Ok(Nanny {
             shared: Arc::new(Shared {
                 program: self.program,
-                children: self.children,
+                children,
                 env,
                 memory_limit: self.memory_limit,
                 lifetime: self.lifetime,
@@ -458,10 +494,48 @@ enum Command {
     Restart(oneshot::Sender<()>),
 }
 
+/// A child slot as the nanny runs it.
+struct ChildSpec {
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    /// Built before any fork: `pre_exec` may not allocate.
+    cpus: Option<libc::cpu_set_t>,
+}
+
+impl std::fmt::Debug for ChildSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildSpec")
+            .field("args", &self.args)
+            .field("env", &self.env)
+            .field("pinned", &self.cpus.is_some())
+            .finish()
+    }
+}
+
+/// The affinity mask of `cpus`; refuses an empty list and CPUs the mask cannot hold.
+fn cpu_set(cpus: &[usize]) -> Result<libc::cpu_set_t, String> {
+    if cpus.is_empty() {
+        return Err("an empty CPU list would leave the worker no CPU to run on".into());
+    }
+    // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
+    for &c in cpus {
+        if c >= max {
+            return Err(format!(
+                "CPU {c} is beyond the {max} CPUs an affinity mask holds"
+            ));
+        }
+        // SAFETY: c is below the set's size in bits (checked above).
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    Ok(set)
+}
+
 #[derive(Debug)]
 struct Shared {
     program: PathBuf,
-    children: Vec<Vec<OsString>>,
+    children: Vec<ChildSpec>,
     env: Vec<(OsString, OsString)>,
     memory_limit: u64,
     lifetime: Option<(Duration, Duration)>,
@@ -577,21 +651,30 @@ fn signal(pid: u32, sig: libc::c_int) {
 }
 
 fn spawn_child(shared: &Shared, i: usize, restarts: u32) -> std::io::Result<tokio::process::Child> {
+    let spec = &shared.children[i];
     let mut cmd = tokio::process::Command::new(&shared.program);
-    cmd.args(&shared.children[i])
+    cmd.args(&spec.args)
         .arg("--restarts")
         .arg(restarts.to_string())
         .envs(shared.env.iter().map(|(k, v)| (k, v)))
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .process_group(0);
     let parent = std::process::id() as libc::pid_t;
+    let cpus = spec.cpus;
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
-    // system calls (prctl, getppid) without allocating.
+    // system calls (prctl, getppid, sched_setaffinity on a mask built before the fork) without
+    // allocating.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(set) = &cpus
+                && libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -1131,6 +1214,77 @@ mod tests {
         assert_eq!(bounded(&h).await, NannyOutcome::Stopped);
         assert!(rss_of(pid).is_none(), "the child is gone");
         assert_eq!(h.status()[0].state, ChildState::Stopped);
+    }
+
+    #[tokio::test]
+    async fn each_child_gets_its_own_env_and_cpus() {
+        // Two children report their own variable and CPU list to files (the cuda-worker gives
+        // each worker its rotated CUDA_VISIBLE_DEVICES and its GPU's CPUs this way).
+        let dir = std::env::temp_dir().join(format!("taskwire-nanny-child-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = |i: usize| {
+            format!(
+                "{{ echo \"$WHO\"; grep Cpus_allowed_list: /proc/self/status; }} > {}/{i}.tmp \
+                 && mv {0}/{i}.tmp {0}/{i}; exec sleep 30",
+                dir.display()
+            )
+        };
+        let h = Nanny::builder("/bin/sh")
+            .env("WHO", "everyone")
+            .child_with(
+                ["-c".to_string(), script(0)],
+                ChildOptions {
+                    env: vec![("WHO".into(), "zero".into())],
+                    cpus: Some(vec![0]),
+                },
+            )
+            .child(["-c".to_string(), script(1)])
+            .restart_policy(quick(0))
+            .bind()
+            .await
+            .unwrap()
+            .start();
+        let read = |i: usize| {
+            let path = dir.join(i.to_string());
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    if let Ok(s) = std::fs::read_to_string(&path) {
+                        return s;
+                    }
+                    assert!(Instant::now() < deadline, "child {i} wrote nothing");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let zero = read(0).await;
+        let one = read(1).await;
+        assert!(zero.starts_with("zero\n"), "{zero}");
+        assert!(zero.trim_end().ends_with(":\t0"), "pinned to CPU 0: {zero}");
+        assert!(one.starts_with("everyone\n"), "{one}");
+        h.shutdown();
+        assert_eq!(bounded(&h).await, NannyOutcome::Stopped);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn impossible_cpu_lists_are_refused_at_bind() {
+        let bind = |cpus: Vec<usize>| {
+            Nanny::builder("/bin/true")
+                .child_with(
+                    Vec::<String>::new(),
+                    ChildOptions {
+                        env: Vec::new(),
+                        cpus: Some(cpus),
+                    },
+                )
+                .bind()
+        };
+        let e = bind(Vec::new()).await.unwrap_err().to_string();
+        assert!(e.contains("no CPU"), "{e}");
+        let e = bind(vec![1 << 20]).await.unwrap_err().to_string();
+        assert!(e.contains("beyond"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Subcommands of the `taskwire` binary.
 
+pub(crate) mod cuda_worker;
 pub(crate) mod local;
 pub(crate) mod retire;
 pub(crate) mod scheduler;

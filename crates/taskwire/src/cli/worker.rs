@@ -25,7 +25,7 @@ use tracing::{info, warn};
 /// workers before it closes anyway.
 const RETIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the nanny waits for a child it sent SIGTERM before killing it.
-const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(40);
+pub(super) const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(40);
 /// Connection attempts to an unreachable scheduler: first wait, and the most.
 const CONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 /// One attempt to connect and register may take this long.
@@ -246,13 +246,13 @@ pub(crate) fn run(args: WorkerArgs) -> Result<(), String> {
 }
 
 /// SIGTERM and SIGINT, as one stream.
-struct Signals {
+pub(super) struct Signals {
     term: Signal,
     int: Signal,
 }
 
 impl Signals {
-    fn new() -> Result<Signals, String> {
+    pub(super) fn new() -> Result<Signals, String> {
         let install = |kind| {
             tokio::signal::unix::signal(kind)
                 .map_err(|e| format!("cannot install a signal handler: {e}"))
@@ -263,7 +263,7 @@ impl Signals {
         })
     }
 
-    async fn recv(&mut self) {
+    pub(super) async fn recv(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
@@ -482,6 +482,9 @@ fn builder(
     scheduler: Address,
 ) -> taskwire_worker::WorkerBuilder {
     let mut b = Worker::builder(scheduler)
+        // The stock functions and the GPU ones (`gpu-info`, `gpu-saxpy`) on CUDA device 0, which
+        // a cuda-worker child's rotated CUDA_VISIBLE_DEVICES makes its own GPU.
+        .functions(taskwire_cuda_worker::worker_functions())
         .nthreads(plan.nthreads)
         .memory_limit(plan.memory_limit)
         .zero_worker(args.zero_worker)

@@ -1,0 +1,448 @@
+//! `taskwire cuda-worker ADDR`: one worker per GPU under one nanny, as dask-cuda's
+//! `dask cuda worker` runs them.
+//!
+//! The nanny runs each worker as `taskwire worker --no-nanny ...` (the same worker processes as
+//! `taskwire worker`), with its own environment (the rotated `CUDA_VISIBLE_DEVICES`,
+//! `CUDA_DEVICE_ORDER=PCI_BUS_ID`, the device memory limit, UCX variables) and pinned to the
+//! CPUs near its GPU; a worker that dies is restarted with the same GPU, environment and CPUs.
+//! What is started is decided by `taskwire_cuda_worker` (discovery and plans).
+
+use super::parse_duration;
+use super::worker::{CHILD_STOP_TIMEOUT, Signals, parse_memory, parse_resources};
+use clap::Args;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use taskwire_cuda_worker::{
+    DeviceMemoryLimit, Fabric, GpuWorkerPlan, Transport, WorkerOptions, allowed_cpus, find_gpus,
+    interface_address, plan_workers, transport_env,
+};
+use taskwire_transport::Address;
+use taskwire_worker::{ChildOptions, Nanny, NannyOutcome, RestartPolicy};
+use tracing::{info, warn};
+
+/// Whether this binary has the UCX transport. The UCX transport is built on another branch;
+/// when it is merged this becomes `cfg!(feature = "ucx")` and the children get the transport.
+const UCX_BUILT: bool = false;
+
+/// Start one worker per GPU (dask-cuda's `dask cuda worker`).
+#[derive(Args, Debug)]
+pub(crate) struct CudaWorkerArgs {
+    /// Scheduler address, e.g. tcp://host:8786.
+    scheduler: Option<String>,
+    /// Read the scheduler address from this file instead.
+    #[arg(long)]
+    scheduler_file: Option<PathBuf>,
+    /// GPUs to use, e.g. "0,1" or "GPU-8a1c...,GPU-77aa..." (default: CUDA_VISIBLE_DEVICES,
+    /// else every GPU NVML finds).
+    #[arg(long)]
+    cuda_visible_devices: Option<String>,
+    /// Device memory limit per worker: "auto" (80% of the GPU's memory), a fraction such as
+    /// 0.5, a size such as 16GB, or 0 for none. Recorded (gpu-info shows it), not enforced.
+    #[arg(long, default_value = "auto")]
+    device_memory_limit: String,
+    /// Task threads per worker.
+    #[arg(long, default_value_t = 1)]
+    nthreads: usize,
+    /// Host memory limit per worker in bytes, or "auto" (machine memory / GPUs); 0: no limit.
+    #[arg(long, default_value = "auto")]
+    memory_limit: String,
+    /// Worker name prefix (default: the host name); workers are named PREFIX-gpu0, ...
+    #[arg(long)]
+    name: Option<String>,
+    /// Resources offered besides GPU=1, e.g. "MEM=4e9".
+    #[arg(long, default_value = "")]
+    resources: String,
+    /// Address the workers' data servers and the nanny listen on.
+    #[arg(long, conflicts_with = "interface")]
+    host: Option<String>,
+    /// Network interface to listen on, e.g. ib0 (its address is used).
+    #[arg(long)]
+    interface: Option<String>,
+    /// Port of worker 0's data server; worker i uses the port + i (default: free ports).
+    #[arg(long)]
+    worker_port: Option<u16>,
+    /// Directory for command tasks and spilled data (worker i uses worker-i under it).
+    #[arg(long)]
+    local_directory: Option<PathBuf>,
+    /// Port of the nanny's control protocol; 0: any free port.
+    #[arg(long, default_value_t = 0)]
+    nanny_port: u16,
+    /// Give up when the scheduler cannot be reached for this long at start; "inf": never.
+    #[arg(long, default_value = "60s")]
+    death_timeout: String,
+    /// Retire each worker after this long (a fresh one replaces it, on the same GPU).
+    #[arg(long)]
+    lifetime: Option<String>,
+    /// Move each --lifetime by a random amount up to this much either way.
+    #[arg(long, default_value = "0s")]
+    lifetime_stagger: String,
+    /// Give a worker up after more than this many crashes within --restart-window.
+    #[arg(long, default_value_t = 10)]
+    restart_limit: u32,
+    /// The window for --restart-limit.
+    #[arg(long, default_value = "60s")]
+    restart_window: String,
+    /// Do not pin workers to the CPUs near their GPU.
+    #[arg(long)]
+    no_cpu_affinity: bool,
+    /// Transport between workers: tcp, or ucx (NVLink, InfiniBand) where built with UCX.
+    #[arg(long, default_value = "tcp")]
+    transport: Transport,
+    /// UCX: copy between GPUs over NVLink (UCX_TLS gets cuda_copy,cuda_ipc).
+    #[arg(long)]
+    enable_nvlink: bool,
+    /// UCX: use InfiniBand (UCX_TLS gets rc).
+    #[arg(long)]
+    enable_infiniband: bool,
+    /// UCX: connect through the RDMA connection manager (UCX_SOCKADDR_TLS_PRIORITY=rdmacm).
+    #[arg(long)]
+    enable_rdmacm: bool,
+}
+
+/// Everything decided before anything starts.
+struct Plan {
+    workers: Vec<GpuWorkerPlan>,
+    ucx_env: Vec<(String, String)>,
+    host: Option<String>,
+    lifetime: Option<(std::time::Duration, std::time::Duration)>,
+}
+
+fn plan(args: &CudaWorkerArgs) -> Result<Plan, String> {
+    match (&args.scheduler, &args.scheduler_file) {
+        (Some(a), None) => {
+            a.parse::<Address>().map_err(|e| format!("{e}"))?;
+        }
+        (None, Some(_)) => {}
+        (Some(_), Some(_)) => {
+            return Err("give the scheduler address or --scheduler-file, not both".into());
+        }
+        (None, None) => {
+            return Err(
+                "give the scheduler address (e.g. tcp://host:8786) or --scheduler-file".into(),
+            );
+        }
+    }
+    if args.nthreads == 0 {
+        return Err("--nthreads must be at least 1".into());
+    }
+    // Flags first: a typo should not wait for GPU discovery, nor hide behind "no GPU".
+    let fabric = Fabric {
+        nvlink: args.enable_nvlink,
+        infiniband: args.enable_infiniband,
+        rdmacm: args.enable_rdmacm,
+    };
+    let (ucx_env, ucx_warnings) =
+        transport_env(args.transport, fabric, UCX_BUILT, |k| std::env::var(k).ok())
+            .map_err(|e| e.to_string())?;
+    let device_memory_limit =
+        DeviceMemoryLimit::parse(&args.device_memory_limit, |s| parse_memory(s, 1))?;
+    let extra_resources = parse_resources(&args.resources)?;
+    let death = args.death_timeout.trim();
+    if !death.eq_ignore_ascii_case("inf") {
+        parse_duration(death).map_err(|e| format!("--death-timeout: {e}"))?;
+    }
+    parse_duration(&args.restart_window).map_err(|e| format!("--restart-window: {e}"))?;
+    let lifetime = match &args.lifetime {
+        Some(l) => {
+            let life = parse_duration(l).map_err(|e| format!("--lifetime: {e}"))?;
+            if life.is_zero() {
+                return Err("--lifetime must be longer than 0".into());
+            }
+            let stagger = parse_duration(&args.lifetime_stagger)
+                .map_err(|e| format!("--lifetime-stagger: {e}"))?;
+            Some((life, stagger))
+        }
+        None => None,
+    };
+    let host = match (&args.host, &args.interface) {
+        (Some(h), _) => Some(h.clone()),
+        (None, Some(i)) => Some(interface_address(i).map_err(|e| e.to_string())?.to_string()),
+        (None, None) => None,
+    };
+
+    let discovery = find_gpus(args.cuda_visible_devices.as_deref()).map_err(|e| e.to_string())?;
+    for w in discovery.warnings.iter().chain(&ucx_warnings) {
+        warn!("{w}");
+    }
+    let n = discovery.gpus.len();
+    if let Some(p) = args.worker_port
+        && usize::from(p) + n - 1 > usize::from(u16::MAX)
+    {
+        return Err(format!(
+            "--worker-port {p} with {n} GPUs goes past port 65535"
+        ));
+    }
+    let options = WorkerOptions {
+        name: args.name.clone(),
+        nthreads: args.nthreads,
+        memory_limit: Some(parse_memory(&args.memory_limit, n)?),
+        device_memory_limit,
+        extra_resources,
+        pin_cpus: !args.no_cpu_affinity,
+    };
+    let cpus = allowed_cpus();
+    let (workers, warnings) = plan_workers(
+        &discovery,
+        &options,
+        taskwire_worker::machine_memory(),
+        cpus.as_deref(),
+    )?;
+    for w in &warnings {
+        warn!("{w}");
+    }
+    Ok(Plan {
+        workers,
+        ucx_env,
+        host,
+        lifetime,
+    })
+}
+
+/// Worker `w`'s command line: this binary as one `--no-nanny` worker (the nanny appends
+/// `--restarts K`).
+fn child_args(args: &CudaWorkerArgs, plan: &Plan, w: &GpuWorkerPlan) -> Vec<OsString> {
+    let mut a: Vec<OsString> = vec!["worker".into()];
+    if let Some(s) = &args.scheduler {
+        a.push(s.into());
+    }
+    if let Some(f) = &args.scheduler_file {
+        a.push("--scheduler-file".into());
+        a.push(f.into());
+    }
+    let mut opt = |flag: &str, value: String| {
+        a.push(flag.into());
+        a.push(value.into());
+    };
+    opt("--nworkers", "1".into());
+    opt("--nthreads", w.nthreads.to_string());
+    opt("--memory-limit", w.memory_limit.to_string());
+    opt("--resources", w.resources_spec());
+    opt("--name", w.name.clone());
+    opt("--death-timeout", args.death_timeout.clone());
+    opt("--worker-index", w.index.to_string());
+    if let Some(p) = args.worker_port {
+        opt("--worker-port", (usize::from(p) + w.index).to_string());
+    }
+    if let Some(h) = &plan.host {
+        opt("--host", h.clone());
+    }
+    if let Some(d) = &args.local_directory {
+        a.push("--local-directory".into());
+        a.push(d.into());
+    }
+    a.push("--no-nanny".into());
+    a
+}
+
+fn child_options(plan: &Plan, w: &GpuWorkerPlan) -> ChildOptions {
+    let mut env: Vec<(OsString, OsString)> = w
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+    env.extend(plan.ucx_env.iter().map(|(k, v)| (k.into(), v.into())));
+    ChildOptions {
+        env,
+        cpus: w.cpus.clone(),
+    }
+}
+
+/// The nanny's control host: the workers' host, else loopback for a loopback scheduler, else
+/// all interfaces.
+fn control_host(args: &CudaWorkerArgs, plan: &Plan) -> String {
+    if let Some(h) = &plan.host {
+        return h.clone();
+    }
+    let scheduler = match (&args.scheduler, &args.scheduler_file) {
+        (Some(a), _) => a.parse::<Address>().ok(),
+        (None, Some(f)) => super::read_scheduler_file(f).ok(),
+        (None, None) => None,
+    };
+    match scheduler {
+        Some(Address::Net { host, .. }) if taskwire_transport_tcp::is_loopback_host(&host) => {
+            "127.0.0.1".into()
+        }
+        _ => "0.0.0.0".into(),
+    }
+}
+
+pub(crate) fn run(args: CudaWorkerArgs) -> Result<(), String> {
+    let plan = plan(&args)?;
+    // One thread: the children's death signal follows the thread that spawned them.
+    let code = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?
+        .block_on(run_nanny(&args, &plan))?;
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+async fn run_nanny(args: &CudaWorkerArgs, plan: &Plan) -> Result<i32, String> {
+    let mut signals = Signals::new()?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+    let memory_limit = plan.workers[0].memory_limit;
+    let mut b = Nanny::builder(exe)
+        .memory_limit(memory_limit)
+        .restart_policy(RestartPolicy {
+            max_failures: args.restart_limit,
+            window: parse_duration(&args.restart_window)?,
+            ..RestartPolicy::default()
+        })
+        .stop_timeout(CHILD_STOP_TIMEOUT)
+        .control(control_host(args, plan), args.nanny_port);
+    if let Some((life, stagger)) = plan.lifetime {
+        b = b.lifetime(life, stagger);
+    }
+    for w in &plan.workers {
+        info!("GPU worker {}", w.describe());
+        b = b.child_with(child_args(args, plan, w), child_options(plan, w));
+    }
+    let nanny = b.bind().await.map_err(|e| e.to_string())?;
+    let control = nanny.control_address().expect("control port requested");
+    println!(
+        "Nanny at: {}",
+        taskwire_transport_tcp::contact_address(&Address::tcp(
+            control.ip().to_string(),
+            control.port()
+        ))
+    );
+    let handle = nanny.start();
+    let outcome = tokio::select! {
+        _ = signals.recv() => None,
+        o = handle.finished() => Some(o),
+    };
+    match outcome {
+        Some(NannyOutcome::GaveUp(n)) => Err(format!(
+            "the nanny gave up on {n} of {} GPU worker(s); see the log above",
+            plan.workers.len()
+        )),
+        Some(NannyOutcome::Retired | NannyOutcome::Stopped) => Ok(0),
+        None => {
+            println!("Stopping nanny");
+            info!("nanny: asking the GPU workers to retire (a second signal kills them)");
+            handle.shutdown();
+            tokio::select! {
+                _ = handle.finished() => {}
+                _ = signals.recv() => {
+                    handle.shutdown();
+                    handle.finished().await;
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: CudaWorkerArgs,
+    }
+
+    fn args(line: &[&str]) -> CudaWorkerArgs {
+        use clap::Parser;
+        Cli::parse_from(std::iter::once("cuda-worker").chain(line.iter().copied())).a
+    }
+
+    fn plan_err(line: &[&str]) -> String {
+        match plan(&args(line)) {
+            Ok(_) => panic!("{line:?} was accepted"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn flags_are_checked_before_gpus_are_looked_for() {
+        let a = "tcp://127.0.0.1:8786";
+        assert_eq!(
+            plan_err(&[a, "--transport", "ucx"]),
+            "this build has no UCX support: rebuild with --features ucx"
+        );
+        assert_eq!(
+            plan_err(&[
+                a,
+                "--transport",
+                "ucx",
+                "--enable-nvlink",
+                "--enable-infiniband"
+            ]),
+            "this build has no UCX support: rebuild with --features ucx"
+        );
+        assert!(plan_err(&[a, "--enable-nvlink"]).contains("needs --transport ucx"));
+        assert!(plan_err(&[a, "--enable-rdmacm"]).contains("--enable-rdmacm"));
+        assert!(plan_err(&[a, "--nthreads", "0"]).contains("--nthreads"));
+        assert!(plan_err(&[a, "--device-memory-limit", "lots"]).contains("--device-memory-limit"));
+        assert!(plan_err(&[a, "--interface", "nosuch0"]).contains("no such interface"));
+        assert!(plan_err(&[a, "--lifetime", "0"]).contains("--lifetime"));
+        assert!(plan_err(&[]).contains("scheduler address"));
+        assert!(plan_err(&[a, "--cuda-visible-devices", "0,0"]).contains("listed twice"));
+    }
+
+    #[test]
+    fn each_child_is_a_gpu_worker_with_its_own_environment() {
+        if std::path::Path::new("/proc/driver/nvidia").exists() {
+            eprintln!("skipped: NVML would check GPUs 4,5,6 against this machine's real GPUs");
+            return;
+        }
+        let a = args(&[
+            "tcp://127.0.0.1:8786",
+            "--cuda-visible-devices",
+            "4,5,6",
+            "--name",
+            "n1",
+            "--worker-port",
+            "9000",
+            "--memory-limit",
+            "3GB",
+            "--device-memory-limit",
+            "2GB",
+            "--interface",
+            "lo",
+        ]);
+        let p = plan(&a).unwrap();
+        assert_eq!(p.workers.len(), 3);
+        let w = &p.workers[1];
+        let line: Vec<String> = child_args(&a, &p, w)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        let line = line.join(" ");
+        assert!(line.starts_with("worker tcp://127.0.0.1:8786 "), "{line}");
+        for want in [
+            "--nthreads 1",
+            "--memory-limit 3000000000",
+            "--resources GPU=1",
+            "--name n1-gpu5",
+            "--worker-port 9001",
+            "--worker-index 1",
+            "--host 127.0.0.1",
+            "--no-nanny",
+        ] {
+            assert!(line.contains(want), "{want}: {line}");
+        }
+        let opts = child_options(&p, w);
+        let env: Vec<(String, String)> = opts
+            .env
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone().into_string().unwrap(),
+                    v.clone().into_string().unwrap(),
+                )
+            })
+            .collect();
+        assert!(
+            env.contains(&("CUDA_VISIBLE_DEVICES".into(), "5,6,4".into())),
+            "{env:?}"
+        );
+        assert!(env.contains(&("TASKWIRE_DEVICE_MEMORY_LIMIT".into(), "2000000000".into())));
+        assert_eq!(control_host(&a, &p), "127.0.0.1");
+    }
+}

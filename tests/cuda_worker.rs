@@ -1,0 +1,448 @@
+//! End-to-end: `taskwire cuda-worker` with real processes on 127.0.0.1, on a machine without a
+//! GPU. `CUDA_VISIBLE_DEVICES=0,1,2,3` stands for a 4-GPU node whose GPUs NVML cannot verify
+//! (the warning path), which is enough to check what each worker is given: its rotated
+//! `CUDA_VISIBLE_DEVICES`, `GPU=1`, its name, and the same GPU again after a crash.
+//!
+//! These tests skip themselves on a machine with an NVIDIA driver (`/proc/driver/nvidia`),
+//! where NVML would check the fake GPUs against the real ones. The GPU test is ignored; on a
+//! machine with an NVIDIA GPU and driver run it with
+//! `cargo test -p taskwire --test cuda_worker -- --ignored --nocapture`.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::{BIN, Proc, SOON, rt, scheduler, signal};
+use taskwire::protocol::WorkerInfoMsg;
+use taskwire::{Client, ClientError, Task};
+
+fn has_nvidia_driver() -> bool {
+    std::path::Path::new("/proc/driver/nvidia").exists()
+}
+
+/// `taskwire cuda-worker ADDR --name ci extra...` with `CUDA_VISIBLE_DEVICES=visible`; returns
+/// it with its control address once its `n` workers registered.
+fn cuda_worker(address: &str, visible: Option<&str>, n: usize, extra: &[&str]) -> (Proc, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["cuda-worker", address, "--name", "ci"])
+        .args(extra);
+    match visible {
+        Some(v) => cmd.env("CUDA_VISIBLE_DEVICES", v),
+        None => cmd.env_remove("CUDA_VISIBLE_DEVICES"),
+    };
+    let p = Proc::start_cmd(cmd);
+    let control = p.line("Nanny at:");
+    let control = control.strip_prefix("tcp://").expect("tcp").to_string();
+    let mut registered = 0;
+    let deadline = Instant::now() + SOON;
+    while registered < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = p
+            .stdout
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("{registered} of {n} GPU workers registered"));
+        if line.starts_with("Registered to:") {
+            registered += 1;
+        }
+    }
+    (p, control)
+}
+
+async fn connect(address: &str) -> Client {
+    tokio::time::timeout(SOON, Client::connect(address))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+async fn workers_until(
+    client: &Client,
+    what: &str,
+    pred: impl Fn(&[WorkerInfoMsg]) -> bool,
+) -> Vec<WorkerInfoMsg> {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let ws = client.workers().await.unwrap();
+        if pred(&ws) {
+            return ws;
+        }
+        assert!(Instant::now() < deadline, "{what}: workers are {ws:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A command task needing one GPU that prints what its worker sees.
+fn visible_task(key: &str) -> Task {
+    Task::command(
+        key,
+        vec![
+            "sh".into(),
+            "-c".into(),
+            "sleep 0.3; echo \"$CUDA_VISIBLE_DEVICES $CUDA_DEVICE_ORDER\"".into(),
+        ],
+    )
+    .resource("GPU", 1.0)
+}
+
+async fn stdout_of(client: &Client, task: Task) -> String {
+    let f = client.submit(task).await.unwrap();
+    let out = tokio::time::timeout(SOON, f.command_output())
+        .await
+        .expect("the command ends in time")
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+const ROTATIONS: [&str; 4] = ["0,1,2,3", "1,2,3,0", "2,3,0,1", "3,0,1,2"];
+
+#[test]
+fn four_gpus_give_four_workers_each_seeing_its_own_gpu_first() {
+    if has_nvidia_driver() {
+        eprintln!("skipped: this machine has an NVIDIA driver");
+        return;
+    }
+    let (_sched, address) = scheduler(&[]);
+    let (node, _control) = cuda_worker(&address, Some("0,1,2,3"), 4, &[]);
+    node.log("could not verify the GPUs through NVML");
+    rt().block_on(async {
+        let client = connect(&address).await;
+        let ws = workers_until(&client, "4 GPU workers", |ws| ws.len() == 4).await;
+        let mut names: Vec<&str> = ws.iter().map(|w| w.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["ci-gpu0", "ci-gpu1", "ci-gpu2", "ci-gpu3"]);
+        let quarter = ws[0].memory_limit;
+        for w in &ws {
+            assert_eq!(w.nthreads, 1, "{w:?}");
+            assert_eq!(w.resources.len(), 1, "{w:?}");
+            assert_eq!(
+                (w.resources[0].name.as_str(), w.resources[0].amount),
+                ("GPU", 1.0)
+            );
+            assert_eq!(w.memory_limit, quarter, "machine memory / 4 each");
+        }
+        assert!(quarter > 0);
+
+        // Worker gpuK sees GPU K first, then the others in order.
+        for (k, want) in ROTATIONS.iter().enumerate() {
+            let name = format!("ci-gpu{k}");
+            let got = stdout_of(&client, visible_task(&format!("pinned-{k}")).worker(&name)).await;
+            assert_eq!(got, format!("{want} PCI_BUS_ID"), "{name}");
+        }
+
+        // Four GPU tasks at once: one per GPU worker, so every rotation shows up once.
+        let futures = client
+            .submit_graph(
+                (0..4)
+                    .map(|i| visible_task(&format!("spread-{i}")))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        for f in &futures {
+            let out = tokio::time::timeout(SOON, f.command_output())
+                .await
+                .expect("in time")
+                .unwrap();
+            seen.push(String::from_utf8(out.stdout).unwrap().trim().to_string());
+        }
+        seen.sort();
+        let want: Vec<String> = ROTATIONS
+            .iter()
+            .map(|r| format!("{r} PCI_BUS_ID"))
+            .collect();
+        assert_eq!(seen, want);
+
+        // gpu-info runs on a GPU worker and says clearly that there is no GPU to use.
+        let f = client
+            .submit(Task::function("info-1", "gpu-info").resource("GPU", 1.0))
+            .await
+            .unwrap();
+        match tokio::time::timeout(SOON, f.result())
+            .await
+            .expect("in time")
+        {
+            Err(ClientError::Task { error, .. }) => {
+                assert!(
+                    error
+                        .message
+                        .contains("gpu-info: no GPU usable on this worker"),
+                    "{}",
+                    error.message
+                );
+                assert!(
+                    ROTATIONS
+                        .iter()
+                        .any(|r| error.message.contains(&format!("CUDA_VISIBLE_DEVICES={r}"))),
+                    "{}",
+                    error.message
+                );
+            }
+            other => panic!("gpu-info without a GPU: {other:?}"),
+        }
+        client.close().await;
+    });
+}
+
+#[test]
+fn no_gpu_and_no_cuda_visible_devices_is_a_clear_error() {
+    if has_nvidia_driver() {
+        eprintln!("skipped: this machine has an NVIDIA driver");
+        return;
+    }
+    let run = |extra: &[&str], visible: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["cuda-worker", "tcp://127.0.0.1:9"]).args(extra);
+        match visible {
+            Some(v) => cmd.env("CUDA_VISIBLE_DEVICES", v),
+            None => cmd.env_remove("CUDA_VISIBLE_DEVICES"),
+        };
+        let out = cmd.output().unwrap();
+        (out.status, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (status, stderr) = run(&[], None);
+    assert!(!status.success());
+    assert!(stderr.contains("error: no NVIDIA GPU found"), "{stderr}");
+    assert!(
+        stderr.contains("use `taskwire worker` for CPU workers"),
+        "{stderr}"
+    );
+    // An empty list is no GPU either.
+    let (status, stderr) = run(&[], Some(""));
+    assert!(
+        !status.success() && stderr.contains("no NVIDIA GPU found"),
+        "{stderr}"
+    );
+    // UCX is not in this build: said plainly, before looking for GPUs.
+    let (status, stderr) = run(&["--transport", "ucx", "--enable-nvlink"], Some("0"));
+    assert!(!status.success());
+    assert!(
+        stderr.contains("this build has no UCX support: rebuild with --features ucx"),
+        "{stderr}"
+    );
+    let (status, stderr) = run(&["--enable-infiniband"], Some("0"));
+    assert!(
+        !status.success() && stderr.contains("needs --transport ucx"),
+        "{stderr}"
+    );
+    let (status, stderr) = run(&[], Some("0,0"));
+    assert!(
+        !status.success() && stderr.contains("listed twice"),
+        "{stderr}"
+    );
+}
+
+fn status_pid(control: &str, index: usize) -> (Option<u32>, u64) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(control).unwrap();
+    s.set_read_timeout(Some(SOON)).unwrap();
+    s.write_all(b"status\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    let w = &v["workers"][index];
+    (
+        w["pid"].as_u64().map(|p| p as u32),
+        w["restarts"].as_u64().unwrap(),
+    )
+}
+
+fn environ(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .map(|s| String::from_utf8_lossy(s).to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn killed_gpu_worker_comes_back_on_the_same_gpu() {
+    if has_nvidia_driver() {
+        eprintln!("skipped: this machine has an NVIDIA driver");
+        return;
+    }
+    let (_sched, address) = scheduler(&[]);
+    let (_node, control) = cuda_worker(&address, Some("0,1"), 2, &[]);
+    let (pid, restarts) = status_pid(&control, 1);
+    let pid = pid.expect("worker 1 runs");
+    assert_eq!(restarts, 0);
+    assert!(environ(pid).contains(&"CUDA_VISIBLE_DEVICES=1,0".to_string()));
+    signal(pid, "-KILL");
+    let deadline = Instant::now() + SOON;
+    let new_pid = loop {
+        if let (Some(p), 1) = status_pid(&control, 1)
+            && p != pid
+        {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "worker 1 was not restarted");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        environ(new_pid).contains(&"CUDA_VISIBLE_DEVICES=1,0".to_string()),
+        "{:?}",
+        environ(new_pid)
+    );
+    rt().block_on(async {
+        let client = connect(&address).await;
+        workers_until(&client, "gpu1 back after a restart", |ws| {
+            ws.len() == 2 && ws.iter().any(|w| w.name == "ci-gpu1" && w.restarts == 1)
+        })
+        .await;
+        let got = stdout_of(&client, visible_task("after-restart").worker("ci-gpu1")).await;
+        assert_eq!(got, "1,0 PCI_BUS_ID");
+        client.close().await;
+    });
+}
+
+/// `LocalCudaCluster` in a process whose `CUDA_VISIBLE_DEVICES` is `0,1,2,3` and which has no
+/// NVML: this test runs the next one in a child process with that variable set (setting it in
+/// this multi-threaded test process would race other tests).
+#[test]
+fn local_cuda_cluster_starts_a_worker_per_visible_gpu() {
+    if has_nvidia_driver() {
+        eprintln!("skipped: this machine has an NVIDIA driver");
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "local_cuda_cluster_in_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+        .env(CHILD_MARK, "1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "the child test ran: {text}");
+}
+
+const CHILD_MARK: &str = "TASKWIRE_TEST_LOCAL_CUDA_CHILD";
+
+#[test]
+#[ignore = "run by local_cuda_cluster_starts_a_worker_per_visible_gpu in a child process"]
+fn local_cuda_cluster_in_child() {
+    if std::env::var_os(CHILD_MARK).is_none() {
+        eprintln!("skipped: only meaningful as the child of local_cuda_cluster_starts_...");
+        return;
+    }
+    assert_eq!(std::env::var("CUDA_VISIBLE_DEVICES").unwrap(), "0,1,2,3");
+    rt().block_on(async {
+        let cluster = taskwire::LocalCudaCluster::builder().start().await.unwrap();
+        let gpus = cluster.gpus();
+        let lists: Vec<&str> = gpus
+            .iter()
+            .map(|g| g.cuda_visible_devices.as_str())
+            .collect();
+        assert_eq!(lists, ROTATIONS);
+        let client = cluster.client().await.unwrap();
+        let ws = workers_until(&client, "4 local GPU workers", |ws| ws.len() == 4).await;
+        let mut names: Vec<&str> = ws.iter().map(|w| w.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["local-gpu0", "local-gpu1", "local-gpu2", "local-gpu3"]
+        );
+        for w in &ws {
+            assert_eq!(w.nthreads, 1);
+            assert_eq!(
+                (w.resources[0].name.as_str(), w.resources[0].amount),
+                ("GPU", 1.0)
+            );
+        }
+        // Each worker's GPU functions are bound to its own GPU: CUDA device k of this process.
+        for k in 0..4 {
+            let f = client
+                .submit(
+                    Task::function(format!("info-{k}"), "gpu-info")
+                        .resource("GPU", 1.0)
+                        .worker(&format!("local-gpu{k}")),
+                )
+                .await
+                .unwrap();
+            match tokio::time::timeout(SOON, f.result())
+                .await
+                .expect("in time")
+            {
+                Err(ClientError::Task { error, .. }) => assert!(
+                    error.message.contains(&format!("wanted CUDA device {k})")),
+                    "{}",
+                    error.message
+                ),
+                other => panic!("gpu-info without a GPU: {other:?}"),
+            }
+        }
+        client.close().await;
+        cluster.close().await;
+    });
+}
+
+/// On a real GPU node: every GPU's worker runs `gpu-info` and `gpu-saxpy` on its own GPU and the
+/// checksum matches the CPU's. Prints device names and timings for BENCHMARKS.md.
+#[test]
+#[ignore = "needs an NVIDIA GPU and driver"]
+fn real_gpus_run_gpu_functions_on_their_own_device() {
+    let (_sched, address) = scheduler(&[]);
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let n_gpus = match &visible {
+        Some(v) => v.split(',').count(),
+        None => std::fs::read_dir("/proc/driver/nvidia/gpus")
+            .expect("an NVIDIA driver")
+            .count(),
+    };
+    let (_node, _control) = cuda_worker(&address, visible.as_deref(), n_gpus, &[]);
+    rt().block_on(async {
+        let client = connect(&address).await;
+        let ws = workers_until(&client, "GPU workers", |ws| ws.len() == n_gpus).await;
+        let n: u64 = 1 << 24;
+        let want = taskwire_cuda_worker::saxpy_checksum_cpu(n);
+        let mut uuids = Vec::new();
+        for w in &ws {
+            let info = client
+                .submit(Task::function(format!("info-{}", w.name), "gpu-info").worker(&w.name))
+                .await
+                .unwrap()
+                .result()
+                .await
+                .unwrap();
+            let info = String::from_utf8_lossy(&info).to_string();
+            let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+            assert_eq!(
+                v["ordinal"], 0,
+                "a worker's own GPU is its CUDA device 0: {info}"
+            );
+            uuids.push(v["uuid"].as_str().unwrap().to_string());
+            let t = Instant::now();
+            let out = client
+                .submit(
+                    Task::function(format!("saxpy-{}", w.name), "gpu-saxpy")
+                        .arg_u64(n)
+                        .resource("GPU", 1.0)
+                        .worker(&w.name),
+                )
+                .await
+                .unwrap()
+                .result()
+                .await
+                .unwrap();
+            let got = u64::from_le_bytes(out[..].try_into().unwrap());
+            eprintln!(
+                "{}: {info}; gpu-saxpy n={n}: checksum {got:#x} in {:?}",
+                w.name,
+                t.elapsed()
+            );
+            assert_eq!(got, want, "{}", w.name);
+        }
+        uuids.sort();
+        uuids.dedup();
+        assert_eq!(uuids.len(), n_gpus, "each worker on a GPU of its own");
+        client.close().await;
+    });
+}
