@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Command;
 use std::time::Duration;
-use support::{BIN, Proc, rt, spawn, tempdir};
+use support::{BIN, Proc, rt, scheduler, spawn, tempdir};
 use taskwire::{Client, ClientError, Status, Task};
 
 struct Cluster {
@@ -16,21 +16,7 @@ struct Cluster {
 fn cluster() -> Cluster {
     let file = tempdir("scheduler-file").join("scheduler.json");
     let file_arg = file.to_str().unwrap();
-    let (sched, lines) = spawn(
-        &[
-            "scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--dashboard-port",
-            "0",
-            "--scheduler-file",
-            file_arg,
-        ],
-        &["Scheduler at:"],
-    );
-    let address = lines[0].clone();
+    let (sched, address) = scheduler(&["--scheduler-file", file_arg]);
     assert!(address.starts_with("tcp://127.0.0.1:"), "{address}");
     let mut procs = vec![sched];
     // One worker is given the address, the other finds it in the scheduler file.

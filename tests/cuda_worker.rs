@@ -12,8 +12,7 @@ mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{BIN, Proc, SOON, rt, scheduler, signal};
-use taskwire::protocol::WorkerInfoMsg;
+use support::{BIN, Proc, SOON, connect, nanny_status, rt, scheduler, signal, workers_until};
 use taskwire::{Client, ClientError, Task};
 
 fn has_nvidia_driver() -> bool {
@@ -46,29 +45,6 @@ fn cuda_worker(address: &str, visible: Option<&str>, n: usize, extra: &[&str]) -
         }
     }
     (p, control)
-}
-
-async fn connect(address: &str) -> Client {
-    tokio::time::timeout(SOON, Client::connect(address))
-        .await
-        .expect("connect in time")
-        .expect("connect")
-}
-
-async fn workers_until(
-    client: &Client,
-    what: &str,
-    pred: impl Fn(&[WorkerInfoMsg]) -> bool,
-) -> Vec<WorkerInfoMsg> {
-    let deadline = Instant::now() + SOON;
-    loop {
-        let ws = client.workers().await.unwrap();
-        if pred(&ws) {
-            return ws;
-        }
-        assert!(Instant::now() < deadline, "{what}: workers are {ws:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A command task needing one GPU that prints what its worker sees.
@@ -234,14 +210,7 @@ fn no_gpu_and_no_cuda_visible_devices_is_a_clear_error() {
 }
 
 fn status_pid(control: &str, index: usize) -> (Option<u32>, u64) {
-    use std::io::{BufRead, BufReader, Write};
-    let mut s = std::net::TcpStream::connect(control).unwrap();
-    s.set_read_timeout(Some(SOON)).unwrap();
-    s.write_all(b"status\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
-    let w = &v["workers"][index];
+    let w = &nanny_status(control)[index];
     (
         w["pid"].as_u64().map(|p| p as u32),
         w["restarts"].as_u64().unwrap(),

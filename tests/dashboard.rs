@@ -7,7 +7,7 @@ mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use support::{rt, spawn};
+use support::{rt, scheduler, spawn};
 use taskwire::{Client, Task};
 
 /// Send raw bytes, read the whole answer (the server closes after one response).
@@ -39,20 +39,8 @@ fn get(addr: &str, path: &str) -> (u16, String) {
 
 #[test]
 fn dashboard_metrics_and_api_reflect_the_cluster_and_survive_garbage() {
-    let (_sched, lines) = spawn(
-        &[
-            "scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--dashboard-port",
-            "0",
-        ],
-        &["Scheduler at:", "dashboard at:"],
-    );
-    let address = lines[0].clone();
-    let link = lines[1].clone();
+    let (sched, address) = scheduler(&[]);
+    let link = sched.line("dashboard at:");
     let http = link
         .strip_prefix("http://")
         .and_then(|l| l.strip_suffix('/'))

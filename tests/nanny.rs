@@ -8,12 +8,13 @@
 
 mod support;
 
-use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{BIN, Proc, SOON, rt, scheduler, signal};
+use support::{
+    BIN, Proc, SOON, connect, nanny_control, nanny_status, rt, scheduler, signal, workers_until,
+};
 use taskwire::protocol::{ErrorKindMsg, WorkerInfoMsg};
 use taskwire::{Client, ClientError, Task};
 
@@ -48,56 +49,10 @@ fn nanny(address: &str, n: usize, extra: &[&str]) -> (Proc, String) {
     (p, control)
 }
 
-/// Send `request` to the nanny's control port; the answer, read until the nanny closes or
-/// `answers` lines arrived.
-fn control(addr: &str, request: &[u8], answers: usize) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect to the nanny");
-    s.set_read_timeout(Some(SOON)).unwrap();
-    s.write_all(request).unwrap();
-    let mut r = BufReader::new(s);
-    let mut out = String::new();
-    for _ in 0..answers {
-        if r.read_line(&mut out).unwrap() == 0 {
-            break;
-        }
-    }
-    out
-}
-
-fn status(addr: &str) -> Vec<Value> {
-    let line = control(addr, b"status\n", 1);
-    let v: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line}: {e}"));
-    v["workers"].as_array().expect("workers array").clone()
-}
-
 fn child_pid(addr: &str, index: usize) -> u32 {
-    status(addr)[index]["pid"]
+    nanny_status(addr)[index]["pid"]
         .as_u64()
         .expect("a running child") as u32
-}
-
-async fn connect(address: &str) -> Client {
-    tokio::time::timeout(SOON, Client::connect(address))
-        .await
-        .expect("connect in time")
-        .expect("connect")
-}
-
-/// Poll the scheduler's worker list until `pred` holds.
-async fn workers_until(
-    client: &Client,
-    what: &str,
-    pred: impl Fn(&[WorkerInfoMsg]) -> bool,
-) -> Vec<WorkerInfoMsg> {
-    let deadline = Instant::now() + SOON;
-    loop {
-        let ws = client.workers().await.unwrap();
-        if pred(&ws) {
-            return ws;
-        }
-        assert!(Instant::now() < deadline, "{what}: workers are {ws:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// inc over 0..n and their sum, checked.
@@ -141,7 +96,7 @@ fn killed_worker_is_restarted_and_computes() {
         .await;
         assert_eq!(after[0].name, "kill9");
         assert_ne!(after[0].id, before[0].id);
-        let st = status(&ctl);
+        let st = nanny_status(&ctl);
         assert_eq!(st[0]["restarts"], 1);
         assert_eq!(st[0]["state"], "running");
         assert_ne!(st[0]["pid"].as_u64().unwrap() as u32, pid);
@@ -197,7 +152,7 @@ fn memory_hog_is_killed_and_its_task_fails_as_killed_worker() {
         })
         .await;
         assert!(ws.iter().all(|w| w.name.starts_with("mem-")), "{ws:?}");
-        let restarts: u64 = status(&ctl)
+        let restarts: u64 = nanny_status(&ctl)
             .iter()
             .map(|w| w["restarts"].as_u64().unwrap())
             .sum();
@@ -274,24 +229,24 @@ fn retired_worker_is_not_restarted() {
 fn control_port_answers_and_survives_garbage() {
     let (_s, address) = scheduler(&[]);
     let (mut nanny, ctl) = nanny(&address, 1, &[]);
-    let st = status(&ctl);
+    let st = nanny_status(&ctl);
     assert_eq!(st.len(), 1);
     assert_eq!(st[0]["index"], 0);
     assert_eq!(st[0]["restarts"], 0);
     assert_eq!(st[0]["state"], "running");
     let pid = st[0]["pid"].as_u64().unwrap();
 
-    let answer = control(&ctl, b"hello\n", 1);
+    let answer = nanny_control(&ctl, b"hello\n", 1);
     assert!(
         answer.starts_with("error: unknown command \"hello\""),
         "{answer}"
     );
-    let answer = control(&ctl, b"\xff\xfe\x00junk\n", 1);
+    let answer = nanny_control(&ctl, b"\xff\xfe\x00junk\n", 1);
     assert!(answer.starts_with("error:"), "{answer}");
-    let answer = control(&ctl, &[b'x'; 1000], 1);
+    let answer = nanny_control(&ctl, &[b'x'; 1000], 1);
     assert!(answer.starts_with("error: line longer than"), "{answer}");
     // Several commands on one connection, blank lines ignored.
-    let answer = control(&ctl, b"\n\nstatus\r\nnope\nstatus\n", 3);
+    let answer = nanny_control(&ctl, b"\n\nstatus\r\nnope\nstatus\n", 3);
     let got: Vec<&str> = answer.lines().collect();
     assert_eq!(got.len(), 3, "{answer}");
     assert!(got[0].starts_with("{\"workers\":["), "{answer}");
@@ -306,8 +261,8 @@ fn control_port_answers_and_survives_garbage() {
     drop(idle);
     assert!(nanny.running(), "the nanny survives garbage");
 
-    assert_eq!(control(&ctl, b"restart\n", 1), "ok\n");
-    let st = status(&ctl);
+    assert_eq!(nanny_control(&ctl, b"restart\n", 1), "ok\n");
+    let st = nanny_status(&ctl);
     assert_eq!(st[0]["restarts"], 1);
     assert_ne!(st[0]["pid"].as_u64().unwrap(), pid);
     nanny.line("Registered to:");
@@ -367,7 +322,7 @@ fn worker_comes_back_after_the_scheduler_restarts() {
         client.close().await;
     });
     // With --restart-limit 0 any counted failure would have given the worker up.
-    let st = status(&ctl);
+    let st = nanny_status(&ctl);
     assert_eq!(st[0]["state"], "running");
 }
 
@@ -404,7 +359,7 @@ fn lifetime_replaces_the_worker() {
         compute_checks(&client, "life", 5).await;
         client.close().await;
     });
-    assert!(status(&ctl)[0]["restarts"].as_u64().unwrap() >= 1);
+    assert!(nanny_status(&ctl)[0]["restarts"].as_u64().unwrap() >= 1);
 }
 
 /// Exit codes of a worker without a nanny, which a nanny (or any supervisor) reads: 4 when

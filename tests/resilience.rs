@@ -7,7 +7,7 @@ mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{BIN, Proc, rt, scheduler, signal, spawn, tempdir};
+use support::{BIN, Proc, rt, scheduler, signal, spawn, tempdir, workers_until};
 use taskwire::{Client, Future, Task};
 
 /// Start a worker; `extra` adds flags (e.g. `--no-nanny`).
@@ -15,27 +15,6 @@ fn worker(address: &str, name: &str, extra: &[&str]) -> Proc {
     let mut args = vec!["worker", address, "--nthreads", "1", "--name", name];
     args.extend_from_slice(extra);
     spawn(&args, &["Start worker at:", "Registered to:"]).0
-}
-
-/// Poll the scheduler's worker list until `ok` holds for it, up to `timeout`.
-async fn wait_workers(
-    client: &Client,
-    timeout: Duration,
-    what: &str,
-    ok: impl Fn(&[taskwire::WorkerInfoMsg]) -> bool,
-) -> Vec<taskwire::WorkerInfoMsg> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let list = client.workers().await.unwrap();
-        if ok(&list) {
-            return list;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {list:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A binary tree reduction over `leaves` leaf tasks made by `leaf(i)`; returns the futures
@@ -207,12 +186,9 @@ fn killing_a_worker_mid_tree_reduction_still_gives_the_right_answer() {
         .unwrap();
     assert_eq!(value, 8 * leaves as i64);
     // The nanny brought the worker back, and the scheduler knows it was restarted.
-    let list = rt.block_on(wait_workers(
-        &client,
-        Duration::from_secs(30),
-        "kill-0 back",
-        |l| l.iter().any(|w| w.name == "kill-0" && w.restarts >= 1),
-    ));
+    let list = rt.block_on(workers_until(&client, "kill-0 back", |l| {
+        l.iter().any(|w| w.name == "kill-0" && w.restarts >= 1)
+    }));
     assert_eq!(list.len(), 2, "{list:?}");
     assert_ne!(child_of(&nanny), victim);
     rt.block_on(client.close());
@@ -416,12 +392,9 @@ fn a_partitioned_worker_is_dropped_by_its_ttl_and_rejoins_cleanly() {
     let during = rt
         .block_on(client.submit_graph(inc_graph("during", 200, false)))
         .unwrap();
-    rt.block_on(wait_workers(
-        &client,
-        Duration::from_secs(30),
-        "part-far removed",
-        |l| !l.iter().any(|w| w.name == "part-far"),
-    ));
+    rt.block_on(workers_until(&client, "part-far removed", |l| {
+        !l.iter().any(|w| w.name == "part-far")
+    }));
     let detected = cut.elapsed();
     check(&during, 200);
     // Results the far worker held were recomputed on the near one.
@@ -430,12 +403,9 @@ fn a_partitioned_worker_is_dropped_by_its_ttl_and_rejoins_cleanly() {
 
     ns.link(true);
     let healed = Instant::now();
-    let list = rt.block_on(wait_workers(
-        &client,
-        Duration::from_secs(60),
-        "part-far back",
-        |l| l.iter().any(|w| w.name == "part-far"),
-    ));
+    let list = rt.block_on(workers_until(&client, "part-far back", |l| {
+        l.iter().any(|w| w.name == "part-far")
+    }));
     eprintln!(
         "far worker registered again {:?} after the link came back",
         healed.elapsed()
@@ -502,12 +472,9 @@ fn results_larger_than_memory_spill_to_disk_and_come_back_intact() {
         "a spilled result came back changed"
     );
     // The worker reported spilling, and a spilled result is served to the client intact.
-    let list = rt.block_on(wait_workers(
-        &client,
-        Duration::from_secs(30),
-        "a heartbeat",
-        |l| l.iter().any(|w| w.metrics.spilled > 0),
-    ));
+    let list = rt.block_on(workers_until(&client, "a heartbeat", |l| {
+        l.iter().any(|w| w.metrics.spilled > 0)
+    }));
     assert!(list[0].metrics.managed <= 256 << 20, "{list:?}");
     assert_eq!(list[0].restarts, 0, "the worker was restarted: {list:?}");
     let first = rt.block_on(data[0].result()).unwrap();

@@ -180,3 +180,53 @@ pub(crate) fn rt() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// Connect a client, within [`SOON`].
+pub(crate) async fn connect(address: &str) -> taskwire::Client {
+    tokio::time::timeout(SOON, taskwire::Client::connect(address))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+/// Poll the scheduler's worker list until `pred` holds, for at most [`SOON`].
+pub(crate) async fn workers_until(
+    client: &taskwire::Client,
+    what: &str,
+    pred: impl Fn(&[taskwire::WorkerInfoMsg]) -> bool,
+) -> Vec<taskwire::WorkerInfoMsg> {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let ws = client.workers().await.unwrap();
+        if pred(&ws) {
+            return ws;
+        }
+        assert!(Instant::now() < deadline, "{what}: workers are {ws:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Send `request` to a nanny's control port (`host:port`); the answer, read until the nanny
+/// closes or `answers` lines arrived.
+pub(crate) fn nanny_control(addr: &str, request: &[u8], answers: usize) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the nanny");
+    s.set_read_timeout(Some(SOON)).unwrap();
+    s.write_all(request).unwrap();
+    let mut r = BufReader::new(s);
+    let mut out = String::new();
+    for _ in 0..answers {
+        if r.read_line(&mut out).unwrap() == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// The `workers` of a nanny's `status` answer.
+pub(crate) fn nanny_status(addr: &str) -> Vec<serde_json::Value> {
+    let line = nanny_control(addr, b"status\n", 1);
+    let v: serde_json::Value =
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line}: {e}"));
+    v["workers"].as_array().expect("workers array").clone()
+}

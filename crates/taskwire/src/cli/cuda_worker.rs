@@ -7,8 +7,7 @@
 //! CPUs near its GPU; a worker that dies is restarted with the same GPU, environment and CPUs.
 //! What is started is decided by `taskwire_cuda_worker` (discovery and plans).
 
-use super::parse_duration;
-use super::worker::{CHILD_STOP_TIMEOUT, Signals, parse_memory, parse_resources};
+use super::worker::{CHILD_STOP_TIMEOUT, NannyArgs, Signals, parse_memory, parse_resources};
 use clap::Args;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -17,7 +16,7 @@ use taskwire_cuda_worker::{
     interface_address, plan_workers, transport_env,
 };
 use taskwire_transport::Address;
-use taskwire_worker::{ChildOptions, Nanny, NannyOutcome, RestartPolicy};
+use taskwire_worker::{ChildOptions, Nanny, NannyOutcome};
 use tracing::{info, warn};
 
 /// Whether this binary has the UCX transport. The UCX transport is built on another branch;
@@ -64,24 +63,8 @@ pub(crate) struct CudaWorkerArgs {
     /// Directory for command tasks and spilled data (worker i uses worker-i under it).
     #[arg(long)]
     local_directory: Option<PathBuf>,
-    /// Port of the nanny's control protocol; 0: any free port.
-    #[arg(long, default_value_t = 0)]
-    nanny_port: u16,
-    /// Give up when the scheduler cannot be reached for this long at start; "inf": never.
-    #[arg(long, default_value = "60s")]
-    death_timeout: String,
-    /// Retire each worker after this long (a fresh one replaces it, on the same GPU).
-    #[arg(long)]
-    lifetime: Option<String>,
-    /// Move each --lifetime by a random amount up to this much either way.
-    #[arg(long, default_value = "0s")]
-    lifetime_stagger: String,
-    /// Give a worker up after more than this many crashes within --restart-window.
-    #[arg(long, default_value_t = 10)]
-    restart_limit: u32,
-    /// The window for --restart-limit.
-    #[arg(long, default_value = "60s")]
-    restart_window: String,
+    #[command(flatten)]
+    nanny: NannyArgs,
     /// Do not pin workers to the CPUs near their GPU.
     #[arg(long)]
     no_cpu_affinity: bool,
@@ -137,23 +120,7 @@ fn plan(args: &CudaWorkerArgs) -> Result<Plan, String> {
     let device_memory_limit =
         DeviceMemoryLimit::parse(&args.device_memory_limit, |s| parse_memory(s, 1))?;
     let extra_resources = parse_resources(&args.resources)?;
-    let death = args.death_timeout.trim();
-    if !death.eq_ignore_ascii_case("inf") {
-        parse_duration(death).map_err(|e| format!("--death-timeout: {e}"))?;
-    }
-    parse_duration(&args.restart_window).map_err(|e| format!("--restart-window: {e}"))?;
-    let lifetime = match &args.lifetime {
-        Some(l) => {
-            let life = parse_duration(l).map_err(|e| format!("--lifetime: {e}"))?;
-            if life.is_zero() {
-                return Err("--lifetime must be longer than 0".into());
-            }
-            let stagger = parse_duration(&args.lifetime_stagger)
-                .map_err(|e| format!("--lifetime-stagger: {e}"))?;
-            Some((life, stagger))
-        }
-        None => None,
-    };
+    let lifetime = args.nanny.lifetime()?;
     let host = match (&args.host, &args.interface) {
         (Some(h), _) => Some(h.clone()),
         (None, Some(i)) => Some(interface_address(i).map_err(|e| e.to_string())?.to_string()),
@@ -218,7 +185,7 @@ fn child_args(args: &CudaWorkerArgs, plan: &Plan, w: &GpuWorkerPlan) -> Vec<OsSt
     opt("--memory-limit", w.memory_limit.to_string());
     opt("--resources", w.resources_spec());
     opt("--name", w.name.clone());
-    opt("--death-timeout", args.death_timeout.clone());
+    opt("--death-timeout", args.nanny.death_timeout.clone());
     opt("--worker-index", w.index.to_string());
     if let Some(p) = args.worker_port {
         opt("--worker-port", (usize::from(p) + w.index).to_string());
@@ -286,13 +253,9 @@ async fn run_nanny(args: &CudaWorkerArgs, plan: &Plan) -> Result<i32, String> {
     let memory_limit = plan.workers[0].memory_limit;
     let mut b = Nanny::builder(exe)
         .memory_limit(memory_limit)
-        .restart_policy(RestartPolicy {
-            max_failures: args.restart_limit,
-            window: parse_duration(&args.restart_window)?,
-            ..RestartPolicy::default()
-        })
+        .restart_policy(args.nanny.restart_policy()?)
         .stop_timeout(CHILD_STOP_TIMEOUT)
-        .control(control_host(args, plan), args.nanny_port);
+        .control(control_host(args, plan), args.nanny.nanny_port);
     if let Some((life, stagger)) = plan.lifetime {
         b = b.lifetime(life, stagger);
     }

@@ -71,26 +71,8 @@ pub(crate) struct WorkerArgs {
     /// Run the workers in this process, without a nanny to restart them.
     #[arg(long)]
     no_nanny: bool,
-    /// Port of the nanny's control protocol ("status" and "restart" lines); 0: any free port.
-    #[arg(long, default_value_t = 0)]
-    nanny_port: u16,
-    /// Give up when the scheduler cannot be reached for this long at start, e.g. 60s, 5m; "inf"
-    /// or 0: keep trying.
-    #[arg(long, default_value = "60s")]
-    death_timeout: String,
-    /// Retire each worker after this long (e.g. 1h); under a nanny a fresh worker replaces it.
-    #[arg(long)]
-    lifetime: Option<String>,
-    /// Move each --lifetime by a random amount up to this much either way.
-    #[arg(long, default_value = "0s")]
-    lifetime_stagger: String,
-    /// The nanny gives a worker up after more than this many crashes within --restart-window
-    /// (exits because it lost the scheduler, retirements and lifetimes do not count).
-    #[arg(long, default_value_t = 10)]
-    restart_limit: u32,
-    /// The window for --restart-limit.
-    #[arg(long, default_value = "60s")]
-    restart_window: String,
+    #[command(flatten)]
+    pub(crate) nanny: NannyArgs,
     /// Times a nanny restarted this worker (set by the nanny, reported to the scheduler).
     #[arg(long, hide = true, default_value_t = 0)]
     restarts: u32,
@@ -107,6 +89,59 @@ fn parse_death_timeout(spec: &str) -> Result<Option<Duration>, String> {
     }
     let d = parse_duration(spec).map_err(|e| format!("--death-timeout: {e}"))?;
     Ok((!d.is_zero()).then_some(d))
+}
+
+/// Nanny flags shared by `taskwire worker` and `taskwire cuda-worker`.
+#[derive(Args, Debug)]
+pub(crate) struct NannyArgs {
+    /// Port of the nanny's control protocol ("status" and "restart" lines); 0: any free port.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) nanny_port: u16,
+    /// Give up when the scheduler cannot be reached for this long at start, e.g. 60s, 5m; "inf"
+    /// or 0: keep trying.
+    #[arg(long, default_value = "60s")]
+    pub(crate) death_timeout: String,
+    /// Retire each worker after this long (e.g. 1h); under a nanny a fresh worker replaces it.
+    #[arg(long)]
+    pub(crate) lifetime: Option<String>,
+    /// Move each --lifetime by a random amount up to this much either way.
+    #[arg(long, default_value = "0s")]
+    pub(crate) lifetime_stagger: String,
+    /// The nanny gives a worker up after more than this many crashes within --restart-window
+    /// (exits because it lost the scheduler, retirements and lifetimes do not count).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) restart_limit: u32,
+    /// The window for --restart-limit.
+    #[arg(long, default_value = "60s")]
+    pub(crate) restart_window: String,
+}
+
+impl NannyArgs {
+    /// Check every flag; the lifetime and its stagger, if any.
+    pub(crate) fn lifetime(&self) -> Result<Option<(Duration, Duration)>, String> {
+        parse_death_timeout(&self.death_timeout)?;
+        parse_duration(&self.restart_window).map_err(|e| format!("--restart-window: {e}"))?;
+        let Some(l) = &self.lifetime else {
+            return Ok(None);
+        };
+        let life = parse_duration(l).map_err(|e| format!("--lifetime: {e}"))?;
+        if life.is_zero() {
+            return Err("--lifetime must be longer than 0".into());
+        }
+        let stagger = parse_duration(&self.lifetime_stagger)
+            .map_err(|e| format!("--lifetime-stagger: {e}"))?;
+        Ok(Some((life, stagger)))
+    }
+
+    /// The nanny's restart policy from `--restart-limit` and `--restart-window`.
+    pub(crate) fn restart_policy(&self) -> Result<RestartPolicy, String> {
+        Ok(RestartPolicy {
+            max_failures: self.restart_limit,
+            window: parse_duration(&self.restart_window)
+                .map_err(|e| format!("--restart-window: {e}"))?,
+            ..RestartPolicy::default()
+        })
+    }
 }
 
 /// Parse "GPU=1,MEM=4e9".
@@ -201,19 +236,7 @@ fn plan(args: &WorkerArgs) -> Result<Plan, String> {
         }
         _ => {}
     }
-    let lifetime = match &args.lifetime {
-        Some(l) => {
-            let life = parse_duration(l).map_err(|e| format!("--lifetime: {e}"))?;
-            if life.is_zero() {
-                return Err("--lifetime must be longer than 0".into());
-            }
-            let stagger = parse_duration(&args.lifetime_stagger)
-                .map_err(|e| format!("--lifetime-stagger: {e}"))?;
-            Some((life, stagger))
-        }
-        None => None,
-    };
-    parse_duration(&args.restart_window).map_err(|e| format!("--restart-window: {e}"))?;
+    let lifetime = args.nanny.lifetime()?;
     Ok(Plan {
         nworkers: args.nworkers,
         nthreads: args
@@ -221,7 +244,7 @@ fn plan(args: &WorkerArgs) -> Result<Plan, String> {
             .unwrap_or_else(|| (taskwire_worker::available_cpus() / args.nworkers).max(1)),
         memory_limit: parse_memory(&args.memory_limit, args.nworkers)?,
         resources: parse_resources(&args.resources)?,
-        death_timeout: parse_death_timeout(&args.death_timeout)?,
+        death_timeout: parse_death_timeout(&args.nanny.death_timeout)?,
         lifetime,
     })
 }
@@ -312,7 +335,7 @@ fn child_args(args: &WorkerArgs, plan: &Plan, i: usize) -> Vec<OsString> {
     opt("--nthreads", plan.nthreads.to_string());
     opt("--memory-limit", plan.memory_limit.to_string());
     opt("--resources", args.resources.clone());
-    opt("--death-timeout", args.death_timeout.clone());
+    opt("--death-timeout", args.nanny.death_timeout.clone());
     opt("--worker-index", (args.worker_index + i).to_string());
     if let Some(name) = &args.name {
         opt(
@@ -347,13 +370,9 @@ async fn run_nanny(args: &WorkerArgs, plan: &Plan) -> Result<i32, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
     let mut b = Nanny::builder(exe)
         .memory_limit(plan.memory_limit)
-        .restart_policy(RestartPolicy {
-            max_failures: args.restart_limit,
-            window: parse_duration(&args.restart_window)?,
-            ..RestartPolicy::default()
-        })
+        .restart_policy(args.nanny.restart_policy()?)
         .stop_timeout(CHILD_STOP_TIMEOUT)
-        .control(nanny_host(args), args.nanny_port);
+        .control(nanny_host(args), args.nanny.nanny_port);
     if let Some((life, stagger)) = plan.lifetime {
         b = b.lifetime(life, stagger);
     }
@@ -462,7 +481,7 @@ async fn start_worker(
             return Err(StartFailure::DeathTimeout(format!(
                 "could not reach the scheduler within --death-timeout {} ({attempts} attempts); \
                  last error: {why}",
-                args.death_timeout
+                args.nanny.death_timeout
             )));
         }
         let wait = deadline.map_or(delay, |d| delay.min(d - now));
@@ -592,7 +611,7 @@ async fn run_workers(args: &WorkerArgs, plan: &Plan) -> Result<i32, String> {
         Ending::Lifetime => {
             info!(
                 "--lifetime {} reached; retiring",
-                args.lifetime.as_deref().unwrap_or("")
+                args.nanny.lifetime.as_deref().unwrap_or("")
             );
             retire_all(handles, &mut signals).await;
             Ok(0)

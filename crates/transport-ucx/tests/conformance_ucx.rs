@@ -1,12 +1,14 @@
-//! The conformance suite over UCX with `UCX_TLS=tcp` (set through `UcxConfig`, which wins over
-//! the environment), on 127.0.0.1.
+//! The conformance suite over UCX on 127.0.0.1, twice: with `UCX_TLS=tcp`, and with
+//! `UCX_TLS=sm,tcp` (shared memory for data; tcp for connection set-up). The transports are set
+//! through `UcxConfig`, which wins over the environment; each has its own UCX context.
 
 use std::sync::Arc;
 use taskwire_transport::conformance::Harness;
 use taskwire_transport::{Address, Registry, Scheme, TransportConfig};
 use taskwire_transport_ucx::{UcxConfig, UcxTransport};
 
-struct Ucx;
+/// UCX with the given `UCX_TLS`.
+struct Ucx(&'static str);
 
 fn ucx_address(port: u16) -> Address {
     Address::Net {
@@ -19,7 +21,7 @@ fn ucx_address(port: u16) -> Address {
 impl Harness for Ucx {
     fn registry(&self) -> Registry {
         Registry::new(TransportConfig::default())
-            .register(Arc::new(UcxTransport::new(UcxConfig::new().tls("tcp"))))
+            .register(Arc::new(UcxTransport::new(UcxConfig::new().tls(self.0))))
     }
     fn listen_address(&self) -> Address {
         ucx_address(0)
@@ -33,4 +35,12 @@ impl Harness for Ucx {
     }
 }
 
-taskwire_transport::conformance_tests!(Ucx);
+mod tcp {
+    use super::Ucx;
+    taskwire_transport::conformance_tests!(Ucx("tcp"));
+}
+
+mod shared_memory {
+    use super::Ucx;
+    taskwire_transport::conformance_tests!(Ucx("sm,tcp"));
+}
