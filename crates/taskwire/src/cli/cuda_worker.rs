@@ -7,7 +7,9 @@
 //! CPUs near its GPU; a worker that dies is restarted with the same GPU, environment and CPUs.
 //! What is started is decided by `taskwire_cuda_worker` (discovery and plans).
 
-use super::worker::{CHILD_STOP_TIMEOUT, NannyArgs, Signals, parse_memory, parse_resources};
+use super::worker::{
+    CHILD_STOP_TIMEOUT, ChildLine, NannyArgs, Signals, parse_memory, parse_resources,
+};
 use clap::Args;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -168,36 +170,21 @@ fn plan(args: &CudaWorkerArgs) -> Result<Plan, String> {
 /// Worker `w`'s command line: this binary as one `--no-nanny` worker (the nanny appends
 /// `--restarts K`).
 fn child_args(args: &CudaWorkerArgs, plan: &Plan, w: &GpuWorkerPlan) -> Vec<OsString> {
-    let mut a: Vec<OsString> = vec!["worker".into()];
-    if let Some(s) = &args.scheduler {
-        a.push(s.into());
+    let mut a = ChildLine {
+        scheduler: args.scheduler.as_deref(),
+        scheduler_file: args.scheduler_file.as_deref(),
+        nthreads: w.nthreads,
+        memory_limit: w.memory_limit,
+        resources: w.resources_spec(),
+        death_timeout: &args.nanny.death_timeout,
+        index: w.index,
+        port: args.worker_port.map(|p| usize::from(p) + w.index),
+        host: plan.host.as_deref(),
+        local_directory: args.local_directory.as_deref(),
     }
-    if let Some(f) = &args.scheduler_file {
-        a.push("--scheduler-file".into());
-        a.push(f.into());
-    }
-    let mut opt = |flag: &str, value: String| {
-        a.push(flag.into());
-        a.push(value.into());
-    };
-    opt("--nworkers", "1".into());
-    opt("--nthreads", w.nthreads.to_string());
-    opt("--memory-limit", w.memory_limit.to_string());
-    opt("--resources", w.resources_spec());
-    opt("--name", w.name.clone());
-    opt("--death-timeout", args.nanny.death_timeout.clone());
-    opt("--worker-index", w.index.to_string());
-    if let Some(p) = args.worker_port {
-        opt("--worker-port", (usize::from(p) + w.index).to_string());
-    }
-    if let Some(h) = &plan.host {
-        opt("--host", h.clone());
-    }
-    if let Some(d) = &args.local_directory {
-        a.push("--local-directory".into());
-        a.push(d.into());
-    }
-    a.push("--no-nanny".into());
+    .args();
+    a.push("--name".into());
+    a.push(w.name.clone().into());
     a
 }
 

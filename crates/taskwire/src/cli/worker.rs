@@ -9,7 +9,7 @@
 
 use super::parse_duration;
 use clap::Args;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use taskwire_transport::Address;
@@ -141,6 +141,54 @@ impl NannyArgs {
                 .map_err(|e| format!("--restart-window: {e}"))?,
             ..RestartPolicy::default()
         })
+    }
+}
+
+/// What every nanny child's command line says: this binary as one `--no-nanny` worker.
+pub(super) struct ChildLine<'a> {
+    pub(super) scheduler: Option<&'a str>,
+    pub(super) scheduler_file: Option<&'a Path>,
+    pub(super) nthreads: usize,
+    pub(super) memory_limit: u64,
+    pub(super) resources: String,
+    pub(super) death_timeout: &'a str,
+    /// Names the child's local subdirectory.
+    pub(super) index: usize,
+    pub(super) port: Option<usize>,
+    pub(super) host: Option<&'a str>,
+    pub(super) local_directory: Option<&'a Path>,
+}
+
+impl ChildLine<'_> {
+    pub(super) fn args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec!["worker".into()];
+        if let Some(s) = self.scheduler {
+            a.push(s.into());
+        }
+        let mut opt = |flag: &str, value: &OsStr| {
+            a.push(flag.into());
+            a.push(value.into());
+        };
+        if let Some(f) = self.scheduler_file {
+            opt("--scheduler-file", f.as_os_str());
+        }
+        opt("--nworkers", "1".as_ref());
+        opt("--nthreads", self.nthreads.to_string().as_ref());
+        opt("--memory-limit", self.memory_limit.to_string().as_ref());
+        opt("--resources", self.resources.as_ref());
+        opt("--death-timeout", self.death_timeout.as_ref());
+        opt("--worker-index", self.index.to_string().as_ref());
+        if let Some(p) = self.port {
+            opt("--worker-port", p.to_string().as_ref());
+        }
+        if let Some(h) = self.host {
+            opt("--host", h.as_ref());
+        }
+        if let Some(d) = self.local_directory {
+            opt("--local-directory", d.as_os_str());
+        }
+        a.push("--no-nanny".into());
+        a
     }
 }
 
@@ -319,24 +367,23 @@ fn nanny_host(args: &WorkerArgs) -> String {
 /// The command line of child `i`: this binary as one `--no-nanny` worker with the options
 /// given to the nanny (the nanny appends `--restarts K`).
 fn child_args(args: &WorkerArgs, plan: &Plan, i: usize) -> Vec<OsString> {
-    let mut a: Vec<OsString> = vec!["worker".into()];
-    if let Some(s) = &args.scheduler {
-        a.push(s.into());
+    let mut a = ChildLine {
+        scheduler: args.scheduler.as_deref(),
+        scheduler_file: args.scheduler_file.as_deref(),
+        nthreads: plan.nthreads,
+        memory_limit: plan.memory_limit,
+        resources: args.resources.clone(),
+        death_timeout: &args.nanny.death_timeout,
+        index: args.worker_index + i,
+        port: args.worker_port.map(|p| usize::from(p) + i),
+        host: args.host.as_deref(),
+        local_directory: args.local_directory.as_deref(),
     }
-    if let Some(f) = &args.scheduler_file {
-        a.push("--scheduler-file".into());
-        a.push(f.into());
-    }
+    .args();
     let mut opt = |flag: &str, value: String| {
         a.push(flag.into());
         a.push(value.into());
     };
-    opt("--nworkers", "1".into());
-    opt("--nthreads", plan.nthreads.to_string());
-    opt("--memory-limit", plan.memory_limit.to_string());
-    opt("--resources", args.resources.clone());
-    opt("--death-timeout", args.nanny.death_timeout.clone());
-    opt("--worker-index", (args.worker_index + i).to_string());
     if let Some(name) = &args.name {
         opt(
             "--name",
@@ -346,17 +393,6 @@ fn child_args(args: &WorkerArgs, plan: &Plan, i: usize) -> Vec<OsString> {
                 name.clone()
             },
         );
-    }
-    if let Some(p) = args.worker_port {
-        opt("--worker-port", (usize::from(p) + i).to_string());
-    }
-    if let Some(h) = &args.host {
-        opt("--host", h.clone());
-    }
-    a.push("--no-nanny".into());
-    if let Some(d) = &args.local_directory {
-        a.push("--local-directory".into());
-        a.push(d.into());
     }
     if args.zero_worker {
         a.push("--zero-worker".into());
