@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Command;
 use std::time::Duration;
-use support::{BIN, Proc, rt, scheduler, spawn, tempdir};
+use support::{BIN, Proc, rt, scheduler, spawn, tempdir, tree_over};
 use taskwire::{Client, ClientError, Status, Task};
 
 struct Cluster {
@@ -91,27 +91,10 @@ fn graphs_commands_errors_and_cancellation_across_two_worker_processes() {
         );
 
         // Tree reduction over the fan-out: inputs move between the two worker processes.
-        let mut level: Vec<String> = incs.iter().map(|f| f.key().to_string()).collect();
-        let mut tasks = Vec::new();
-        let mut depth = 0;
-        while level.len() > 1 {
-            depth += 1;
-            level = level
-                .chunks(2)
-                .enumerate()
-                .map(|(j, pair)| {
-                    let key = format!("sum-{depth}-{j}");
-                    let mut t = Task::function(key.clone(), "add");
-                    for k in pair {
-                        t = t.dep_key(k.clone());
-                    }
-                    tasks.push(t);
-                    key
-                })
-                .collect();
-        }
+        let keys = incs.iter().map(|f| f.key().to_string()).collect();
+        let (tasks, root_key) = tree_over("sum", keys);
         let tree = client.submit_graph(tasks).await.unwrap();
-        let root = tree.iter().find(|f| f.key() == level[0]).unwrap();
+        let root = tree.iter().find(|f| f.key() == root_key).unwrap();
         assert_eq!(root.result_i64().await.unwrap(), (1..=200).sum::<i64>());
 
         // Large data made on one worker and consumed where the scheduler puts it.

@@ -7,7 +7,7 @@ mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{BIN, Proc, rt, scheduler, signal, spawn, tempdir, workers_until};
+use support::{BIN, Proc, rt, scheduler, signal, spawn, tempdir, tree_over, workers_until};
 use taskwire::{Client, Future, Task};
 
 /// Start a worker; `extra` adds flags (e.g. `--no-nanny`).
@@ -17,46 +17,20 @@ fn worker(address: &str, name: &str, extra: &[&str]) -> Proc {
     spawn(&args, &["Start worker at:", "Registered to:"]).0
 }
 
-/// A binary tree reduction over `leaves` leaf tasks made by `leaf(i)`; returns the futures
-/// (the root is the last).
+/// A binary tree reduction over `leaves` leaf tasks made by `leaf(i)`; returns the root's
+/// future.
 async fn tree(
     client: &Client,
     prefix: &str,
     leaves: usize,
     leaf: impl Fn(usize) -> Task,
-) -> Vec<Future> {
-    let mut tasks = Vec::with_capacity(2 * leaves);
-    let mut level: Vec<String> = (0..leaves)
-        .map(|i| {
-            let t = leaf(i);
-            let key = t.key().to_string();
-            tasks.push(t);
-            key
-        })
-        .collect();
-    let mut depth = 0;
-    while level.len() > 1 {
-        depth += 1;
-        level = level
-            .chunks(2)
-            .enumerate()
-            .map(|(i, pair)| {
-                let key = format!("{prefix}-add-{depth}-{i}");
-                let mut t = Task::function(key.clone(), "add");
-                for k in pair {
-                    t = t.dep_key(k.clone());
-                }
-                tasks.push(t);
-                key
-            })
-            .collect();
-    }
+) -> Future {
+    let mut tasks: Vec<Task> = (0..leaves).map(leaf).collect();
+    let keys = tasks.iter().map(|t| t.key().to_string()).collect();
+    let (inner, root) = tree_over(&format!("{prefix}-add"), keys);
+    tasks.extend(inner);
     let futures = client.submit_graph(tasks).await.unwrap();
-    let root = futures
-        .iter()
-        .position(|f| f.key() == level[0])
-        .expect("root");
-    vec![futures[root].clone()]
+    futures.into_iter().find(|f| f.key() == root).expect("root")
 }
 
 #[test]
@@ -179,9 +153,7 @@ fn killing_a_worker_mid_tree_reduction_still_gives_the_right_answer() {
     let victim = child_of(&nanny);
     kill9(victim);
     let value = rt
-        .block_on(async {
-            tokio::time::timeout(Duration::from_secs(120), root[0].result_i64()).await
-        })
+        .block_on(async { tokio::time::timeout(Duration::from_secs(120), root.result_i64()).await })
         .expect("the tree finishes")
         .unwrap();
     assert_eq!(value, 8 * leaves as i64);

@@ -230,3 +230,28 @@ pub(crate) fn nanny_status(addr: &str) -> Vec<serde_json::Value> {
         serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line}: {e}"));
     v["workers"].as_array().expect("workers array").clone()
 }
+
+/// The inner tasks of a binary tree reduction (`add` of two children, keys
+/// `{prefix}-{depth}-{i}`) over the results of `leaves`; returns them and the root's key.
+pub(crate) fn tree_over(prefix: &str, leaves: Vec<String>) -> (Vec<taskwire::Task>, String) {
+    let mut tasks = Vec::with_capacity(leaves.len());
+    let mut level = leaves;
+    let mut depth = 0;
+    while level.len() > 1 {
+        depth += 1;
+        level = level
+            .chunks(2)
+            .enumerate()
+            .map(|(i, pair)| {
+                let key = format!("{prefix}-{depth}-{i}");
+                let mut t = taskwire::Task::function(key.clone(), "add");
+                for k in pair {
+                    t = t.dep_key(k.clone());
+                }
+                tasks.push(t);
+                key
+            })
+            .collect();
+    }
+    (tasks, level.pop().expect("at least one leaf"))
+}
