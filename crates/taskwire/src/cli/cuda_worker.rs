@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 /// Whether this binary has the UCX transport. The UCX transport is built on another branch;
 /// when it is merged this becomes `cfg!(feature = "ucx")` and the children get the transport.
-const UCX_BUILT: bool = false;
+const UCX_BUILT: bool = cfg!(feature = "ucx");
 
 /// Start one worker per GPU (dask-cuda's `dask cuda worker`).
 #[derive(Args, Debug)]

@@ -3,6 +3,21 @@
 use clap::Args;
 use std::path::PathBuf;
 use taskwire_scheduler::Scheduler;
+use taskwire_transport::{Address, Scheme};
+
+/// `--transport`: tcp, or ucx where this binary has it.
+fn parse_transport(s: &str) -> Result<Scheme, String> {
+    match s {
+        "tcp" => Ok(Scheme::Tcp),
+        "ucx" if cfg!(feature = "ucx") => Ok(Scheme::Ucx),
+        "ucx" => Err(
+            "this build has no UCX support: rebuild with `cargo build --release --features ucx` \
+             against libucx-dev (docs/ucx.md)"
+                .into(),
+        ),
+        other => Err(format!("unknown transport '{other}': use tcp or ucx")),
+    }
+}
 
 /// Start a scheduler.
 #[derive(Args, Debug)]
@@ -23,6 +38,10 @@ pub(crate) struct SchedulerArgs {
     /// Do not serve the dashboard.
     #[arg(long)]
     no_dashboard: bool,
+    /// Transport for clients and workers: tcp, or ucx (shared memory, InfiniBand, NVLink) in a
+    /// build with `--features ucx`. Workers and clients then use the `ucx://` address printed.
+    #[arg(long, default_value = "tcp", value_parser = parse_transport)]
+    transport: Scheme,
     #[command(flatten)]
     policy: super::PolicyArgs,
 }
@@ -30,8 +49,11 @@ pub(crate) struct SchedulerArgs {
 pub(crate) fn run(args: SchedulerArgs) -> Result<(), String> {
     super::runtime()?.block_on(async {
         let mut builder = Scheduler::builder()
-            .host(&args.host)
-            .port(args.port)
+            .address(Address::Net {
+                scheme: args.transport,
+                host: args.host.clone(),
+                port: args.port,
+            })
             .core_config(args.policy.core_config());
         if let Some(f) = &args.scheduler_file {
             builder = builder.scheduler_file(f);

@@ -536,6 +536,11 @@ fn builder(
     i: usize,
     scheduler: Address,
 ) -> taskwire_worker::WorkerBuilder {
+    // The data server speaks what the scheduler speaks (tcp://, ucx://).
+    let scheme = match &scheduler {
+        Address::Net { scheme, .. } => *scheme,
+        Address::Inproc(_) => taskwire_transport::Scheme::Tcp,
+    };
     let mut b = Worker::builder(scheduler)
         // The stock functions and the GPU ones (`gpu-info`, `gpu-saxpy`) on CUDA device 0, which
         // a cuda-worker child's rotated CUDA_VISIBLE_DEVICES makes its own GPU.
@@ -560,7 +565,7 @@ fn builder(
     if args.worker_port.is_some() || args.host.is_some() {
         let host = args.host.clone().unwrap_or_else(|| "0.0.0.0".into());
         let port = args.worker_port.map_or(0, |p| p + i as u16);
-        b = b.listen(Address::tcp(host, port));
+        b = b.listen(Address::Net { scheme, host, port });
     }
     b
 }
