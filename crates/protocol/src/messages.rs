@@ -296,6 +296,12 @@ pub struct WorkerMetricsMsg {
     pub executing: u32,
     /// Paused: memory is above the pause threshold and no new task starts.
     pub paused: bool,
+    /// Memory in use on the worker's GPU, in bytes (0: no GPU, or not readable).
+    pub gpu_memory_used: u64,
+    /// The GPU's memory, in bytes (0: no GPU).
+    pub gpu_memory_total: u64,
+    /// The device memory limit the worker was given (`--device-memory-limit`; 0: none).
+    pub gpu_memory_limit: u64,
 }
 
 /// Results up to this size travel with the messages that announce them (worker → scheduler →

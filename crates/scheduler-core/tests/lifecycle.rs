@@ -16,6 +16,7 @@ fn heartbeat(env: &mut Env, w: WorkerId, paused: bool) -> Vec<Command> {
             rss: 1 << 20,
             executing: 0,
             paused,
+            ..Default::default()
         },
     })
 }

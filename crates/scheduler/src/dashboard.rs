@@ -294,6 +294,9 @@ pub(crate) fn workers(s: &Snapshot) -> Value {
                     "executing": w.metrics.executing, "managed_bytes": w.metrics.managed,
                     "spilled_bytes": w.metrics.spilled, "rss_bytes": w.metrics.rss,
                     "paused": w.metrics.paused, "restarts": w.restarts,
+                    "gpu_memory_used_bytes": w.metrics.gpu_memory_used,
+                    "gpu_memory_total_bytes": w.metrics.gpu_memory_total,
+                    "gpu_memory_limit_bytes": w.metrics.gpu_memory_limit,
                     "last_seen_ms": w.last_seen_ms,
                 })
             })
@@ -561,6 +564,18 @@ pub(crate) fn metrics(s: &Snapshot) -> String {
             per_worker(&|w| w.restarts as f64),
         ),
         (
+            "taskwire_worker_gpu_memory_used_bytes",
+            "gauge",
+            "Memory in use on a worker's GPU (0: none).",
+            per_worker(&|w| w.metrics.gpu_memory_used as f64),
+        ),
+        (
+            "taskwire_worker_gpu_memory_total_bytes",
+            "gauge",
+            "Memory of a worker's GPU (0: none).",
+            per_worker(&|w| w.metrics.gpu_memory_total as f64),
+        ),
+        (
             "taskwire_worker_last_seen_seconds",
             "gauge",
             "Seconds since the scheduler last heard from a worker.",
@@ -596,6 +611,7 @@ mod tests {
                 rss: 30,
                 executing: 2,
                 paused: true,
+                ..Default::default()
             },
             restarts: 1,
             last_seen_ms: 250,

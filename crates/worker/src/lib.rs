@@ -76,6 +76,6 @@ pub use nanny::{
 };
 pub use registry::{Registry, TaskContext, TaskFn, TaskResult};
 pub use worker::{
-    StopReason, Worker, WorkerBuilder, WorkerError, WorkerHandle, available_cpus, machine_memory,
-    process_rss,
+    GpuMemoryProbe, StopReason, Worker, WorkerBuilder, WorkerError, WorkerHandle, available_cpus,
+    machine_memory, process_rss,
 };

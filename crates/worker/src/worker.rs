@@ -48,6 +48,15 @@ pub enum WorkerError {
     Setup(String),
 }
 
+/// Reads (used, total) bytes of a worker's GPU memory; `None` when it cannot be read now.
+pub type GpuMemoryProbe = Arc<dyn Fn() -> Option<(u64, u64)> + Send + Sync>;
+
+/// A worker's GPU memory reporting.
+struct GpuMemory {
+    probe: GpuMemoryProbe,
+    limit: u64,
+}
+
 /// Why a worker stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StopReason {
@@ -91,6 +100,7 @@ impl Worker {
             local_directory: None,
             zero_worker: false,
             restarts: 0,
+            gpu: None,
             memory: MemoryConfig::default(),
             memory_source: None,
             memory_release: None,
@@ -111,6 +121,7 @@ pub struct WorkerBuilder {
     local_directory: Option<PathBuf>,
     zero_worker: bool,
     restarts: u32,
+    gpu: Option<GpuMemory>,
     memory: MemoryConfig,
     memory_source: Option<MemorySource>,
     memory_release: Option<MemoryRelease>,
@@ -206,6 +217,13 @@ impl WorkerBuilder {
     /// to [`MemoryRelease::set_process_default`]'s, if any.
     pub fn memory_release(mut self, release: MemoryRelease) -> Self {
         self.memory_release = Some(release);
+        self
+    }
+
+    /// Report GPU memory in heartbeats: `probe` returns (used, total) bytes of this worker's
+    /// GPU (`None` when it cannot be read now); `limit` is its device memory limit (0: none).
+    pub fn gpu_memory(mut self, probe: GpuMemoryProbe, limit: u64) -> Self {
+        self.gpu = Some(GpuMemory { probe, limit });
         self
     }
 
@@ -322,6 +340,7 @@ impl WorkerBuilder {
         );
         let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
         let state = State {
+            gpu: self.gpu,
             id,
             store,
             executor,
@@ -532,6 +551,8 @@ struct Fetch {
 }
 
 struct State {
+    /// The worker's GPU memory, read for each heartbeat.
+    gpu: Option<GpuMemory>,
     id: WorkerId,
     store: Arc<Store>,
     executor: Executor,
@@ -1079,7 +1100,21 @@ impl State {
             rss: self.memory.rss(),
             executing: self.executor.executing() as u32,
             paused: *self.paused.borrow(),
+            ..self.gpu_metrics()
         })
+    }
+
+    fn gpu_metrics(&self) -> WorkerMetricsMsg {
+        let Some(gpu) = &self.gpu else {
+            return WorkerMetricsMsg::default();
+        };
+        let (used, total) = (gpu.probe)().unwrap_or((0, 0));
+        WorkerMetricsMsg {
+            gpu_memory_used: used,
+            gpu_memory_total: total,
+            gpu_memory_limit: gpu.limit,
+            ..WorkerMetricsMsg::default()
+        }
     }
 
     async fn flush(&mut self) -> Result<(), TransportError> {

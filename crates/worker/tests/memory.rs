@@ -350,3 +350,34 @@ async fn no_memory_limit_means_no_spilling() {
     sched.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_memory_from_the_probe_reaches_the_scheduler() {
+    let sched = scheduler().await;
+    let used = Arc::new(AtomicU64::new(100));
+    let u = used.clone();
+    let probe: taskwire_worker::GpuMemoryProbe =
+        Arc::new(move || Some((u.load(Ordering::Relaxed), 1000)));
+    let _w = Worker::builder(sched.address().clone())
+        .name("gpu-worker")
+        .gpu_memory(probe, 800)
+        .local_directory(tempdir("gpu-probe"))
+        .start()
+        .await
+        .expect("worker starts");
+    let client = client(&sched).await;
+    let info = wait_for_worker(&client, "gpu-worker", "GPU memory", |w| {
+        w.metrics.gpu_memory_used == 100
+    })
+    .await;
+    assert_eq!(
+        (info.metrics.gpu_memory_total, info.metrics.gpu_memory_limit),
+        (1000, 800)
+    );
+    // Read again for every heartbeat.
+    used.store(700, Ordering::Relaxed);
+    wait_for_worker(&client, "gpu-worker", "new GPU memory", |w| {
+        w.metrics.gpu_memory_used == 700
+    })
+    .await;
+}

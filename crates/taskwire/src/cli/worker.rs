@@ -562,12 +562,40 @@ fn builder(
     if let Some(dir) = &args.local_directory {
         b = b.local_directory(local_directory(dir, args.worker_index + i));
     }
+    if let Some((probe, limit)) = gpu_memory_probe() {
+        b = b.gpu_memory(probe, limit);
+    }
     if args.worker_port.is_some() || args.host.is_some() {
         let host = args.host.clone().unwrap_or_else(|| "0.0.0.0".into());
         let port = args.worker_port.map_or(0, |p| p + i as u16);
         b = b.listen(Address::Net { scheme, host, port });
     }
     b
+}
+
+/// A cuda-worker child (its nanny set the device memory limit in its environment) reports its
+/// GPU's memory in heartbeats, read through NVML; `None` for CPU workers, or with a warning when
+/// NVML cannot read the GPU.
+fn gpu_memory_probe() -> Option<(taskwire_worker::GpuMemoryProbe, u64)> {
+    let limit: u64 = std::env::var(taskwire_cuda_worker::DEVICE_MEMORY_LIMIT_ENV)
+        .ok()?
+        .parse()
+        .ok()?;
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    match taskwire_cuda_worker::DeviceMemoryReader::for_worker(visible.as_deref()) {
+        Ok(reader) => {
+            let reader = std::sync::Mutex::new(reader);
+            let probe: taskwire_worker::GpuMemoryProbe = std::sync::Arc::new(move || {
+                let m = reader.lock().ok()?.read().ok()?;
+                Some((m.used, m.total))
+            });
+            Some((probe, limit))
+        }
+        Err(e) => {
+            warn!("GPU memory will not be reported: {e}");
+            None
+        }
+    }
 }
 
 /// Retire every worker at once (each hands its results to other workers), closing any that
