@@ -155,6 +155,22 @@ fn dashboard_metrics_and_api_reflect_the_cluster_and_survive_garbage() {
     assert_eq!(totals["tasks"]["memory"], n);
     assert_eq!(totals["workers"], 1);
 
+    // The same overview in the terminal.
+    let port = http.rsplit(':').next().unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["status", "--scheduler", &address, "--dashboard-port", port])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1000 in memory"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("dash-0 ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("dash-inc ")), "{text}");
+
     // The live stream: an event arrives at once, another after the next snapshot.
     let mut s = TcpStream::connect(&http).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();

@@ -31,6 +31,8 @@ enum Command {
     Submit(cli::submit::SubmitArgs),
     /// Retire workers gracefully (their unique results move to other workers first).
     Retire(cli::retire::RetireArgs),
+    /// The cluster's overview (tasks by state, task groups, workers) from the dashboard's API.
+    Status(cli::status::StatusArgs),
     /// Benchmarks: `taskwire bench transport ...`.
     Bench(bench::BenchArgs),
 }
@@ -86,6 +88,7 @@ fn main() -> std::process::ExitCode {
         Command::Local(args) => cli::local::run(args),
         Command::Submit(args) => cli::submit::run(args),
         Command::Retire(args) => cli::retire::run(args),
+        Command::Status(args) => cli::status::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {
