@@ -112,7 +112,11 @@ fn run(mut core: Core, rx: Receiver<Input>, mut publisher: Publisher) {
 
 /// Say what losing a worker cost (nothing is logged for a retired worker's connection).
 fn log_recovery(peer: Peer, before: RecoveryCounts, after: RecoveryCounts) {
-    if after.workers_lost == before.workers_lost {
+    let cost = (after.tasks_rescheduled - before.tasks_rescheduled)
+        + (after.results_lost - before.results_lost)
+        + (after.killed_worker_errors - before.killed_worker_errors);
+    if after.workers_lost == before.workers_lost || cost == 0 {
+        // A worker that held nothing and ran nothing (say, a clean shutdown) costs nothing.
         return;
     }
     tracing::info!(
