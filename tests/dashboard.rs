@@ -155,6 +155,27 @@ fn dashboard_metrics_and_api_reflect_the_cluster_and_survive_garbage() {
     assert_eq!(totals["tasks"]["memory"], n);
     assert_eq!(totals["workers"], 1);
 
+    // The task stream: every task of the graph, with its worker and times, and nothing twice
+    // when asked again from the last number.
+    let (status, body) = get(&http, "/api/v1/task-stream?since=0");
+    assert_eq!(status, 200);
+    let stream: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let runs = stream["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), n as usize, "{body:.300}");
+    assert!(
+        runs.iter()
+            .all(|r| r["group"] == "dash-inc" && r["worker"] == workers[0]["id"])
+    );
+    assert!(
+        runs.iter()
+            .all(|r| r["end_ms"].as_f64() >= r["start_ms"].as_f64())
+    );
+    let last = stream["seq"].as_u64().unwrap();
+    let (_, body) = get(&http, &format!("/api/v1/task-stream?since={last}"));
+    let again: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(again["runs"].as_array().unwrap().is_empty(), "{again}");
+    assert_eq!(get(&http, "/api/v1/task-stream?since=x").0, 400);
+
     // The same overview in the terminal.
     let port = http.rsplit(':').next().unwrap();
     let out = std::process::Command::new(support::BIN)

@@ -16,8 +16,11 @@ use crate::event::{Command, Event};
 use crate::heap::WorkerHeap;
 use crate::lifecycle::{RecoveryCounts, Retirement};
 use crate::state::{
-    GroupInfo, StateCounts, StimulusId, TaskState, TransitionLog, TransitionRecord,
+    GroupInfo, StateCounts, StimulusId, TaskRun, TaskState, TransitionLog, TransitionRecord,
 };
+
+/// Finished tasks the core remembers for the task stream.
+pub const MAX_TASK_RUNS: usize = 16_384;
 use crate::task::{Constraint, F_SCATTER, Prefix, QueueKey, Task, TaskRef, key_prefix};
 use crate::worker::{Worker, WorkerStatus, heartbeat_ms};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -87,6 +90,9 @@ pub struct Core {
     pub(crate) recovery: RecoveryCounts,
     /// Tasks that finished on a worker (processing -> memory), since the core started.
     pub(crate) finished_total: u64,
+    /// The latest finished tasks (at most [`MAX_TASK_RUNS`]), for the task stream; the last
+    /// one is number `finished_total`.
+    pub(crate) runs: VecDeque<TaskRun>,
     pub(crate) next_steal: Option<Instant>,
     pub(crate) rr_cursor: usize,
     pub(crate) assign_seq: u32,
@@ -150,6 +156,7 @@ impl Core {
             replicas: FxHashMap::default(),
             recovery: RecoveryCounts::default(),
             finished_total: 0,
+            runs: VecDeque::new(),
             next_steal: None,
             rr_cursor: 0,
             assign_seq: 0,
@@ -305,6 +312,15 @@ impl Core {
             .collect();
         groups.sort_by(|a, b| a.name.cmp(&b.name));
         groups
+    }
+
+    /// The tasks that finished after the `since`-th (counting from 1, as
+    /// [`finished_total`](Self::finished_total) does), oldest first; at most the last
+    /// [`MAX_TASK_RUNS`].
+    pub fn task_runs_since(&self, since: u64) -> impl Iterator<Item = &TaskRun> {
+        let new = self.finished_total.saturating_sub(since) as usize;
+        let skip = self.runs.len().saturating_sub(new);
+        self.runs.iter().skip(skip)
     }
 
     /// Clients connected.
@@ -1190,6 +1206,15 @@ impl Core {
                 TaskState::Processing => {
                     let on = t.processing_on;
                     self.finished_total += 1;
+                    if self.runs.len() == MAX_TASK_RUNS {
+                        self.runs.pop_front();
+                    }
+                    self.runs.push_back(TaskRun {
+                        key: t.key.clone(),
+                        worker: id,
+                        finished: self.now.expect("inside handle_event"),
+                        duration_us: f.duration_us,
+                    });
                     self.pending_inline = f.inline.filter(|v| v.len() as u64 == f.nbytes);
                     if on != w {
                         // Another worker was given the task (a steal, a reschedule) but this

@@ -124,7 +124,8 @@ mod transitions;
 mod worker;
 
 pub use crate::config::CoreConfig;
-pub use crate::core::Core;
+pub use crate::core::{Core, MAX_TASK_RUNS};
 pub use crate::event::{Command, Event};
 pub use crate::lifecycle::RecoveryCounts;
-pub use crate::state::{GroupInfo, StateCounts, StimulusId, TaskState, TransitionRecord};
+pub use crate::state::{GroupInfo, StateCounts, StimulusId, TaskRun, TaskState, TransitionRecord};
+pub use crate::task::key_prefix as key_group;

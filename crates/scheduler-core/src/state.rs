@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
+use taskwire_protocol::WorkerId;
 
 /// A task's state in the scheduler, with Dask's names and meanings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -108,6 +109,19 @@ impl fmt::Display for TransitionRecord {
             self.key, self.from, self.to, self.stimulus
         )
     }
+}
+
+/// A task that finished on a worker, for the dashboard's task stream.
+#[derive(Clone, Debug)]
+pub struct TaskRun {
+    /// The task's key.
+    pub key: Arc<str>,
+    /// The worker that ran it.
+    pub worker: WorkerId,
+    /// When the core learnt it finished.
+    pub finished: Instant,
+    /// How long it ran, as the worker measured it.
+    pub duration_us: u64,
 }
 
 /// A task group (key prefix) as [`Core::groups`](crate::Core::groups) reports it.

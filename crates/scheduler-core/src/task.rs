@@ -146,7 +146,8 @@ pub(crate) struct Constraint {
 
 /// Dask's `key_split`, simplified: `inc-3` -> `inc`, `load-file-12` -> `load-file`,
 /// `x` -> `x`. Words starting with a digit, or long hex-like words, end the prefix.
-pub(crate) fn key_prefix(key: &str) -> &str {
+/// A key's group (Dask's key prefix): `inc` for `inc-1`, `load-file` for `load-file-12`.
+pub fn key_prefix(key: &str) -> &str {
     let mut end = 0;
     for (i, word) in key.split('-').enumerate() {
         let looks_like_index = word.starts_with(|c: char| c.is_ascii_digit())

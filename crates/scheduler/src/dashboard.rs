@@ -9,6 +9,8 @@
 //! - `/api/v1/totals`, `/api/v1/workers`, `/api/v1/groups`: JSON;
 //! - `/api/v1/stream`: server-sent events, one `totals` + `workers` + `groups` object per
 //!   snapshot;
+//! - `/api/v1/task-stream?since=SEQ`: the tasks finished in the last minute after number
+//!   `SEQ` (worker, start, end), for the task stream;
 //! - `/api/v1/task/KEY` (JSON) and `/task/KEY` (a page): the task's transitions still in the
 //!   core's log, with their stimulus ids. This is the one request that reaches the core thread:
 //!   one bounded lookup in its queue, like any event.
@@ -18,7 +20,7 @@
 //! and the server carries on.
 
 use crate::core_thread::Input;
-use crate::snapshot::{PUBLISH_INTERVAL, Snapshot};
+use crate::snapshot::{PUBLISH_INTERVAL, Snapshot, TaskStream};
 use crossbeam_channel::Sender;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
@@ -40,6 +42,7 @@ const PAGE: &str = include_str!("dashboard.html");
 pub(crate) async fn serve(
     listener: TcpListener,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    stream: TaskStream,
     core: Sender<Input>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -52,7 +55,7 @@ pub(crate) async fn serve(
                 Err(_) => return,
             },
         };
-        let (stream, peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = stopped(&mut stop) => return,
             a = listener.accept() => match a {
                 Ok(a) => a,
@@ -66,8 +69,9 @@ pub(crate) async fn serve(
         let snapshots = snapshots.clone();
         let stop = stop.clone();
         let core = core.clone();
+        let runs = stream.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, snapshots, core, stop).await {
+            if let Err(e) = handle(tcp, snapshots, runs, core, stop).await {
                 debug!("dashboard connection from {peer}: {e}");
             }
             drop(permit);
@@ -84,6 +88,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn handle(
     mut stream: TcpStream,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    runs: TaskStream,
     core: Sender<Input>,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -106,7 +111,7 @@ async fn handle(
     if method != "GET" && method != "HEAD" {
         return respond(&mut stream, 405, "text/plain", b"only GET\n").await;
     }
-    let path = target.split('?').next().unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let snapshot = snapshots.borrow().clone();
     match path {
         "/" | "/index.html" => {
@@ -132,6 +137,16 @@ async fn handle(
         "/api/v1/totals" => json_response(&mut stream, &totals(&snapshot)).await,
         "/api/v1/workers" => json_response(&mut stream, &workers(&snapshot)).await,
         "/api/v1/groups" => json_response(&mut stream, &groups(&snapshot)).await,
+        "/api/v1/task-stream" => {
+            let since = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("since="))
+                .map_or(Some(0), |v| v.parse::<u64>().ok());
+            let Some(since) = since else {
+                return respond(&mut stream, 400, "text/plain", b"since must be a number\n").await;
+            };
+            json_response(&mut stream, &task_stream(&runs, since)).await
+        }
         "/api/v1/stream" => stream_events(stream, snapshots, stop).await,
         p if p.starts_with("/api/v1/task/") || p.starts_with("/task/") => {
             let raw = p.rsplit_once("/task/").map_or("", |(_, k)| k);
@@ -319,6 +334,24 @@ pub(crate) fn groups(s: &Snapshot) -> Value {
             })
             .collect(),
     )
+}
+
+/// The stream's tasks after number `since`, and the last number (for the next request).
+fn task_stream(runs: &TaskStream, since: u64) -> Value {
+    let runs = runs.lock().expect("task stream");
+    let last = runs.back().map_or(since, |r| r.seq.max(since));
+    let list: Vec<Value> = runs
+        .iter()
+        .filter(|r| r.seq > since)
+        .map(|r| {
+            json!({
+                "seq": r.seq, "key": &*r.key,
+                "group": taskwire_scheduler_core::key_group(&r.key),
+                "worker": r.worker, "start_ms": r.start_ms, "end_ms": r.end_ms,
+            })
+        })
+        .collect();
+    json!({"seq": last, "runs": list})
 }
 
 /// Ask the core thread for a key's story; `None` if it is gone.

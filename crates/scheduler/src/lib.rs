@@ -174,12 +174,13 @@ impl SchedulerBuilder {
                 format!("http://{host}:{}/", a.port())
             });
         let worker_ttl = self.core.worker_ttl;
-        let (publisher, snapshots) = snapshot::Publisher::new();
+        let (publisher, snapshots, stream) = snapshot::Publisher::new();
         let core = core_thread::spawn(self.core, publisher);
         if let Some(listener) = dashboard {
             tokio::spawn(dashboard::serve(
                 listener,
                 snapshots.clone(),
+                stream,
                 core.inputs.clone(),
                 stop_rx.clone(),
             ));
