@@ -105,10 +105,9 @@ impl Publisher {
             .map_or(0.0, |d| d.as_secs_f64() * 1e3);
         let new: Vec<_> = core.task_runs_since(self.stream_seq).collect();
         // The last one is number `finished_total`.
-        let mut seq = core.finished_total() - new.len() as u64;
+        let first = core.finished_total() + 1 - new.len() as u64;
         let mut stream = self.stream.lock().expect("task stream");
-        for run in new {
-            seq += 1;
+        for (seq, run) in (first..).zip(new) {
             let end_ms = wall - now.saturating_duration_since(run.finished).as_secs_f64() * 1e3;
             stream.push_back(StreamRun {
                 seq,
