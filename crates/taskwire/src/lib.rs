@@ -22,11 +22,15 @@
 //! # }).unwrap();
 //! ```
 
+mod cluster;
 mod local;
 mod local_cuda;
+mod ssh;
 
+pub use cluster::{Cluster, ClusterError};
 pub use local::{LocalCluster, LocalClusterBuilder, LocalClusterError, LocalTransport};
 pub use local_cuda::{LocalCudaCluster, LocalCudaClusterBuilder, LocalCudaClusterError};
+pub use ssh::{SshCluster, SshClusterBuilder};
 pub use taskwire_client::*;
 pub use taskwire_cuda_worker as cuda;
 pub use taskwire_protocol as protocol;

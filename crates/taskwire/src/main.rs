@@ -31,6 +31,8 @@ enum Command {
     Submit(cli::submit::SubmitArgs),
     /// Retire workers gracefully (their unique results move to other workers first).
     Retire(cli::retire::RetireArgs),
+    /// Start a scheduler and workers over SSH (the first host runs the scheduler).
+    Ssh(cli::ssh::SshArgs),
     /// Benchmarks: `taskwire bench transport ...`.
     Bench(bench::BenchArgs),
 }
@@ -86,6 +88,7 @@ fn main() -> std::process::ExitCode {
         Command::Local(args) => cli::local::run(args),
         Command::Submit(args) => cli::submit::run(args),
         Command::Retire(args) => cli::retire::run(args),
+        Command::Ssh(args) => cli::ssh::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {
