@@ -1,9 +1,10 @@
 //! Taskwire: a distributed task runtime in the spirit of dask.distributed, with a Rust core.
 //!
 //! This facade re-exports the public API: the [`Client`] that submits task graphs, the
-//! [`Scheduler`] and [`Worker`] library objects, and [`LocalCluster`], which starts both in
+//! [`Scheduler`] and [`Worker`] library objects, the cluster managers ([`Cluster`]:
+//! [`LocalCluster`] and [`SshCluster`]), of which [`LocalCluster`] starts both in
 //! this process. The `taskwire` binary in this crate is the command-line interface
-//! (`taskwire scheduler`, `taskwire worker`, `taskwire local`, `taskwire submit`,
+//! (`taskwire scheduler`, `taskwire worker`, `taskwire local`, `taskwire ssh`, `taskwire submit`,
 //! `taskwire bench ...`).
 //!
 //! ```
