@@ -255,3 +255,42 @@ pub(crate) fn tree_over(prefix: &str, leaves: Vec<String>) -> (Vec<taskwire::Tas
     }
     (tasks, level.pop().expect("at least one leaf"))
 }
+
+/// The pids of `pid`'s child processes.
+pub(crate) fn child_pids(pid: u32) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .expect("run pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Whether a process with this pid exists (zombies count as gone).
+pub(crate) fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Wait until none of `pids` is alive, for at most `bound`; panics naming the survivors.
+pub(crate) fn all_gone_within(pids: &[u32], bound: Duration) {
+    let deadline = Instant::now() + bound;
+    loop {
+        let left: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running after {bound:?}: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

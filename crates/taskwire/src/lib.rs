@@ -1,9 +1,10 @@
 //! Taskwire: a distributed task runtime in the spirit of dask.distributed, with a Rust core.
 //!
 //! This facade re-exports the public API: the [`Client`] that submits task graphs, the
-//! [`Scheduler`] and [`Worker`] library objects, and [`LocalCluster`], which starts both in
+//! [`Scheduler`] and [`Worker`] library objects, the cluster managers ([`Cluster`]:
+//! [`LocalCluster`] and [`SshCluster`]), of which [`LocalCluster`] starts both in
 //! this process. The `taskwire` binary in this crate is the command-line interface
-//! (`taskwire scheduler`, `taskwire worker`, `taskwire local`, `taskwire submit`,
+//! (`taskwire scheduler`, `taskwire worker`, `taskwire local`, `taskwire ssh`, `taskwire submit`,
 //! `taskwire bench ...`).
 //!
 //! ```
@@ -22,11 +23,15 @@
 //! # }).unwrap();
 //! ```
 
+mod cluster;
 mod local;
 mod local_cuda;
+mod ssh;
 
+pub use cluster::{Cluster, ClusterError};
 pub use local::{LocalCluster, LocalClusterBuilder, LocalClusterError, LocalTransport};
 pub use local_cuda::{LocalCudaCluster, LocalCudaClusterBuilder, LocalCudaClusterError};
+pub use ssh::{SshCluster, SshClusterBuilder};
 pub use taskwire_client::*;
 pub use taskwire_cuda_worker as cuda;
 pub use taskwire_protocol as protocol;

@@ -1,6 +1,7 @@
 //! `LocalCluster`: a scheduler and workers in this process, for tests, demos and single-node
 //! users (Dask's `LocalCluster`, built from the same library objects a program can start itself).
 
+use crate::cluster::{Cluster, ClusterError};
 use taskwire_client::{Client, ClientError};
 use taskwire_scheduler::{Scheduler, SchedulerError, SchedulerHandle};
 use taskwire_scheduler_core::CoreConfig;
@@ -86,21 +87,30 @@ impl LocalClusterBuilder {
             .core_config(self.core)
             .start()
             .await?;
-        let mut workers = Vec::with_capacity(self.workers);
-        for i in 0..self.workers {
-            let mut b = Worker::builder(scheduler.address().clone())
-                .nthreads(self.threads)
-                .name(format!("local-worker-{i}"));
-            if let Some(f) = &self.functions {
-                b = b.functions(f.clone());
-            }
-            for (r, a) in &self.resources {
-                b = b.resource(r.clone(), *a);
-            }
-            workers.push(b.start().await?);
+        let spec = WorkerSpec {
+            threads: self.threads,
+            functions: self.functions,
+            resources: self.resources,
+        };
+        let mut cluster = LocalCluster {
+            scheduler,
+            workers: Vec::with_capacity(self.workers),
+            spec,
+            started: 0,
+        };
+        for _ in 0..self.workers {
+            cluster.start_worker().await?;
         }
-        Ok(LocalCluster { scheduler, workers })
+        Ok(cluster)
     }
+}
+
+/// What every worker of a [`LocalCluster`] gets, kept for scaling up.
+#[derive(Debug)]
+struct WorkerSpec {
+    threads: usize,
+    functions: Option<Functions>,
+    resources: Vec<(String, f64)>,
 }
 
 /// A scheduler and workers running in this process. Dropping it stops them.
@@ -108,6 +118,9 @@ impl LocalClusterBuilder {
 pub struct LocalCluster {
     scheduler: SchedulerHandle,
     workers: Vec<WorkerHandle>,
+    spec: WorkerSpec,
+    /// Workers started so far (names are never reused).
+    started: usize,
 }
 
 impl LocalCluster {
@@ -138,11 +151,79 @@ impl LocalCluster {
         Client::connect(&self.scheduler.address().to_string()).await
     }
 
+    /// Start one more worker, named `local-worker-{i}` with `i` counting every worker this
+    /// cluster started.
+    async fn start_worker(&mut self) -> Result<(), LocalClusterError> {
+        let mut b = Worker::builder(self.scheduler.address().clone())
+            .nthreads(self.spec.threads)
+            .name(format!("local-worker-{}", self.started));
+        if let Some(f) = &self.spec.functions {
+            b = b.functions(f.clone());
+        }
+        for (r, a) in &self.spec.resources {
+            b = b.resource(r.clone(), *a);
+        }
+        self.workers.push(b.start().await?);
+        self.started += 1;
+        Ok(())
+    }
+
+    /// Start workers, or retire the newest ones gracefully (through the scheduler: their
+    /// unique results move to the workers that stay, nothing is recomputed), until `n` run.
+    pub async fn scale(&mut self, n: usize) -> Result<(), ClusterError> {
+        while self.workers.len() < n {
+            self.start_worker().await?;
+        }
+        if self.workers.len() > n {
+            let leaving = self.workers.split_off(n);
+            let names: Vec<&str> = leaving.iter().map(|w| w.name()).collect();
+            let client = Client::connect(&self.scheduler.address().to_string()).await?;
+            let retired = client.retire_workers(&names).await;
+            client.close().await;
+            if let Err(e) = retired {
+                // Nothing was retired: they are still ours.
+                self.workers.extend(leaving);
+                return Err(e.into());
+            }
+            for w in leaving {
+                w.finished().await;
+            }
+        }
+        Ok(())
+    }
+
     /// Stop the workers, then the scheduler.
     pub async fn close(self) {
         for w in self.workers {
             w.close().await;
         }
         self.scheduler.close().await;
+    }
+}
+
+impl Cluster for LocalCluster {
+    fn scheduler_address(&self) -> String {
+        self.scheduler.address().to_string()
+    }
+
+    fn dashboard_link(&self) -> Option<String> {
+        self.scheduler.dashboard_link().map(str::to_string)
+    }
+
+    fn workers(&self) -> Vec<String> {
+        self.workers.iter().map(|w| w.name().to_string()).collect()
+    }
+
+    async fn scale(&mut self, n: usize) -> Result<(), ClusterError> {
+        LocalCluster::scale(self, n).await
+    }
+
+    async fn client(&self) -> Result<Client, ClusterError> {
+        Ok(LocalCluster::client(self).await?)
+    }
+
+    async fn close(self) -> Result<(), ClusterError> {
+        LocalCluster::close(self).await;
+        Ok(())
     }
 }

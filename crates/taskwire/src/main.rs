@@ -33,6 +33,8 @@ enum Command {
     Retire(cli::retire::RetireArgs),
     /// The cluster's overview (tasks by state, task groups, workers) from the dashboard's API.
     Status(cli::status::StatusArgs),
+    /// Start a scheduler and workers over SSH (the first host runs the scheduler).
+    Ssh(cli::ssh::SshArgs),
     /// Benchmarks: `taskwire bench transport ...`.
     Bench(bench::BenchArgs),
 }
@@ -89,6 +91,7 @@ fn main() -> std::process::ExitCode {
         Command::Submit(args) => cli::submit::run(args),
         Command::Retire(args) => cli::retire::run(args),
         Command::Status(args) => cli::status::run(args),
+        Command::Ssh(args) => cli::ssh::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -1,0 +1,72 @@
+//! Cluster managers: one interface over the ways a cluster comes to life ([`LocalCluster`] in
+//! this process, [`SshCluster`](crate::SshCluster) over SSH), in the spirit of Dask's
+//! `SpecCluster`. A manager starts a scheduler, starts and stops workers on its platform, and
+//! hands out clients.
+//!
+//! Scaling is by worker count. Scaling down goes through the scheduler
+//! ([`Client::retire_workers`]): the workers leaving hand the results only they hold to the
+//! workers that stay, so nothing is recomputed.
+//!
+//! Adaptive scaling (Dask's `adapt(min, max)`) is not here yet. Its extension point is
+//! [`Cluster::scale`]: an adaptive loop computes a target from the scheduler's occupancy and
+//! queued work and calls `scale(target)`; every manager already knows how to reach any target
+//! its platform allows.
+//!
+//! [`LocalCluster`]: crate::LocalCluster
+
+use std::future::Future;
+use taskwire_client::{Client, ClientError};
+
+/// Why a cluster manager could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Something failed on one host (ssh refused, the binary is missing, a process died); the
+    /// message includes what the remote side said.
+    #[error("{host}: {message}")]
+    Host {
+        /// The host, as given to the manager.
+        host: String,
+        /// What went wrong, with ssh's or the process's stderr.
+        message: String,
+    },
+    /// Talking to the scheduler failed (connecting, retiring workers).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A local scheduler or worker did not start.
+    #[error(transparent)]
+    Local(#[from] crate::LocalClusterError),
+    /// The platform cannot reach the requested size.
+    #[error("cannot scale to {requested} workers: {reason}")]
+    Scale {
+        /// The worker count asked for.
+        requested: usize,
+        /// Why not.
+        reason: String,
+    },
+}
+
+/// A cluster manager (Dask's `SpecCluster`): it started a scheduler and manages a set of
+/// workers on some platform.
+pub trait Cluster {
+    /// The address clients and workers use to reach the scheduler.
+    fn scheduler_address(&self) -> String;
+
+    /// The scheduler's dashboard, if it serves one.
+    fn dashboard_link(&self) -> Option<String>;
+
+    /// The names of the workers this manager runs now, as the scheduler knows them.
+    fn workers(&self) -> Vec<String>;
+
+    /// Start workers or retire them gracefully until this manager runs `n` of them (rounded up
+    /// to the platform's unit, e.g. a whole `--nworkers` group on a host). Resolves once the
+    /// new workers are registered, or the retired ones are gone.
+    fn scale(&mut self, n: usize) -> impl Future<Output = Result<(), ClusterError>> + Send;
+
+    /// A client connected to the scheduler.
+    fn client(&self) -> impl Future<Output = Result<Client, ClusterError>> + Send;
+
+    /// Stop every worker, then the scheduler, and everything else this manager started.
+    fn close(self) -> impl Future<Output = Result<(), ClusterError>> + Send
+    where
+        Self: Sized;
+}
