@@ -7,7 +7,9 @@ mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{BIN, Proc, rt, scheduler, signal, spawn, tempdir, tree_over, workers_until};
+use support::{
+    BIN, Proc, child_pids, rt, scheduler, signal, spawn, tempdir, tree_over, workers_until,
+};
 use taskwire::{Client, Future, Task};
 
 /// Start a worker; `extra` adds flags (e.g. `--no-nanny`).
@@ -105,14 +107,7 @@ fn retiring_a_worker_moves_its_results_and_recomputes_nothing() {
 
 /// The pids of a nanny's worker processes.
 fn children(nanny: &Proc) -> Vec<u32> {
-    let out = Command::new("pgrep")
-        .args(["-P", &nanny.pid().to_string()])
-        .output()
-        .expect("run pgrep");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
+    child_pids(nanny.pid())
 }
 
 fn kill9(pid: u32) {
