@@ -27,8 +27,8 @@
 //! connection; that needs TLS.
 
 use crate::handshake::{
-    Answer, Challenge, HandshakeError, Hello, Role, Welcome, encode_proof, read_answer,
-    read_hello, read_proof,
+    Answer, Challenge, HandshakeError, Hello, Role, Welcome, encode_proof, read_answer, read_hello,
+    read_proof,
 };
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -455,7 +455,9 @@ mod tests {
         let e = r.unwrap_err();
         assert_eq!(e, HandshakeError::Refused(AUTH_FAILED.into()));
         assert!(e.to_string().contains(AUTH_FAILED), "{e}");
-        assert!(matches!(step, Some(ServerStep::Refuse { reason, .. }) if reason == "no cluster token"));
+        assert!(
+            matches!(step, Some(ServerStep::Refuse { reason, .. }) if reason == "no cluster token")
+        );
     }
 
     #[test]

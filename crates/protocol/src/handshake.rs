@@ -115,7 +115,9 @@ pub enum HandshakeError {
     )]
     PeerUnauthenticated,
     /// The peer's proof does not match our token: it holds a different token.
-    #[error("authentication failed: wrong or missing cluster token (the peer holds a different one)")]
+    #[error(
+        "authentication failed: wrong or missing cluster token (the peer holds a different one)"
+    )]
     BadPeerProof,
     /// A message arrived that does not belong at this point of the handshake.
     #[error("unexpected handshake message")]

@@ -12,6 +12,8 @@
 
 pub mod auth;
 mod codec;
+#[cfg(feature = "connection")]
+pub mod connection;
 mod handshake;
 mod ids;
 // rkyv's derive emits resolver types for enum variants without docs; every type written

@@ -1,7 +1,7 @@
 //! `LocalCluster`: a scheduler and workers in this process, for tests, demos and single-node
 //! users (Dask's `LocalCluster`, built from the same library objects a program can start itself).
 
-use taskwire_client::{Client, ClientError};
+use taskwire_client::{Client, ClientError, ClusterSecret};
 use taskwire_scheduler::{Scheduler, SchedulerError, SchedulerHandle};
 use taskwire_scheduler_core::CoreConfig;
 use taskwire_transport::{Address, mem};
@@ -36,6 +36,7 @@ pub struct LocalClusterBuilder {
     functions: Option<Functions>,
     resources: Vec<(String, f64)>,
     core: CoreConfig,
+    secret: Option<ClusterSecret>,
 }
 
 impl LocalClusterBuilder {
@@ -69,6 +70,13 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// Require this cluster token of every connection; the cluster's own workers and
+    /// [`LocalCluster::client`] hold it.
+    pub fn auth_token(mut self, secret: ClusterSecret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
     /// A resource every worker offers, e.g. `("GPU", 1.0)`.
     pub fn resource(mut self, name: &str, amount: f64) -> Self {
         self.resources.push((name.to_string(), amount));
@@ -81,11 +89,11 @@ impl LocalClusterBuilder {
             LocalTransport::Inproc => mem::unique_address("scheduler"),
             LocalTransport::Tcp => Address::tcp("127.0.0.1", 0),
         };
-        let scheduler = Scheduler::builder()
-            .address(address)
-            .core_config(self.core)
-            .start()
-            .await?;
+        let mut scheduler = Scheduler::builder().address(address).core_config(self.core);
+        if let Some(s) = &self.secret {
+            scheduler = scheduler.auth_token(s.clone());
+        }
+        let scheduler = scheduler.start().await?;
         let mut workers = Vec::with_capacity(self.workers);
         for i in 0..self.workers {
             let mut b = Worker::builder(scheduler.address().clone())
@@ -97,9 +105,16 @@ impl LocalClusterBuilder {
             for (r, a) in &self.resources {
                 b = b.resource(r.clone(), *a);
             }
+            if let Some(s) = &self.secret {
+                b = b.auth_token(s.clone());
+            }
             workers.push(b.start().await?);
         }
-        Ok(LocalCluster { scheduler, workers })
+        Ok(LocalCluster {
+            scheduler,
+            workers,
+            secret: self.secret,
+        })
     }
 }
 
@@ -108,6 +123,7 @@ impl LocalClusterBuilder {
 pub struct LocalCluster {
     scheduler: SchedulerHandle,
     workers: Vec<WorkerHandle>,
+    secret: Option<ClusterSecret>,
 }
 
 impl LocalCluster {
@@ -120,6 +136,7 @@ impl LocalCluster {
             functions: None,
             resources: Vec::new(),
             core: CoreConfig::default(),
+            secret: None,
         }
     }
 
@@ -135,7 +152,11 @@ impl LocalCluster {
 
     /// A client connected to this cluster.
     pub async fn client(&self) -> Result<Client, ClientError> {
-        Client::connect(&self.scheduler.address().to_string()).await
+        let mut b = Client::builder(self.scheduler.address().clone());
+        if let Some(s) = &self.secret {
+            b = b.auth_token(s.clone());
+        }
+        b.connect().await
     }
 
     /// Stop the workers, then the scheduler.

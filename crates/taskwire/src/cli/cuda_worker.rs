@@ -181,6 +181,7 @@ fn child_args(args: &CudaWorkerArgs, plan: &Plan, w: &GpuWorkerPlan) -> Vec<OsSt
         port: args.worker_port.map(|p| usize::from(p) + w.index),
         host: plan.host.as_deref(),
         local_directory: args.local_directory.as_deref(),
+        security: super::security::child_args(&args.nanny.auth, &args.nanny.data_port),
     }
     .args();
     a.push("--name".into());
