@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::{Proc, SOON, rt, scheduler, tempdir, workers_until};
+use support::{Proc, SOON, nanny_control, rt, scheduler, tempdir, workers_until};
 use taskwire::protocol::connection::{ConnectError, connect};
 use taskwire::protocol::{AUTH_FAILED, ClientHandshake, ClientStep, HandshakeError, Role};
 use taskwire::transport::{Message, TransportConfig, codec};
@@ -105,12 +105,12 @@ fn a_token_cluster_refuses_strangers_and_keeps_serving() {
     ]);
     let mode = std::fs::metadata(&token).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let secret = ClusterSecret::read_file(&token).unwrap();
     let wrong = dir.join("wrong.token");
     token_file(&wrong, "not-the-cluster-token");
 
-    // A worker under a nanny: the nanny passes the token file to its child.
-    let _worker = Proc::start(&[
+    // A worker under a nanny: the nanny passes the token file to its child, and requires the
+    // token on its control port.
+    let worker = Proc::start(&[
         "worker",
         &addr,
         "--nthreads",
@@ -118,6 +118,36 @@ fn a_token_cluster_refuses_strangers_and_keeps_serving() {
         "--auth-token-file",
         token.to_str().unwrap(),
     ]);
+    let ctl = worker.line("Nanny at:");
+    let ctl = ctl.trim_start_matches("tcp://");
+    for request in [&b"status\n"[..], b"auth 00\nstatus\n", b"restart\n"] {
+        let answer = nanny_control(ctl, request, 3);
+        assert!(answer.starts_with("challenge "), "{answer}");
+        assert!(
+            answer.ends_with(&format!("error: {AUTH_FAILED}\n")),
+            "{request:?}: {answer}"
+        );
+    }
+    worker.log("nanny: refusing control connection from 127.0.0.1:");
+    let secret = ClusterSecret::read_file(&token).unwrap();
+    {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::net::TcpStream::connect(ctl).unwrap();
+        s.set_read_timeout(Some(SOON)).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let challenge = line.trim().strip_prefix("challenge ").unwrap().to_string();
+        let answer = secret.control_response(&challenge);
+        s.write_all(format!("auth {answer}\nstatus\n").as_bytes())
+            .unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, "ok\n");
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("{\"workers\":["), "{line}");
+    }
 
     // Workers with a wrong token, or none, stop at once with the clear line.
     for file in [Some(&wrong), None] {

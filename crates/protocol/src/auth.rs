@@ -176,6 +176,46 @@ impl ClusterSecret {
     }
 }
 
+impl ClusterSecret {
+    /// The answer to a line-protocol challenge (a nanny's control port): lowercase hex of
+    /// HMAC-SHA256(token, "taskwire/2 nanny-control " + challenge), which a shell can compute
+    /// too: `printf 'taskwire/2 nanny-control %s' CHALLENGE | openssl dgst -sha256 -hmac "$(cat FILE)"`.
+    pub fn control_response(&self, challenge: &str) -> String {
+        hex(&self.control_mac(challenge).finalize().into_bytes())
+    }
+
+    /// Whether `response` answers `challenge` (compared in constant time).
+    pub fn verify_control_response(&self, challenge: &str, response: &str) -> bool {
+        let Some(bytes) = unhex(response.trim()) else {
+            return false;
+        };
+        self.control_mac(challenge).verify_slice(&bytes).is_ok()
+    }
+
+    fn control_mac(&self, challenge: &str) -> Hmac<Sha256> {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key");
+        m.update(CONTROL_LABEL);
+        m.update(challenge.as_bytes());
+        m
+    }
+}
+
+/// A fresh challenge for a line protocol: 32 random bytes as 64 hex digits.
+pub fn control_challenge() -> String {
+    hex(&nonce())
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+const CONTROL_LABEL: &[u8] = b"taskwire/2 nanny-control ";
 const SERVER_LABEL: &[u8] = b"taskwire/2 server";
 const CLIENT_LABEL: &[u8] = b"taskwire/2 client";
 
@@ -511,6 +551,32 @@ mod tests {
         for wire in [&hello, &ch, &proof] {
             assert!(!wire.windows(token.len()).any(|w| w == token.as_bytes()));
         }
+    }
+
+    #[test]
+    fn control_responses_verify_only_with_the_token() {
+        let k = ClusterSecret::new("k").unwrap();
+        let c = control_challenge();
+        let r = k.control_response(&c);
+        assert_eq!(r.len(), 64);
+        assert!(k.verify_control_response(&c, &r));
+        assert!(k.verify_control_response(&c, &format!("{r}\r\n")));
+        assert!(!k.verify_control_response(&control_challenge(), &r));
+        let other = ClusterSecret::new("other").unwrap();
+        assert!(!other.verify_control_response(&c, &r));
+        for bad in ["", "zz", "abc", "é1"] {
+            assert!(!k.verify_control_response(&c, bad));
+        }
+        // The documented openssl recipe: HMAC-SHA256 over the label and the challenge text.
+        assert_eq!(
+            ClusterSecret::new("key")
+                .unwrap()
+                .control_mac("")
+                .finalize()
+                .into_bytes()
+                .len(),
+            32
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod messages;
 
 pub use auth::{
     AUTH_FAILED, ClientHandshake, ClientStep, ClusterSecret, SecretError, ServerHandshake,
-    ServerStep,
+    ServerStep, control_challenge,
 };
 pub use codec::{Archived, DecodeError, access, decode, encode, encode_with_capacity};
 pub use handshake::{

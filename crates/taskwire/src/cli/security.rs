@@ -27,6 +27,19 @@ impl AuthArgs {
             .transpose()
     }
 
+    /// The token for a nanny's control port, waiting up to 30 s for the file to appear (a
+    /// scheduler started at the same moment may be creating it).
+    pub(crate) async fn secret_for_nanny(&self) -> Result<Option<ClusterSecret>, String> {
+        let Some(f) = &self.auth_token_file else {
+            return Ok(None);
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !f.exists() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.secret()
+    }
+
     /// The token, creating the file with a fresh random one when it does not exist (for the
     /// scheduler and `taskwire local`).
     pub(crate) fn secret_or_create(&self) -> Result<Option<ClusterSecret>, String> {

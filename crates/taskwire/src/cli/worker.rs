@@ -423,6 +423,9 @@ async fn run_nanny(args: &WorkerArgs, plan: &Plan) -> Result<i32, String> {
     for i in 0..plan.nworkers {
         b = b.child(child_args(args, plan, i));
     }
+    if let Some(secret) = args.nanny.auth.secret_for_nanny().await? {
+        b = b.control_auth_token(secret);
+    }
     let nanny = b.bind().await.map_err(|e| e.to_string())?;
     let control = nanny.control_address().expect("control port requested");
     let shown = taskwire_transport_tcp::contact_address(&Address::tcp(
