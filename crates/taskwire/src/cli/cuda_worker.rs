@@ -359,6 +359,12 @@ mod tests {
             "2GB",
             "--interface",
             "lo",
+            "--auth-token-file",
+            "/run/tw/token",
+            "--handshake-timeout",
+            "3s",
+            "--max-connections",
+            "7",
         ]);
         let p = plan(&a).unwrap();
         assert_eq!(p.workers.len(), 3);
@@ -377,6 +383,9 @@ mod tests {
             "--worker-port 9001",
             "--worker-index 1",
             "--host 127.0.0.1",
+            "--auth-token-file /run/tw/token",
+            "--handshake-timeout 3000ms",
+            "--max-connections 7",
             "--no-nanny",
         ] {
             assert!(line.contains(want), "{want}: {line}");
