@@ -206,7 +206,7 @@ pub fn control_challenge() -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
     (0..s.len())
@@ -264,8 +264,12 @@ impl ClientHandshake {
         ClientHandshake {
             role,
             name: name.into(),
+            nonce: if secret.is_some() {
+                nonce()
+            } else {
+                [0; NONCE_LEN]
+            },
             secret,
-            nonce: nonce(),
             state: ClientState::AwaitAnswer,
         }
     }
@@ -328,6 +332,9 @@ pub enum ServerStep {
         reply: Bytes,
         /// Why, in more detail than the peer is told.
         reason: String,
+        /// Whether the peer failed to authenticate (rather than speaking garbage or another
+        /// protocol version).
+        auth_failure: bool,
     },
 }
 
@@ -350,6 +357,7 @@ fn refuse(text: &str, reason: impl Into<String>) -> ServerStep {
     ServerStep::Refuse {
         reply: Welcome::refuse(text).encode(),
         reason: reason.into(),
+        auth_failure: text == AUTH_FAILED,
     }
 }
 
@@ -478,7 +486,12 @@ mod tests {
         c.on_message(&challenge).unwrap();
         let forged = encode_proof(&[0u8; 32]);
         match s.on_message(&forged) {
-            ServerStep::Refuse { reply, reason } => {
+            ServerStep::Refuse {
+                reply,
+                reason,
+                auth_failure,
+            } => {
+                assert!(auth_failure);
                 assert_eq!(reason, "wrong cluster token");
                 assert_eq!(
                     read_answer(&reply).unwrap_err(),

@@ -23,13 +23,16 @@ pub enum AcceptError {
     /// The peer was refused (and told so); why, for the log.
     #[error("{0}")]
     Refused(String),
+    /// The peer did not prove the cluster token (and was told so, where it waited to hear);
+    /// why, for the log.
+    #[error("authentication failed: {0}")]
+    AuthFailed(String),
 }
 
 impl AcceptError {
     /// Whether the peer failed to authenticate (as opposed to going away or speaking garbage).
     pub fn is_auth_failure(&self) -> bool {
-        matches!(self, AcceptError::Refused(r) if r.contains("cluster token"))
-            || matches!(self, AcceptError::Closed(r) if r.contains("cluster token"))
+        matches!(self, AcceptError::AuthFailed(_))
     }
 }
 
@@ -48,8 +51,8 @@ pub async fn accept(
             Err(_) => return Err(AcceptError::Timeout(limit)),
             Ok(Ok(Some(m))) => m,
             Ok(Ok(None)) if challenged => {
-                return Err(AcceptError::Closed(
-                    "closed the connection without proving the cluster token (wrong token?)",
+                return Err(AcceptError::AuthFailed(
+                    "closed the connection without proving the cluster token (wrong token?)".into(),
                 ));
             }
             Ok(Ok(None)) => return Err(AcceptError::Closed("closed before its handshake")),
@@ -64,9 +67,17 @@ pub async fn accept(
                     Err(_) => return Err(AcceptError::Timeout(limit)),
                 }
             }
-            ServerStep::Refuse { reply, reason } => {
+            ServerStep::Refuse {
+                reply,
+                reason,
+                auth_failure,
+            } => {
                 let _ = timeout_at(deadline, conn.send(Message::new(reply))).await;
-                return Err(AcceptError::Refused(reason));
+                return Err(if auth_failure {
+                    AcceptError::AuthFailed(reason)
+                } else {
+                    AcceptError::Refused(reason)
+                });
             }
         }
     }

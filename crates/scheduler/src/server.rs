@@ -170,7 +170,7 @@ async fn serve(
     let hello = match accept(&mut conn, handshake, shared.limits.handshake_timeout).await {
         Ok(h) => h,
         Err(e) if e.is_auth_failure() => {
-            warn!("refusing {peer_addr}: authentication failed: {e}");
+            warn!("refusing {peer_addr}: {e}");
             return;
         }
         Err(e @ (AcceptError::Timeout(_) | AcceptError::Refused(_))) => {

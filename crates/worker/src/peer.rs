@@ -88,10 +88,7 @@ async fn serve_peer(
     let hello = match accept(&mut conn, handshake, limits.handshake_timeout).await {
         Ok(h) => h,
         Err(e) if e.is_auth_failure() => {
-            warn!(
-                "data port: refusing {}: authentication failed: {e}",
-                conn.peer
-            );
+            warn!("data port: refusing {}: {e}", conn.peer);
             return;
         }
         Err(e) => {
