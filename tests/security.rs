@@ -333,6 +333,30 @@ fn no_silent_downgrade_and_limits_on_an_open_scheduler() {
             t.elapsed()
         );
 
+        // A slow sender trickling a valid Hello one byte every 200 ms is cut off by the same
+        // timeout, long before it is done.
+        let hello = wire(ClientHandshake::new(Role::Client, "trickle", None).hello());
+        let mut s = raw(&addr).await;
+        let mut sent = 0;
+        let mut buf = [0u8; 256];
+        for b in &hello {
+            if s.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match s.try_read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // Closed (0 bytes), reset, or a refusal on its way: cut off.
+                _ => break,
+            }
+        }
+        assert!(
+            sent < hello.len(),
+            "a trickled handshake of {} bytes was never cut off",
+            hello.len()
+        );
+
         // Beyond --max-connections a newcomer is told why; once the idle ones are dropped
         // (handshake timeout) a client gets in.
         let mut idle = Vec::new();
