@@ -12,9 +12,10 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+use taskwire_protocol::connection::{self, ConnectError};
 use taskwire_protocol::{
-    ArchivedKeyInMemoryMsg, ArchivedToClient, FromClient, Hello, Role, TaskId, TaskSpecMsg,
-    ToClient, WorkerInfoMsg, access, decode, encode, encode_with_capacity, read_welcome,
+    ArchivedKeyInMemoryMsg, ArchivedToClient, ClientHandshake, ClusterSecret, FromClient, Role,
+    TaskId, TaskSpecMsg, ToClient, WorkerInfoMsg, access, decode, encode, encode_with_capacity,
 };
 use taskwire_transport::{Address, ConnReceiver, ConnSender, Message, Registry, TransportConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -194,6 +195,41 @@ pub struct Client {
     shared: Arc<Shared>,
 }
 
+/// Options for connecting a [`Client`]: see [`Client::builder`].
+#[derive(Debug)]
+pub struct ClientBuilder {
+    addr: Address,
+    registry: Option<Registry>,
+    name: Option<String>,
+    secret: Option<ClusterSecret>,
+}
+
+impl ClientBuilder {
+    /// Use these transports (and their limits) for the scheduler and the workers.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// The name shown in the scheduler's logs (default `client-PID`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Prove this cluster token to the scheduler and to the workers results are fetched
+    /// from. A client with a token refuses a scheduler that does not ask for one.
+    pub fn auth_token(mut self, secret: ClusterSecret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// Connect and run the handshake.
+    pub async fn connect(self) -> Result<Client, ClientError> {
+        Client::open(self).await
+    }
+}
+
 impl Client {
     /// Connect to the scheduler at `addr` (`tcp://host:port`, `host:port` or `inproc://name`)
     /// with the standard transports.
@@ -206,46 +242,72 @@ impl Client {
 
     /// Connect to the scheduler at `addr` with the transports of `registry`, introducing
     /// ourselves as `name` (shown in the scheduler's logs). Workers are reached through the
-    /// same registry.
+    /// same registry. For a cluster token, use [`Client::builder`].
     pub async fn connect_with(
         addr: &Address,
         registry: Registry,
         name: &str,
     ) -> Result<Client, ClientError> {
+        Client::builder(addr.clone())
+            .registry(registry)
+            .name(name)
+            .connect()
+            .await
+    }
+
+    /// Options for connecting to the scheduler at `addr`: transports, name, cluster token.
+    pub fn builder(addr: Address) -> ClientBuilder {
+        ClientBuilder {
+            addr,
+            registry: None,
+            name: None,
+            secret: None,
+        }
+    }
+
+    async fn open(b: ClientBuilder) -> Result<Client, ClientError> {
+        let addr = &b.addr;
+        let registry = b.registry.unwrap_or_else(|| {
+            taskwire_transport_tcp::standard_registry(TransportConfig::default())
+        });
+        let name = b
+            .name
+            .unwrap_or_else(|| format!("client-{}", std::process::id()));
         let connect_err = |source| ClientError::Connect {
             addr: addr.to_string(),
             source,
         };
         let mut conn = registry.connect(addr).await.map_err(connect_err)?;
-        conn.send(Message::new(Hello::new(Role::Client, name).encode()))
-            .await
-            .map_err(connect_err)?;
         // Something that accepts the connection but never answers (not a Taskwire scheduler)
         // must not hang us.
         let timeout = registry
             .config()
             .connect_timeout
             .max(Duration::from_secs(1));
-        let welcome = match tokio::time::timeout(timeout, conn.recv_msg()).await {
-            Ok(r) => r.map_err(connect_err)?,
-            Err(_) => {
+        let handshake = ClientHandshake::new(Role::Client, name.clone(), b.secret.clone());
+        match connection::connect(&mut conn, handshake, timeout).await {
+            Ok(_) => {}
+            Err(ConnectError::Transport(e)) => return Err(connect_err(e)),
+            Err(ConnectError::Timeout(t)) => {
                 return Err(ClientError::Protocol(format!(
                     "no handshake answer from {addr} within {:.1}s",
-                    timeout.as_secs_f64()
+                    t.as_secs_f64()
                 )));
             }
-        };
-        read_welcome(&welcome.header).map_err(|source| ClientError::Handshake {
-            addr: addr.to_string(),
-            source,
-        })?;
+            Err(ConnectError::Handshake(source)) => {
+                return Err(ClientError::Handshake {
+                    addr: addr.to_string(),
+                    source,
+                });
+            }
+        }
 
         let (sender, receiver) = conn.split();
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             address: addr.clone(),
             state: Mutex::new(State::new(out_tx)),
-            peers: PeerPool::new(registry, name.to_string()),
+            peers: PeerPool::new(registry, name, b.secret),
             next_id: AtomicU64::new(1),
             reader: Mutex::new(None),
         });

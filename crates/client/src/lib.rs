@@ -79,11 +79,13 @@ mod peer;
 mod state;
 mod task;
 
-pub use client::Client;
+pub use client::{Client, ClientBuilder};
 pub use error::ClientError;
 pub use future::{AsCompleted, Future, Status};
 pub use task::Task;
 // Types that appear in this crate's API, so users need not depend on the protocol and
 // transport crates for them.
-pub use taskwire_protocol::{CommandOutputMsg, ErrorKindMsg, TaskErrorMsg, WorkerInfoMsg};
+pub use taskwire_protocol::{
+    ClusterSecret, CommandOutputMsg, ErrorKindMsg, TaskErrorMsg, WorkerInfoMsg,
+};
 pub use taskwire_transport::{Address, Registry};

@@ -7,7 +7,9 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use taskwire_protocol::{FromPeer, Hello, Role, TaskId, ToPeer, decode, encode, read_welcome};
+use taskwire_protocol::{
+    ClientHandshake, ClusterSecret, FromPeer, Role, TaskId, ToPeer, decode, encode,
+};
 use taskwire_transport::{Address, ConnReceiver, ConnSender, Message, Registry};
 use tokio::sync::{OnceCell, oneshot};
 
@@ -42,6 +44,7 @@ impl PeerConn {
 pub(crate) struct PeerPool {
     registry: Registry,
     name: String,
+    secret: Option<ClusterSecret>,
     next_request: AtomicU64,
     conns: Mutex<HashMap<String, Arc<OnceCell<Arc<PeerConn>>>>>,
 }
@@ -53,10 +56,11 @@ enum SendFailure {
 }
 
 impl PeerPool {
-    pub(crate) fn new(registry: Registry, name: String) -> PeerPool {
+    pub(crate) fn new(registry: Registry, name: String, secret: Option<ClusterSecret>) -> PeerPool {
         PeerPool {
             registry,
             name,
+            secret,
             next_request: AtomicU64::new(1),
             conns: Mutex::new(HashMap::new()),
         }
@@ -90,19 +94,15 @@ impl PeerPool {
             .connect(&address)
             .await
             .map_err(|e| e.to_string())?;
-        conn.send(Message::new(Hello::new(Role::Peer, &self.name).encode()))
-            .await
-            .map_err(|e| e.to_string())?;
         let timeout = self
             .registry
             .config()
             .connect_timeout
             .max(Duration::from_secs(1));
-        let welcome = tokio::time::timeout(timeout, conn.recv_msg())
+        let handshake = ClientHandshake::new(Role::Peer, self.name.clone(), self.secret.clone());
+        taskwire_protocol::connection::connect(&mut conn, handshake, timeout)
             .await
-            .map_err(|_| format!("no handshake answer from worker {addr}"))?
-            .map_err(|e| e.to_string())?;
-        read_welcome(&welcome.header).map_err(|e| format!("handshake with worker {addr}: {e}"))?;
+            .map_err(|e| format!("handshake with worker {addr}: {e}"))?;
         let (sender, receiver) = conn.split();
         let pending = Arc::new(Pending(Mutex::new(Some(HashMap::new()))));
         tokio::spawn(read_loop(receiver, pending.clone(), addr.to_string()));

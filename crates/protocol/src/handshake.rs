@@ -4,12 +4,19 @@
 //! can read each other's handshake and name both versions when they refuse to talk:
 //!
 //! ```text
-//! Hello:   "TASKWIRE" | version u32 LE | role u8 | token_len u32 LE | token | name_len u32 LE | name
-//! Welcome: "TASKWIRE" | version u32 LE | status u8 (0 accepted, 1 refused) | text_len u32 LE | text
+//! Hello:     "TASKWIRE" | version u32 LE | role u8 | nonce_len u32 LE | nonce | name_len u32 LE | name
+//! Welcome:   "TASKWIRE" | version u32 LE | status u8 | text_len u32 LE | text
+//!            status 0 accepted (text: the accepting side's name), 1 refused (text: why),
+//!            2 challenge, followed by  nonce_len u32 LE | nonce | proof_len u32 LE | proof
+//! AuthProof: "TASKWIRE" | version u32 LE | proof_len u32 LE | proof
 //! ```
 //!
-//! The accepting side answers with a [`Welcome`]; on refusal the text says why and the
-//! connection is closed.
+//! Without a cluster token the exchange is Hello then Welcome. With one (see [`crate::auth`])
+//! it is Hello (carrying the client's nonce), a challenge Welcome (the server's nonce and its
+//! proof), AuthProof (the client's proof), then the final Welcome. The accepting side answers
+//! every refusal with a [`Welcome`] whose text says why, then closes the connection. Fields
+//! after a Welcome's text are only read by version 2 and later; older readers still find the
+//! status and the text where they expect them.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -17,7 +24,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub const HANDSHAKE_MAGIC: [u8; 8] = *b"TASKWIRE";
 
 /// The protocol version this build speaks. Bump it whenever a message layout changes.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Longest token or name accepted in a handshake.
 const MAX_FIELD: usize = 64 * 1024;
@@ -36,7 +43,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn to_byte(self) -> u8 {
+    pub(crate) fn to_byte(self) -> u8 {
         match self {
             Role::Client => 1,
             Role::Worker => 2,
@@ -96,6 +103,25 @@ pub enum HandshakeError {
     /// The accepting side refused us.
     #[error("refused by peer: {0}")]
     Refused(String),
+    /// The peer asks for a cluster token and this side has none.
+    #[error(
+        "authentication failed: the peer requires a cluster token and none is configured here (--auth-token-file)"
+    )]
+    TokenRequired,
+    /// This side holds a cluster token and the peer accepted without asking for it: refuse to
+    /// talk unauthenticated rather than downgrade silently.
+    #[error(
+        "authentication failed: this side has a cluster token but the peer does not use one (start it with the same --auth-token-file, or drop the token here)"
+    )]
+    PeerUnauthenticated,
+    /// The peer's proof does not match our token: it holds a different token.
+    #[error(
+        "authentication failed: wrong or missing cluster token (the peer holds a different one)"
+    )]
+    BadPeerProof,
+    /// A message arrived that does not belong at this point of the handshake.
+    #[error("unexpected handshake message")]
+    Unexpected,
 }
 
 /// The connecting side's greeting.
@@ -105,8 +131,9 @@ pub struct Hello {
     pub version: u32,
     /// What the sender is.
     pub role: Role,
-    /// Shared cluster secret, empty when none is configured.
-    pub token: Vec<u8>,
+    /// The sender's random nonce when it holds a cluster token, empty when it has none (the
+    /// token itself never travels; see [`crate::auth`]).
+    pub nonce: Vec<u8>,
     /// Free-form name of the sender (worker name, client name), for logs.
     pub name: String,
 }
@@ -117,18 +144,18 @@ impl Hello {
         Hello {
             version: PROTOCOL_VERSION,
             role,
-            token: Vec::new(),
+            nonce: Vec::new(),
             name: name.into(),
         }
     }
 
     /// Encode for the wire.
     pub fn encode(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(25 + self.token.len() + self.name.len());
+        let mut b = BytesMut::with_capacity(25 + self.nonce.len() + self.name.len());
         b.put_slice(&HANDSHAKE_MAGIC);
         b.put_u32_le(self.version);
         b.put_u8(self.role.to_byte());
-        put_field(&mut b, &self.token);
+        put_field(&mut b, &self.nonce);
         put_field(&mut b, self.name.as_bytes());
         b.freeze()
     }
@@ -173,6 +200,79 @@ impl Welcome {
         put_field(&mut b, text.as_bytes());
         b.freeze()
     }
+}
+
+/// The server's challenge: its nonce and its proof that it holds the cluster token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Challenge {
+    pub(crate) nonce: Vec<u8>,
+    pub(crate) proof: Vec<u8>,
+}
+
+impl Challenge {
+    pub(crate) fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(25 + self.nonce.len() + self.proof.len());
+        b.put_slice(&HANDSHAKE_MAGIC);
+        b.put_u32_le(PROTOCOL_VERSION);
+        b.put_u8(2);
+        put_field(&mut b, b"");
+        put_field(&mut b, &self.nonce);
+        put_field(&mut b, &self.proof);
+        b.freeze()
+    }
+}
+
+/// What the accepting side answered to a [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Welcome(Welcome),
+    Challenge(Challenge),
+}
+
+/// Parse the accepting side's answer: a [`Welcome`] or a challenge.
+pub(crate) fn read_answer(bytes: &[u8]) -> Result<Answer, HandshakeError> {
+    let mut r = Reader(bytes);
+    let version = r.preamble()?;
+    let status = r.u8()?;
+    let text = r.text()?;
+    match status {
+        0 | 2 if version != PROTOCOL_VERSION => Err(HandshakeError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: version,
+        }),
+        0 => Ok(Answer::Welcome(Welcome {
+            version,
+            result: Ok(text),
+        })),
+        2 => {
+            let nonce = r.field()?.to_vec();
+            let proof = r.field()?.to_vec();
+            Ok(Answer::Challenge(Challenge { nonce, proof }))
+        }
+        _ => Err(HandshakeError::Refused(text)),
+    }
+}
+
+/// Encode the client's proof.
+pub(crate) fn encode_proof(proof: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(16 + proof.len());
+    b.put_slice(&HANDSHAKE_MAGIC);
+    b.put_u32_le(PROTOCOL_VERSION);
+    put_field(&mut b, proof);
+    b.freeze()
+}
+
+/// Parse the client's proof.
+pub(crate) fn read_proof(bytes: &[u8]) -> Result<Vec<u8>, HandshakeError> {
+    let mut r = Reader(bytes);
+    let version = r.preamble()?;
+    if version != PROTOCOL_VERSION {
+        return Err(HandshakeError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: version,
+        });
+    }
+    Ok(r.field()?.to_vec())
 }
 
 fn put_field(b: &mut BytesMut, field: &[u8]) {
@@ -232,32 +332,23 @@ pub fn read_hello(bytes: &[u8]) -> Result<Hello, HandshakeError> {
     }
     let role_byte = r.u8()?;
     let role = Role::from_byte(role_byte).ok_or(HandshakeError::UnknownRole(role_byte))?;
-    let token = r.field()?.to_vec();
+    let nonce = r.field()?.to_vec();
     let name = r.text()?;
     Ok(Hello {
         version,
         role,
-        token,
+        nonce,
         name,
     })
 }
 
-/// Parse a [`Welcome`]; a refusal becomes [`HandshakeError::Refused`].
+/// Parse a [`Welcome`]; a refusal becomes [`HandshakeError::Refused`], a challenge (the peer
+/// wants a cluster token) [`HandshakeError::TokenRequired`]. Connecting code uses
+/// [`ClientHandshake`](crate::ClientHandshake), which answers challenges.
 pub fn read_welcome(bytes: &[u8]) -> Result<Welcome, HandshakeError> {
-    let mut r = Reader(bytes);
-    let version = r.preamble()?;
-    let status = r.u8()?;
-    let text = r.text()?;
-    match status {
-        0 if version != PROTOCOL_VERSION => Err(HandshakeError::VersionMismatch {
-            ours: PROTOCOL_VERSION,
-            theirs: version,
-        }),
-        0 => Ok(Welcome {
-            version,
-            result: Ok(text),
-        }),
-        _ => Err(HandshakeError::Refused(text)),
+    match read_answer(bytes)? {
+        Answer::Welcome(w) => Ok(w),
+        Answer::Challenge(_) => Err(HandshakeError::TokenRequired),
     }
 }
 
@@ -268,7 +359,7 @@ mod tests {
     #[test]
     fn hello_round_trips() {
         let mut h = Hello::new(Role::Worker, "gpu-3");
-        h.token = b"secret".to_vec();
+        h.nonce = vec![7; 32];
         assert_eq!(read_hello(&h.encode()).unwrap(), h);
     }
 

@@ -10,7 +10,10 @@
 //! `taskwire-transport`. Large data (task results, scattered inputs) never goes into a header:
 //! messages that carry data say so, and the data travels as the message's payload frames.
 
+pub mod auth;
 mod codec;
+#[cfg(feature = "connection")]
+pub mod connection;
 mod handshake;
 mod ids;
 // rkyv's derive emits resolver types for enum variants without docs; every type written
@@ -18,6 +21,10 @@ mod ids;
 #[allow(missing_docs)]
 mod messages;
 
+pub use auth::{
+    AUTH_FAILED, ClientHandshake, ClientStep, ClusterSecret, SecretError, ServerHandshake,
+    ServerStep, control_challenge,
+};
 pub use codec::{Archived, DecodeError, access, decode, encode, encode_with_capacity};
 pub use handshake::{
     HANDSHAKE_MAGIC, HandshakeError, Hello, PROTOCOL_VERSION, Role, Welcome, read_hello,

@@ -30,6 +30,8 @@ pub use snapshot::Snapshot;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+use taskwire_protocol::ClusterSecret;
 use taskwire_scheduler_core::CoreConfig;
 use taskwire_transport::{Address, Registry, TransportConfig, TransportError};
 use tokio::sync::watch;
@@ -38,6 +40,13 @@ use tokio::sync::watch;
 pub const DEFAULT_PORT: u16 = 8786;
 /// Default dashboard port, as Dask's.
 pub const DEFAULT_DASHBOARD_PORT: u16 = 8787;
+/// Default time a new connection has to finish its handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of connections (clients, workers, and connections still in their
+/// handshake) the scheduler serves at once; more are refused.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default largest graph one submission may carry, in tasks.
+pub const DEFAULT_MAX_GRAPH_TASKS: usize = 10_000_000;
 
 /// Why the scheduler could not start.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +85,12 @@ impl Scheduler {
             core: CoreConfig::default(),
             scheduler_file: None,
             dashboard: None,
+            limits: server::Limits {
+                secret: None,
+                handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                max_graph_tasks: DEFAULT_MAX_GRAPH_TASKS,
+            },
         }
     }
 }
@@ -88,6 +103,7 @@ pub struct SchedulerBuilder {
     core: CoreConfig,
     scheduler_file: Option<PathBuf>,
     dashboard: Option<(String, u16)>,
+    limits: server::Limits,
 }
 
 impl SchedulerBuilder {
@@ -132,6 +148,34 @@ impl SchedulerBuilder {
     /// default in the library; `taskwire scheduler` turns it on at 8787.
     pub fn dashboard(mut self, host: &str, port: u16) -> Self {
         self.dashboard = Some((host.to_string(), port));
+        self
+    }
+
+    /// Accept only clients and workers that prove they hold this cluster token (see
+    /// `taskwire_protocol::auth`). Without one, anyone who can reach the port may connect.
+    pub fn auth_token(mut self, secret: ClusterSecret) -> Self {
+        self.limits.secret = Some(secret);
+        self
+    }
+
+    /// How long a new connection has to finish its handshake before it is dropped
+    /// (default [`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.handshake_timeout = timeout;
+        self
+    }
+
+    /// Most connections served at once, those still in their handshake included (default
+    /// [`DEFAULT_MAX_CONNECTIONS`]); beyond it a new connection is told so and closed.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.limits.max_connections = n.max(1);
+        self
+    }
+
+    /// Largest graph one submission may carry, in tasks (default
+    /// [`DEFAULT_MAX_GRAPH_TASKS`]); a larger one is rejected as a whole.
+    pub fn max_graph_tasks(mut self, n: usize) -> Self {
+        self.limits.max_graph_tasks = n;
         self
     }
 
@@ -189,6 +233,7 @@ impl SchedulerBuilder {
             core.inputs.clone(),
             address.to_string(),
             worker_ttl,
+            self.limits,
         ));
         tokio::spawn(server::accept_loop(
             listener, shared, stop_rx, core, done_tx,

@@ -5,17 +5,28 @@ use crossbeam_channel::Sender;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+use taskwire_protocol::connection::{AcceptError, accept};
 use taskwire_protocol::{
-    ClientId, FromClient, FromWorker, Role, ToClient, ToWorker, Welcome, WorkerId, decode, encode,
-    read_hello,
+    ClientId, ClusterSecret, FromClient, FromWorker, Role, ServerHandshake, ToClient, ToWorker,
+    Welcome, WorkerId, decode, encode,
 };
 use taskwire_scheduler_core::Event;
 use taskwire_transport::{ConnReceiver, ConnSender, Connection, Listener, Message};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 
-/// A peer that connects and says nothing is dropped after this long.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Who may connect and how much one peer may ask for.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    /// The cluster token peers must prove, if any.
+    pub(crate) secret: Option<ClusterSecret>,
+    /// A peer that connects and does not finish its handshake is dropped after this long.
+    pub(crate) handshake_timeout: Duration,
+    /// Connections served at once (in their handshake or not).
+    pub(crate) max_connections: usize,
+    /// Most tasks in one `UpdateGraph`.
+    pub(crate) max_graph_tasks: usize,
+}
 
 /// State shared by every connection task.
 pub(crate) struct Shared {
@@ -25,16 +36,25 @@ pub(crate) struct Shared {
     name: String,
     /// A worker silent this long is removed.
     worker_ttl: Duration,
+    limits: Limits,
+    connections: Arc<Semaphore>,
 }
 
 impl Shared {
-    pub(crate) fn new(inputs: Sender<Input>, name: String, worker_ttl: Duration) -> Shared {
+    pub(crate) fn new(
+        inputs: Sender<Input>,
+        name: String,
+        worker_ttl: Duration,
+        limits: Limits,
+    ) -> Shared {
         Shared {
             inputs,
             next_client: AtomicU64::new(1),
             next_worker: AtomicU64::new(1),
             name,
             worker_ttl,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
         }
     }
 
@@ -56,9 +76,23 @@ pub(crate) async fn accept_loop(
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             accepted = listener.accept() => match accepted {
-                Ok(conn) => {
-                    tokio::spawn(serve(conn, shared.clone(), conn_stop.clone()));
-                }
+                Ok(conn) => match shared.connections.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(serve(conn, shared.clone(), conn_stop.clone(), permit));
+                    }
+                    Err(_) => {
+                        let limit = shared.limits.max_connections;
+                        info!("refusing {}: already serving {limit} connections (--max-connections)", conn.peer);
+                        tokio::spawn(async move {
+                            let reason = format!("the scheduler is serving its maximum of {limit} connections; try again later");
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(1),
+                                conn.send(Message::new(Welcome::refuse(reason).encode())),
+                            )
+                            .await;
+                        });
+                    }
+                },
                 Err(e) => {
                     warn!("listener stopped: {e}");
                     break;
@@ -125,27 +159,26 @@ impl Route {
     }
 }
 
-async fn serve(mut conn: Connection, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+async fn serve(
+    mut conn: Connection,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) {
     let peer_addr = conn.peer.to_string();
-    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.recv()).await {
-        Err(_) => {
-            info!("dropping {peer_addr}: no handshake within {HANDSHAKE_TIMEOUT:?}");
-            return;
-        }
-        Ok(Ok(Some(msg))) => read_hello(&msg.header),
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            debug!("connection from {peer_addr} failed before its handshake: {e}");
-            return;
-        }
-    };
-    let hello = match hello {
+    let handshake = ServerHandshake::new(shared.limits.secret.clone());
+    let hello = match accept(&mut conn, handshake, shared.limits.handshake_timeout).await {
         Ok(h) => h,
-        Err(e) => {
+        Err(e) if e.is_auth_failure() => {
+            warn!("refusing {peer_addr}: {e}");
+            return;
+        }
+        Err(e @ (AcceptError::Timeout(_) | AcceptError::Refused(_))) => {
             info!("refusing {peer_addr}: {e}");
-            let _ = conn
-                .send(Message::new(Welcome::refuse(e.to_string()).encode()))
-                .await;
+            return;
+        }
+        Err(e) => {
+            debug!("connection from {peer_addr} ended before its handshake: {e}");
             return;
         }
     };
@@ -203,6 +236,23 @@ async fn serve_client(
             }
         };
         let event = match decode::<FromClient>(&msg.header) {
+            Ok(FromClient::UpdateGraph {
+                submit_id, tasks, ..
+            }) if tasks.len() > shared.limits.max_graph_tasks => {
+                let limit = shared.limits.max_graph_tasks;
+                warn!(
+                    "client {client} ({peer_addr}) submitted {} tasks at once; the limit is {limit}",
+                    tasks.len()
+                );
+                out.send(Message::new(encode(&ToClient::GraphRejected {
+                    submit_id,
+                    reason: format!(
+                        "graph of {} tasks is larger than the scheduler's limit of {limit} tasks per submission (--max-graph-tasks)",
+                        tasks.len()
+                    ),
+                })));
+                continue;
+            }
             Ok(FromClient::UpdateGraph {
                 submit_id,
                 tasks,

@@ -2,7 +2,7 @@
 //! users (Dask's `LocalCluster`, built from the same library objects a program can start itself).
 
 use crate::cluster::{Cluster, ClusterError};
-use taskwire_client::{Client, ClientError};
+use taskwire_client::{Client, ClientError, ClusterSecret};
 use taskwire_scheduler::{Scheduler, SchedulerError, SchedulerHandle};
 use taskwire_scheduler_core::CoreConfig;
 use taskwire_transport::{Address, mem};
@@ -37,6 +37,7 @@ pub struct LocalClusterBuilder {
     functions: Option<Functions>,
     resources: Vec<(String, f64)>,
     core: CoreConfig,
+    secret: Option<ClusterSecret>,
 }
 
 impl LocalClusterBuilder {
@@ -70,6 +71,13 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// Require this cluster token of every connection; the cluster's own workers and
+    /// [`LocalCluster::client`] hold it.
+    pub fn auth_token(mut self, secret: ClusterSecret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
     /// A resource every worker offers, e.g. `("GPU", 1.0)`.
     pub fn resource(mut self, name: &str, amount: f64) -> Self {
         self.resources.push((name.to_string(), amount));
@@ -82,11 +90,11 @@ impl LocalClusterBuilder {
             LocalTransport::Inproc => mem::unique_address("scheduler"),
             LocalTransport::Tcp => Address::tcp("127.0.0.1", 0),
         };
-        let scheduler = Scheduler::builder()
-            .address(address)
-            .core_config(self.core)
-            .start()
-            .await?;
+        let mut scheduler = Scheduler::builder().address(address).core_config(self.core);
+        if let Some(s) = &self.secret {
+            scheduler = scheduler.auth_token(s.clone());
+        }
+        let scheduler = scheduler.start().await?;
         let spec = WorkerSpec {
             threads: self.threads,
             functions: self.functions,
@@ -97,6 +105,7 @@ impl LocalClusterBuilder {
             workers: Vec::with_capacity(self.workers),
             spec,
             started: 0,
+            secret: self.secret,
         };
         for _ in 0..self.workers {
             cluster.start_worker().await?;
@@ -121,6 +130,7 @@ pub struct LocalCluster {
     spec: WorkerSpec,
     /// Workers started so far (names are never reused).
     started: usize,
+    secret: Option<ClusterSecret>,
 }
 
 impl LocalCluster {
@@ -133,6 +143,7 @@ impl LocalCluster {
             functions: None,
             resources: Vec::new(),
             core: CoreConfig::default(),
+            secret: None,
         }
     }
 
@@ -148,7 +159,11 @@ impl LocalCluster {
 
     /// A client connected to this cluster.
     pub async fn client(&self) -> Result<Client, ClientError> {
-        Client::connect(&self.scheduler.address().to_string()).await
+        let mut b = Client::builder(self.scheduler.address().clone());
+        if let Some(s) = &self.secret {
+            b = b.auth_token(s.clone());
+        }
+        b.connect().await
     }
 
     /// Start one more worker, named `local-worker-{i}` with `i` counting every worker this
@@ -162,6 +177,9 @@ impl LocalCluster {
         }
         for (r, a) in &self.spec.resources {
             b = b.resource(r.clone(), *a);
+        }
+        if let Some(s) = &self.secret {
+            b = b.auth_token(s.clone());
         }
         self.workers.push(b.start().await?);
         self.started += 1;
@@ -177,7 +195,7 @@ impl LocalCluster {
         if self.workers.len() > n {
             let leaving = self.workers.split_off(n);
             let names: Vec<&str> = leaving.iter().map(|w| w.name()).collect();
-            let client = Client::connect(&self.scheduler.address().to_string()).await?;
+            let client = self.client().await?;
             let retired = client.retire_workers(&names).await;
             client.close().await;
             if let Err(e) = retired {

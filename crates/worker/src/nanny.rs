@@ -45,6 +45,7 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use taskwire_protocol::{AUTH_FAILED, ClusterSecret, control_challenge};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -215,6 +216,7 @@ pub struct ChildOptions {
 pub struct Nanny {
     shared: Arc<Shared>,
     listener: Option<TcpListener>,
+    control_token: Option<ClusterSecret>,
 }
 
 impl Nanny {
@@ -228,6 +230,7 @@ impl Nanny {
             lifetime: None,
             policy: RestartPolicy::default(),
             control: None,
+            control_token: None,
             stop_timeout: Duration::from_secs(40),
             poll_interval: Duration::from_millis(100),
         }
@@ -261,6 +264,7 @@ impl Nanny {
                 listener,
                 self.shared.clone(),
                 commands.clone(),
+                Arc::new(self.control_token),
             ));
         }
         tokio::spawn(async move {
@@ -297,6 +301,7 @@ pub struct NannyBuilder {
     lifetime: Option<(Duration, Duration)>,
     policy: RestartPolicy,
     control: Option<String>,
+    control_token: Option<ClusterSecret>,
     stop_timeout: Duration,
     poll_interval: Duration,
 }
@@ -372,6 +377,14 @@ impl NannyBuilder {
         self
     }
 
+    /// Require this cluster token on the control port: each connection is greeted with
+    /// `challenge HEX` and must answer `auth HEX` (see
+    /// [`ClusterSecret::control_response`]) before any command.
+    pub fn control_auth_token(mut self, secret: ClusterSecret) -> Self {
+        self.control_token = Some(secret);
+        self
+    }
+
     /// Open the control port; nothing runs until [`Nanny::start`].
     pub async fn bind(self) -> Result<Nanny, NannyError> {
         if self.children.is_empty() {
@@ -429,6 +442,7 @@ impl NannyBuilder {
                 status: Mutex::new(status),
             }),
             listener,
+            control_token: self.control_token,
         })
     }
 }
@@ -972,6 +986,7 @@ async fn serve_control(
     listener: TcpListener,
     shared: Arc<Shared>,
     commands: Arc<Vec<mpsc::Sender<Command>>>,
+    token: Arc<Option<ClusterSecret>>,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
     loop {
@@ -991,50 +1006,86 @@ async fn serve_control(
         };
         let shared = shared.clone();
         let commands = commands.clone();
+        let token = token.clone();
         tokio::spawn(async move {
-            if let Err(e) = control_connection(conn, &shared, &commands).await {
-                info!("nanny: control connection from {peer}: {e}");
+            match control_connection(conn, &shared, &commands, token.as_ref().as_ref()).await {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    warn!("nanny: refusing control connection from {peer}: {e}");
+                }
+                Err(e) => info!("nanny: control connection from {peer}: {e}"),
+                Ok(()) => {}
             }
             drop(permit);
         });
     }
 }
 
+/// Read one line of at most [`MAX_CONTROL_LINE`] bytes; `None` when the peer closed, went
+/// idle, or sent a line too long (after telling it so).
+async fn control_line(
+    read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    let n = match tokio::time::timeout(
+        CONTROL_IDLE,
+        read.take(MAX_CONTROL_LINE as u64)
+            .read_until(b'\n', &mut line),
+    )
+    .await
+    {
+        Ok(r) => r?,
+        Err(_) => return Ok(None),
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.last() != Some(&b'\n') {
+        if line.len() >= MAX_CONTROL_LINE {
+            write
+                .write_all(format!("error: line longer than {MAX_CONTROL_LINE} bytes\n").as_bytes())
+                .await?;
+        }
+        // Too long, or the peer closed in the middle of a line.
+        return Ok(None);
+    }
+    Ok(Some(line))
+}
+
 /// Answer the commands of one control connection until it closes, goes idle, or misbehaves.
+/// With a token the first line must answer the nanny's challenge.
 async fn control_connection(
     conn: TcpStream,
     shared: &Shared,
     commands: &[mpsc::Sender<Command>],
+    token: Option<&ClusterSecret>,
 ) -> std::io::Result<()> {
     let (read, mut write) = conn.into_split();
     let mut read = BufReader::new(read);
-    loop {
-        let mut line = Vec::new();
-        let n = match tokio::time::timeout(
-            CONTROL_IDLE,
-            (&mut read)
-                .take(MAX_CONTROL_LINE as u64)
-                .read_until(b'\n', &mut line),
-        )
-        .await
-        {
-            Ok(r) => r?,
-            Err(_) => return Ok(()),
+    if let Some(token) = token {
+        let challenge = control_challenge();
+        write
+            .write_all(format!("challenge {challenge}\n").as_bytes())
+            .await?;
+        let answered = match control_line(&mut read, &mut write).await? {
+            Some(line) => std::str::from_utf8(&line)
+                .ok()
+                .and_then(|l| l.trim().strip_prefix("auth "))
+                .is_some_and(|r| token.verify_control_response(&challenge, r)),
+            None => false,
         };
-        if n == 0 {
-            return Ok(());
+        if !answered {
+            let _ = write
+                .write_all(format!("error: {AUTH_FAILED}\n").as_bytes())
+                .await;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                AUTH_FAILED,
+            ));
         }
-        if line.last() != Some(&b'\n') {
-            if line.len() >= MAX_CONTROL_LINE {
-                write
-                    .write_all(
-                        format!("error: line longer than {MAX_CONTROL_LINE} bytes\n").as_bytes(),
-                    )
-                    .await?;
-            }
-            // Too long, or the peer closed in the middle of a line.
-            return Ok(());
-        }
+        write.write_all(b"ok\n").await?;
+    }
+    while let Some(line) = control_line(&mut read, &mut write).await? {
         let answer = match std::str::from_utf8(&line).map(str::trim) {
             Ok("status") => status_json(&shared.status()) + "\n",
             Ok("restart") => {
@@ -1050,6 +1101,7 @@ async fn control_connection(
         };
         write.write_all(answer.as_bytes()).await?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,16 +7,34 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use taskwire_protocol::connection::{accept, connect};
 use taskwire_protocol::{
-    FromPeer, Hello, Role, TaskId, ToPeer, Welcome, decode, encode, read_hello, read_welcome,
+    ClientHandshake, ClusterSecret, FromPeer, Role, ServerHandshake, TaskId, ToPeer, Welcome,
+    decode, encode,
 };
 use taskwire_transport::{
     Address, ConnSender, Connection, Listener, Message, Registry, TransportError,
 };
-use tokio::sync::{mpsc, oneshot, watch};
-use tracing::debug;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Who may use a worker's data port, and how many at once.
+#[derive(Clone, Debug)]
+pub(crate) struct DataLimits {
+    pub(crate) secret: Option<ClusterSecret>,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) max_connections: usize,
+}
+
+impl Default for DataLimits {
+    fn default() -> Self {
+        DataLimits {
+            secret: None,
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+        }
+    }
+}
 
 /// Serve the data address until `stop`. Data put by clients is reported on `added`.
 pub(crate) async fn serve(
@@ -25,15 +43,32 @@ pub(crate) async fn serve(
     name: String,
     added: mpsc::UnboundedSender<Vec<(TaskId, u64)>>,
     mut stop: watch::Receiver<bool>,
+    limits: DataLimits,
 ) {
     let peer_stop = stop.clone();
+    let limits = Arc::new(limits);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             accepted = listener.accept() => match accepted {
-                Ok(conn) => {
-                    tokio::spawn(serve_peer(conn, store.clone(), name.clone(), added.clone(), peer_stop.clone()));
-                }
+                Ok(conn) => match slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(serve_peer(conn, store.clone(), name.clone(), added.clone(), peer_stop.clone(), limits.clone(), permit));
+                    }
+                    Err(_) => {
+                        let limit = limits.max_connections;
+                        info!("data port: refusing {}: already serving {limit} connections", conn.peer);
+                        tokio::spawn(async move {
+                            let reason = format!("this worker's data port is serving its maximum of {limit} connections; try again later");
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(1),
+                                conn.send(Message::new(Welcome::refuse(reason).encode())),
+                            )
+                            .await;
+                        });
+                    }
+                },
                 Err(_) => return,
             }
         }
@@ -46,26 +81,30 @@ async fn serve_peer(
     name: String,
     added: mpsc::UnboundedSender<Vec<(TaskId, u64)>>,
     mut stop: watch::Receiver<bool>,
+    limits: Arc<DataLimits>,
+    _permit: OwnedSemaphorePermit,
 ) {
-    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.recv()).await {
-        Ok(Ok(Some(m))) => read_hello(&m.header),
-        _ => return,
+    let handshake = ServerHandshake::new(limits.secret.clone());
+    let hello = match accept(&mut conn, handshake, limits.handshake_timeout).await {
+        Ok(h) => h,
+        Err(e) if e.is_auth_failure() => {
+            warn!("data port: refusing {}: {e}", conn.peer);
+            return;
+        }
+        Err(e) => {
+            debug!("data port: connection from {} ended: {e}", conn.peer);
+            return;
+        }
     };
     match hello {
-        Ok(h) if h.role == Role::Peer => {}
-        Ok(h) => {
+        h if h.role == Role::Peer => {}
+        h => {
             let reason = format!(
                 "this is a worker's data port; role {} is not served here",
                 h.role
             );
             let _ = conn
                 .send(Message::new(Welcome::refuse(reason).encode()))
-                .await;
-            return;
-        }
-        Err(e) => {
-            let _ = conn
-                .send(Message::new(Welcome::refuse(e.to_string()).encode()))
                 .await;
             return;
         }
@@ -181,15 +220,17 @@ struct PeerConn {
 pub(crate) struct PeerPool {
     registry: Registry,
     name: String,
+    secret: Option<ClusterSecret>,
     conns: Arc<tokio::sync::Mutex<HashMap<String, Arc<PeerConn>>>>,
     next_request: Arc<AtomicU64>,
 }
 
 impl PeerPool {
-    pub(crate) fn new(registry: Registry, name: String) -> PeerPool {
+    pub(crate) fn new(registry: Registry, name: String, secret: Option<ClusterSecret>) -> PeerPool {
         PeerPool {
             registry,
             name,
+            secret,
             conns: Default::default(),
             next_request: Arc::new(AtomicU64::new(1)),
         }
@@ -209,16 +250,15 @@ impl PeerPool {
             .connect(&address)
             .await
             .map_err(|e| e.to_string())?;
-        conn.send(Message::new(
-            Hello::new(Role::Peer, self.name.clone()).encode(),
-        ))
-        .await
-        .map_err(|e| e.to_string())?;
-        let welcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.recv_msg())
+        let handshake = ClientHandshake::new(Role::Peer, self.name.clone(), self.secret.clone());
+        let limit = self
+            .registry
+            .config()
+            .connect_timeout
+            .max(Duration::from_secs(1));
+        connect(&mut conn, handshake, limit)
             .await
-            .map_err(|_| format!("no handshake answer from {addr}"))?
-            .map_err(|e| e.to_string())?;
-        read_welcome(&welcome.header).map_err(|e| e.to_string())?;
+            .map_err(|e| format!("handshake with worker {addr}: {e}"))?;
         let (sender, mut receiver) = conn.split();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let reader_pending = pending.clone();

@@ -11,10 +11,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use taskwire_protocol::connection::ConnectError;
 use taskwire_protocol::{
-    ComputeTaskMsg, ErrorKindMsg, FromWorker, Hello, MAX_INLINE_RESULT, RegisterWorkerMsg,
-    ResourceMsg, Role, TaskErrorMsg, TaskFinishedMsg, TaskId, ToWorker, WorkerId, WorkerMetricsMsg,
-    decode, encode, read_welcome,
+    ClientHandshake, ClusterSecret, ComputeTaskMsg, ErrorKindMsg, FromWorker, MAX_INLINE_RESULT,
+    RegisterWorkerMsg, ResourceMsg, Role, TaskErrorMsg, TaskFinishedMsg, TaskId, ToWorker,
+    WorkerId, WorkerMetricsMsg, decode, encode,
 };
 use taskwire_transport::{
     Address, ConnReceiver, ConnSender, Message, Registry, TransportConfig, TransportError,
@@ -104,6 +105,7 @@ impl Worker {
             memory: MemoryConfig::default(),
             memory_source: None,
             memory_release: None,
+            data: peer::DataLimits::default(),
         }
     }
 }
@@ -125,6 +127,7 @@ pub struct WorkerBuilder {
     memory: MemoryConfig,
     memory_source: Option<MemorySource>,
     memory_release: Option<MemoryRelease>,
+    data: peer::DataLimits,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -227,6 +230,26 @@ impl WorkerBuilder {
         self
     }
 
+    /// Prove this cluster token to the scheduler and to other workers, and require it of every
+    /// peer that connects to this worker's data port.
+    pub fn auth_token(mut self, secret: ClusterSecret) -> Self {
+        self.data.secret = Some(secret);
+        self
+    }
+
+    /// How long a connection to the data port has to finish its handshake (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.data.handshake_timeout = timeout;
+        self
+    }
+
+    /// Most connections the data port serves at once, those in their handshake included
+    /// (default 10,000); beyond it a new connection is told so and closed.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.data.max_connections = n.max(1);
+        self
+    }
+
     /// How many times a nanny has restarted this worker (reported to the scheduler).
     pub fn restarts(mut self, n: u32) -> Self {
         self.restarts = n;
@@ -258,12 +281,16 @@ impl WorkerBuilder {
         })?;
 
         let mut conn = transports.connect(&self.scheduler).await?;
-        conn.send(Message::new(
-            Hello::new(Role::Worker, name.clone()).encode(),
-        ))
-        .await?;
-        let welcome = conn.recv_msg().await?;
-        read_welcome(&welcome.header).map_err(|e| WorkerError::Refused(e.to_string()))?;
+        let handshake = ClientHandshake::new(Role::Worker, name.clone(), self.data.secret.clone());
+        let limit = transports
+            .config()
+            .connect_timeout
+            .max(Duration::from_secs(1));
+        match taskwire_protocol::connection::connect(&mut conn, handshake, limit).await {
+            Ok(_) => {}
+            Err(ConnectError::Transport(e)) => return Err(e.into()),
+            Err(e) => return Err(WorkerError::Refused(e.to_string())),
+        }
         let register = RegisterWorkerMsg {
             name: name.clone(),
             address: address.to_string(),
@@ -323,12 +350,14 @@ impl WorkerBuilder {
         let (done_tx, done_rx) = watch::channel(None);
         let (retire_tx, retire_rx) = watch::channel(false);
         let (added_tx, added_rx) = mpsc::unbounded_channel();
+        let secret = self.data.secret.clone();
         tokio::spawn(peer::serve(
             listener,
             store.clone(),
             name.clone(),
             added_tx,
             stop_rx.clone(),
+            self.data,
         ));
         let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
         let executor = Executor::start(
@@ -344,7 +373,7 @@ impl WorkerBuilder {
             id,
             store,
             executor,
-            peers: PeerPool::new(transports, name.clone()),
+            peers: PeerPool::new(transports, name.clone(), secret),
             sender,
             waiting: HashMap::new(),
             fetching: HashMap::new(),

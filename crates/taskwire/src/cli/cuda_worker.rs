@@ -181,6 +181,7 @@ fn child_args(args: &CudaWorkerArgs, plan: &Plan, w: &GpuWorkerPlan) -> Vec<OsSt
         port: args.worker_port.map(|p| usize::from(p) + w.index),
         host: plan.host.as_deref(),
         local_directory: args.local_directory.as_deref(),
+        security: super::security::child_args(&args.nanny.auth, &args.nanny.data_port),
     }
     .args();
     a.push("--name".into());
@@ -249,6 +250,9 @@ async fn run_nanny(args: &CudaWorkerArgs, plan: &Plan) -> Result<i32, String> {
     for w in &plan.workers {
         info!("GPU worker {}", w.describe());
         b = b.child_with(child_args(args, plan, w), child_options(plan, w));
+    }
+    if let Some(secret) = args.nanny.auth.secret_for_nanny().await? {
+        b = b.control_auth_token(secret);
     }
     let nanny = b.bind().await.map_err(|e| e.to_string())?;
     let control = nanny.control_address().expect("control port requested");
@@ -355,6 +359,12 @@ mod tests {
             "2GB",
             "--interface",
             "lo",
+            "--auth-token-file",
+            "/run/tw/token",
+            "--handshake-timeout",
+            "3s",
+            "--max-connections",
+            "7",
         ]);
         let p = plan(&a).unwrap();
         assert_eq!(p.workers.len(), 3);
@@ -373,6 +383,9 @@ mod tests {
             "--worker-port 9001",
             "--worker-index 1",
             "--host 127.0.0.1",
+            "--auth-token-file /run/tw/token",
+            "--handshake-timeout 3000ms",
+            "--max-connections 7",
             "--no-nanny",
         ] {
             assert!(line.contains(want), "{want}: {line}");

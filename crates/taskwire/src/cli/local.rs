@@ -27,6 +27,10 @@ pub(crate) struct LocalArgs {
     keep_running: bool,
     #[command(flatten)]
     policy: super::PolicyArgs,
+    /// Require this cluster token (created when the file does not exist) of everyone who
+    /// connects, e.g. `taskwire submit` against a `--keep-running` cluster.
+    #[command(flatten)]
+    auth: super::security::AuthArgs,
 }
 
 pub(crate) fn run(args: LocalArgs) -> Result<(), String> {
@@ -37,7 +41,11 @@ pub(crate) fn run(args: LocalArgs) -> Result<(), String> {
         } else {
             LocalTransport::Tcp
         };
-        let cluster = LocalCluster::builder()
+        let mut builder = LocalCluster::builder();
+        if let Some(secret) = args.auth.secret_or_create()? {
+            builder = builder.auth_token(secret);
+        }
+        let cluster = builder
             .workers(args.workers)
             .threads_per_worker(args.threads)
             .transport(transport)

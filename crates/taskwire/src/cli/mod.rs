@@ -4,6 +4,7 @@ pub(crate) mod cuda_worker;
 pub(crate) mod local;
 pub(crate) mod retire;
 pub(crate) mod scheduler;
+pub(crate) mod security;
 pub(crate) mod ssh;
 pub(crate) mod status;
 pub(crate) mod submit;

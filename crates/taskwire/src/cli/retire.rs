@@ -14,6 +14,8 @@ pub(crate) struct RetireArgs {
     /// Read the scheduler address from this file instead.
     #[arg(long)]
     scheduler_file: Option<PathBuf>,
+    #[command(flatten)]
+    auth: super::security::AuthArgs,
     /// Worker names or data addresses.
     #[arg(required = true)]
     workers: Vec<String>,
@@ -23,9 +25,11 @@ pub(crate) fn run(args: RetireArgs) -> Result<(), String> {
     let scheduler =
         super::scheduler_address(args.scheduler.as_deref(), args.scheduler_file.as_deref())?;
     super::runtime()?.block_on(async {
-        let client = Client::connect(&scheduler.to_string())
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut builder = Client::builder(scheduler.clone());
+        if let Some(secret) = args.auth.secret()? {
+            builder = builder.auth_token(secret);
+        }
+        let client = builder.connect().await.map_err(|e| e.to_string())?;
         let names: Vec<&str> = args.workers.iter().map(String::as_str).collect();
         let result = client.retire_workers(&names).await;
         client.close().await;

@@ -44,6 +44,8 @@ pub(crate) struct SchedulerArgs {
     transport: Scheme,
     #[command(flatten)]
     policy: super::PolicyArgs,
+    #[command(flatten)]
+    security: super::security::SchedulerSecurityArgs,
 }
 
 pub(crate) fn run(args: SchedulerArgs) -> Result<(), String> {
@@ -61,6 +63,7 @@ pub(crate) fn run(args: SchedulerArgs) -> Result<(), String> {
         if !args.no_dashboard {
             builder = builder.dashboard(&args.host, args.dashboard_port);
         }
+        builder = args.security.apply(builder)?;
         let scheduler = builder.start().await.map_err(|e| e.to_string())?;
         println!("Scheduler at: {}", scheduler.address());
         if let Some(link) = scheduler.dashboard_link() {

@@ -14,6 +14,8 @@ pub(crate) struct SubmitArgs {
     /// Read the scheduler address from this file instead.
     #[arg(long)]
     scheduler_file: Option<PathBuf>,
+    #[command(flatten)]
+    auth: super::security::AuthArgs,
     /// Run one task per index, e.g. 1-1000 or 1-10,20,30; `{i}` in the command becomes the index.
     #[arg(long)]
     array: Option<String>,
@@ -121,9 +123,11 @@ pub(crate) fn run(args: SubmitArgs) -> Result<(), String> {
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     super::runtime()?.block_on(async {
-        let client = Client::connect(&scheduler.to_string())
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut builder = Client::builder(scheduler.clone());
+        if let Some(secret) = args.auth.secret()? {
+            builder = builder.auth_token(secret);
+        }
+        let client = builder.connect().await.map_err(|e| e.to_string())?;
         let n = tasks.len();
         let futures = client
             .submit_graph(tasks)

@@ -114,6 +114,10 @@ pub(crate) struct NannyArgs {
     /// The window for --restart-limit.
     #[arg(long, default_value = "60s")]
     pub(crate) restart_window: String,
+    #[command(flatten)]
+    pub(crate) auth: super::security::AuthArgs,
+    #[command(flatten)]
+    pub(crate) data_port: super::security::DataPortArgs,
 }
 
 impl NannyArgs {
@@ -157,6 +161,8 @@ pub(super) struct ChildLine<'a> {
     pub(super) port: Option<usize>,
     pub(super) host: Option<&'a str>,
     pub(super) local_directory: Option<&'a Path>,
+    /// Token file and data-port limits.
+    pub(super) security: Vec<OsString>,
 }
 
 impl ChildLine<'_> {
@@ -187,6 +193,7 @@ impl ChildLine<'_> {
         if let Some(d) = self.local_directory {
             opt("--local-directory", d.as_os_str());
         }
+        a.extend(self.security.iter().cloned());
         a.push("--no-nanny".into());
         a
     }
@@ -378,6 +385,7 @@ fn child_args(args: &WorkerArgs, plan: &Plan, i: usize) -> Vec<OsString> {
         port: args.worker_port.map(|p| usize::from(p) + i),
         host: args.host.as_deref(),
         local_directory: args.local_directory.as_deref(),
+        security: super::security::child_args(&args.nanny.auth, &args.nanny.data_port),
     }
     .args();
     let mut opt = |flag: &str, value: String| {
@@ -414,6 +422,9 @@ async fn run_nanny(args: &WorkerArgs, plan: &Plan) -> Result<i32, String> {
     }
     for i in 0..plan.nworkers {
         b = b.child(child_args(args, plan, i));
+    }
+    if let Some(secret) = args.nanny.auth.secret_for_nanny().await? {
+        b = b.control_auth_token(secret);
     }
     let nanny = b.bind().await.map_err(|e| e.to_string())?;
     let control = nanny.control_address().expect("control port requested");
@@ -496,10 +507,21 @@ async fn start_worker(
         let attempt = async {
             // A missing or half-written scheduler file may be fixed by a scheduler starting.
             let scheduler = scheduler_now(args).map_err(Ok)?;
-            let b = builder(args, plan, i, scheduler);
+            // Read on every attempt too: the scheduler may be creating the token file now.
+            let secret = args.nanny.auth.secret().map_err(Ok)?;
+            let b = args
+                .nanny
+                .data_port
+                .apply(secret, builder(args, plan, i, scheduler));
             match tokio::time::timeout(attempt_timeout, b.start()).await {
                 Ok(Ok(h)) => Ok(h),
                 Ok(Err(WorkerError::Setup(e))) => Err(Err(e)),
+                // A wrong or missing token does not fix itself: say so and stop.
+                Ok(Err(e @ WorkerError::Refused(_)))
+                    if e.to_string().contains("authentication failed") =>
+                {
+                    Err(Err(e.to_string()))
+                }
                 Ok(Err(e)) => Err(Ok(e.to_string())),
                 Err(_) => Err(Ok(format!("no answer within {attempt_timeout:?}"))),
             }
