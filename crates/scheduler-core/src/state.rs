@@ -180,6 +180,16 @@ impl StateCounts {
         }
     }
 
+    /// One task moved from `from` to `to`.
+    pub(crate) fn shift(&mut self, from: TaskState, to: TaskState) {
+        if let Some(c) = self.slot(from) {
+            *c -= 1;
+        }
+        if let Some(c) = self.slot(to) {
+            *c += 1;
+        }
+    }
+
     pub(crate) fn slot(&mut self, state: TaskState) -> Option<&mut usize> {
         Some(match state {
             TaskState::Released => &mut self.released,

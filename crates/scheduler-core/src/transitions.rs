@@ -117,19 +117,8 @@ impl Core {
         let t = &mut self.tasks[slot as usize];
         let from = t.state;
         t.state = to;
-        if let Some(c) = self.counts.slot(from) {
-            *c -= 1;
-        }
-        if let Some(c) = self.counts.slot(to) {
-            *c += 1;
-        }
-        let group = &mut self.prefixes[t.prefix as usize].counts;
-        if let Some(c) = group.slot(from) {
-            *c -= 1;
-        }
-        if let Some(c) = group.slot(to) {
-            *c += 1;
-        }
+        self.counts.shift(from, to);
+        self.prefixes[t.prefix as usize].counts.shift(from, to);
         if self.log.enabled() {
             let at = self.now.expect("transitions happen inside handle_*");
             self.log

@@ -319,6 +319,11 @@ pub(crate) fn workers(s: &Snapshot) -> Value {
     )
 }
 
+/// A group's tasks that have not started: released, waiting, no-worker or queued.
+fn not_started(c: &taskwire_scheduler_core::StateCounts) -> usize {
+    c.released + c.waiting + c.no_worker + c.queued
+}
+
 pub(crate) fn groups(s: &Snapshot) -> Value {
     Value::Array(
         s.groups
@@ -327,7 +332,7 @@ pub(crate) fn groups(s: &Snapshot) -> Value {
                 let c = &g.counts;
                 json!({
                     "name": g.name,
-                    "waiting": c.waiting + c.no_worker + c.queued + c.released,
+                    "waiting": not_started(c),
                     "processing": c.processing, "memory": c.memory, "erred": c.erred,
                     "total": c.total(), "duration_us": g.duration_us,
                 })
@@ -464,7 +469,7 @@ pub(crate) fn metrics(s: &Snapshot) -> String {
     for g in &s.groups {
         let c = &g.counts;
         for (st, n) in [
-            ("waiting", c.waiting + c.no_worker + c.queued + c.released),
+            ("waiting", not_started(c)),
             ("processing", c.processing),
             ("memory", c.memory),
             ("erred", c.erred),

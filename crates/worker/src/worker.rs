@@ -520,13 +520,10 @@ pub fn available_cpus() -> usize {
         .unwrap_or(1)
 }
 
-/// Resident set size of this process in bytes (from /proc/self/statm), 0 when unknown.
+/// Resident set size of this process in bytes, 0 when unknown: the same reading the nanny
+/// takes of its children ([`rss_of`](crate::rss_of)), so that both judge one number.
 pub fn process_rss() -> u64 {
-    let page = 4096; // Linux on x86-64 and aarch64 with 4 KiB pages
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * page)
+    crate::rss_of(std::process::id()).unwrap_or(0)
 }
 
 /// Total machine memory in bytes (from /proc/meminfo), 0 when unknown.

@@ -205,20 +205,11 @@ fn child_options(plan: &Plan, w: &GpuWorkerPlan) -> ChildOptions {
 /// The nanny's control host: the workers' host, else loopback for a loopback scheduler, else
 /// all interfaces.
 fn control_host(args: &CudaWorkerArgs, plan: &Plan) -> String {
-    if let Some(h) = &plan.host {
-        return h.clone();
-    }
-    let scheduler = match (&args.scheduler, &args.scheduler_file) {
-        (Some(a), _) => a.parse::<Address>().ok(),
-        (None, Some(f)) => super::read_scheduler_file(f).ok(),
-        (None, None) => None,
-    };
-    match scheduler {
-        Some(Address::Net { host, .. }) if taskwire_transport_tcp::is_loopback_host(&host) => {
-            "127.0.0.1".into()
-        }
-        _ => "0.0.0.0".into(),
-    }
+    super::worker::control_host(
+        plan.host.as_deref(),
+        args.scheduler.as_deref(),
+        args.scheduler_file.as_deref(),
+    )
 }
 
 pub(crate) fn run(args: CudaWorkerArgs) -> Result<(), String> {

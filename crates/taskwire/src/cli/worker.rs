@@ -355,10 +355,24 @@ impl Signals {
 /// The host the nanny's control port listens on: `--host`, else loopback for a loopback
 /// scheduler and all interfaces otherwise (as the worker's data server does).
 fn nanny_host(args: &WorkerArgs) -> String {
-    if let Some(h) = &args.host {
-        return h.clone();
+    control_host(
+        args.host.as_deref(),
+        args.scheduler.as_deref(),
+        args.scheduler_file.as_deref(),
+    )
+}
+
+/// The host a nanny's control port listens on: `host` when given, else loopback for a
+/// loopback scheduler and all interfaces otherwise. Shared with `taskwire cuda-worker`.
+pub(super) fn control_host(
+    host: Option<&str>,
+    scheduler: Option<&str>,
+    scheduler_file: Option<&Path>,
+) -> String {
+    if let Some(h) = host {
+        return h.to_string();
     }
-    let scheduler = match (&args.scheduler, &args.scheduler_file) {
+    let scheduler = match (scheduler, scheduler_file) {
         (Some(a), _) => a.parse::<Address>().ok(),
         (None, Some(f)) => super::read_scheduler_file(f).ok(),
         (None, None) => None,
