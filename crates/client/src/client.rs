@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use taskwire_protocol::connection::{self, ConnectError};
 use taskwire_protocol::{
-    ArchivedKeyInMemoryMsg, ArchivedToClient, ClientHandshake, ClusterSecret, FromClient, Role,
-    TaskId, TaskSpecMsg, ToClient, WorkerInfoMsg, access, decode, encode, encode_with_capacity,
+    AdaptiveTargetMsg, ArchivedKeyInMemoryMsg, ArchivedToClient, ClientHandshake, ClusterSecret,
+    FromClient, Role, TaskId, TaskSpecMsg, ToClient, WorkerInfoMsg, access, decode, encode,
+    encode_with_capacity,
 };
 use taskwire_transport::{Address, ConnReceiver, ConnSender, Message, Registry, TransportConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -175,6 +176,12 @@ impl Shared {
                     let _ = reply.send(result);
                 }
                 None => tracing::debug!(request, "answer to an unknown retire request"),
+            },
+            ToClient::AdaptiveTarget { request, target } => match st.adaptive.remove(&request) {
+                Some(reply) => {
+                    let _ = reply.send(target);
+                }
+                None => tracing::debug!(request, "answer to an unknown adaptive request"),
             },
             ToClient::Error(text) => {
                 tracing::warn!(scheduler = %self.address, "scheduler could not handle a message: {text}")
@@ -730,6 +737,38 @@ impl Client {
             .await
             .map_err(|_| ClientError::Closed)?
             .map_err(ClientError::Retire)
+    }
+
+    /// How many workers the scheduler recommends for the work it holds now (Dask's
+    /// `adaptive_target`), clamped to `minimum..=maximum` (`maximum` wins), so that the
+    /// queued and running work would take about `target_duration` (Dask's default: 5 s); and,
+    /// when that is below the workers it counts, which of them to retire, cheapest first.
+    /// Adaptive scaling (`taskwire::Cluster::adapt`) asks this once a second.
+    pub async fn adaptive_target(
+        &self,
+        target_duration: Duration,
+        minimum: usize,
+        maximum: usize,
+    ) -> Result<AdaptiveTargetMsg, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let request = self.shared.next_id();
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Err(ClientError::Closed);
+            }
+            st.adaptive.insert(request, reply);
+            let msg = FromClient::AdaptiveTarget {
+                request,
+                target_duration_ms: target_duration.as_millis().min(u64::MAX as u128) as u64,
+                minimum: minimum as u64,
+                maximum: maximum as u64,
+            };
+            if !st.send(Outgoing::Msg(msg)) {
+                return Err(ClientError::Closed);
+            }
+        }
+        answer.await.map_err(|_| ClientError::Closed)
     }
 
     /// Say goodbye to the scheduler and close the connection (for every clone of this client).

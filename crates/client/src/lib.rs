@@ -86,6 +86,6 @@ pub use task::Task;
 // Types that appear in this crate's API, so users need not depend on the protocol and
 // transport crates for them.
 pub use taskwire_protocol::{
-    ClusterSecret, CommandOutputMsg, ErrorKindMsg, TaskErrorMsg, WorkerInfoMsg,
+    AdaptiveTargetMsg, ClusterSecret, CommandOutputMsg, ErrorKindMsg, TaskErrorMsg, WorkerInfoMsg,
 };
 pub use taskwire_transport::{Address, Registry};

@@ -15,7 +15,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use taskwire_protocol::{ErrorKindMsg, FromClient, TaskErrorMsg, TaskId, WorkerInfoMsg};
+use taskwire_protocol::{
+    AdaptiveTargetMsg, ErrorKindMsg, FromClient, TaskErrorMsg, TaskId, WorkerInfoMsg,
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// Where a key stands, as far as this client knows.
@@ -302,6 +304,7 @@ pub(crate) struct State {
     pub(crate) scatters: HashMap<u64, Reply<Result<Vec<(String, TaskId, String)>, String>>>,
     pub(crate) workers: VecDeque<Reply<Vec<WorkerInfoMsg>>>,
     pub(crate) retires: HashMap<u64, Reply<Result<Vec<String>, String>>>,
+    pub(crate) adaptive: HashMap<u64, Reply<AdaptiveTargetMsg>>,
     pub(crate) closed: bool,
     out: mpsc::UnboundedSender<Outgoing>,
 }
@@ -325,6 +328,7 @@ impl State {
             scatters: HashMap::new(),
             workers: VecDeque::new(),
             retires: HashMap::new(),
+            adaptive: HashMap::new(),
             closed: false,
             out,
         }
@@ -475,6 +479,7 @@ impl State {
         self.scatters.clear();
         self.workers.clear();
         self.retires.clear();
+        self.adaptive.clear();
     }
 }
 

@@ -93,8 +93,9 @@ impl ClusterSecret {
         ClusterSecret(hex(&raw).into_bytes())
     }
 
-    /// The token's text as stored in a token file.
-    fn file_text(&self) -> Vec<u8> {
+    /// The token's text as stored in a token file (the token and a newline), for handing it
+    /// to another host over a channel that is already secure (an ssh session's stdin).
+    pub fn file_text(&self) -> Vec<u8> {
         let mut t = self.0.clone();
         t.push(b'\n');
         t

@@ -178,6 +178,19 @@ pub enum FromClient {
     Heartbeat,
     /// The client is leaving.
     Close,
+    /// Ask how many workers the cluster should have now (adaptive scaling, Dask's
+    /// `adaptive_target` and `workers_to_close`). Answered by `AdaptiveTarget`.
+    AdaptiveTarget {
+        /// Client-chosen id echoed in the answer.
+        request: u64,
+        /// The queued and running work should take about this long, in milliseconds, with
+        /// the workers recommended (Dask's `target-duration`, 5 s).
+        target_duration_ms: u64,
+        /// The target is never below this.
+        minimum: u64,
+        /// The target is never above this.
+        maximum: u64,
+    },
 }
 
 /// Where a key's data lives.
@@ -259,6 +272,25 @@ pub enum ToClient {
     },
     /// A message the client sent could not be handled; the connection stays up.
     Error(String),
+    /// Answer to `AdaptiveTarget`.
+    AdaptiveTarget {
+        /// The client's id.
+        request: u64,
+        /// The recommendation.
+        target: AdaptiveTargetMsg,
+    },
+}
+
+/// How many workers the scheduler recommends, and which to close to get there.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct AdaptiveTargetMsg {
+    /// Recommended worker count, within the minimum and maximum asked for.
+    pub target: u64,
+    /// Names of the workers the scheduler counts now (registered, not retiring).
+    pub workers: Vec<String>,
+    /// When `target` is below the count: names of the workers to retire, cheapest first
+    /// (idle ones holding the fewest bytes no other worker holds); empty otherwise.
+    pub to_close: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -523,6 +555,22 @@ mod tests {
             tasks: vec![(TaskId(1), true)],
         };
         assert_eq!(decode::<FromPeer>(&encode(&p)).unwrap(), p);
+        let a = FromClient::AdaptiveTarget {
+            request: 3,
+            target_duration_ms: 5000,
+            minimum: 1,
+            maximum: 4,
+        };
+        assert_eq!(decode::<FromClient>(&encode(&a)).unwrap(), a);
+        let t = ToClient::AdaptiveTarget {
+            request: 3,
+            target: AdaptiveTargetMsg {
+                target: 1,
+                workers: vec!["a".into(), "b".into()],
+                to_close: vec!["b".into()],
+            },
+        };
+        assert_eq!(decode::<ToClient>(&encode(&t)).unwrap(), t);
     }
 
     #[test]

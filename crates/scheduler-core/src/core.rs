@@ -226,6 +226,13 @@ impl Core {
                 workers,
             } => self.retire_workers(Some((client, request)), workers),
             Event::RetireRequested { worker } => self.retire_requested(worker),
+            Event::AdaptiveTarget {
+                client,
+                request,
+                target_duration,
+                minimum,
+                maximum,
+            } => self.answer_adaptive_target(client, request, target_duration, minimum, maximum),
         }
         self.finish(now);
     }

@@ -1,5 +1,6 @@
 //! What goes into the core ([`Event`]) and what comes out ([`Command`]).
 
+use std::time::Duration;
 use taskwire_protocol::{
     ClientId, RegisterWorkerMsg, TaskErrorMsg, TaskFinishedMsg, TaskId, TaskSpecMsg, ToClient,
     ToWorker, WorkerId, WorkerMetricsMsg,
@@ -134,6 +135,23 @@ pub enum Event {
         /// Which.
         worker: WorkerId,
     },
+    /// A client asks how many workers the cluster should have (adaptive scaling); answered by
+    /// `AdaptiveTarget` with [`Core::adaptive_target`](crate::Core::adaptive_target) clamped to
+    /// `minimum..=maximum` and, below the worker count,
+    /// [`Core::workers_to_close`](crate::Core::workers_to_close).
+    AdaptiveTarget {
+        /// Who.
+        client: ClientId,
+        /// Echoed in the answer.
+        request: u64,
+        /// The queued and running work should take about this long with the workers
+        /// recommended.
+        target_duration: Duration,
+        /// The target is never below this.
+        minimum: usize,
+        /// The target is never above this (wins over `minimum`).
+        maximum: usize,
+    },
 }
 
 impl Event {
@@ -157,6 +175,7 @@ impl Event {
             Event::Heartbeat { .. } => "heartbeat",
             Event::RetireWorkers { .. } => "retire-workers",
             Event::RetireRequested { .. } => "retire-requested",
+            Event::AdaptiveTarget { .. } => "adaptive-target",
         }
     }
 }

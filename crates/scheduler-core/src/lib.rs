@@ -24,7 +24,10 @@
 //! `resources`; root tasks queue while every worker is saturated
 //! ([`CoreConfig::worker_saturation`]); idle workers steal from backlogged ones on a timer.
 //! Lost results are recomputed from lineage; a task on more than
-//! [`CoreConfig::allowed_failures`] dead workers errs with `KilledWorker`.
+//! [`CoreConfig::allowed_failures`] dead workers errs with `KilledWorker`. For adaptive
+//! scaling the core recommends a worker count ([`Core::adaptive_target`]) and the workers to
+//! retire ([`Core::workers_to_close`]); starting and stopping workers is a cluster manager's
+//! job.
 //!
 //! # Calling order
 //!
@@ -108,6 +111,7 @@
 //! core.check_invariants().unwrap();
 //! ```
 
+mod adaptive;
 mod config;
 mod core;
 mod event;

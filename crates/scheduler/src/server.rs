@@ -281,6 +281,18 @@ async fn serve_client(
                 request,
                 workers,
             },
+            Ok(FromClient::AdaptiveTarget {
+                request,
+                target_duration_ms,
+                minimum,
+                maximum,
+            }) => Event::AdaptiveTarget {
+                client,
+                request,
+                target_duration: Duration::from_millis(target_duration_ms),
+                minimum: usize::try_from(minimum).unwrap_or(usize::MAX),
+                maximum: usize::try_from(maximum).unwrap_or(usize::MAX),
+            },
             Ok(FromClient::Heartbeat) => continue,
             Ok(FromClient::Close) => break,
             Err(e) => {
