@@ -7,13 +7,15 @@
 //! ([`Client::retire_workers`]): the workers leaving hand the results only they hold to the
 //! workers that stay, so nothing is recomputed.
 //!
-//! Adaptive scaling (Dask's `adapt(min, max)`) is not here yet. Its extension point is
-//! [`Cluster::scale`]: an adaptive loop computes a target from the scheduler's occupancy and
-//! queued work and calls `scale(target)`; every manager already knows how to reach any target
-//! its platform allows.
+//! Adaptive scaling ([`Cluster::adapt`], Dask's `adapt(minimum, maximum)`) comes with the
+//! trait: a loop asks the scheduler for a target ([`Client::adaptive_target`]), scales up with
+//! [`Cluster::scale`], and scales down by retiring the workers the scheduler names
+//! ([`Client::retire_workers`]) and then [`Cluster::stop_workers`]. A manager gets it by
+//! implementing those two operations; see [`Adaptive`].
 //!
 //! [`LocalCluster`]: crate::LocalCluster
 
+use crate::adaptive::{AdaptOptions, Adaptive};
 use std::future::Future;
 use taskwire_client::{Client, ClientError};
 
@@ -54,13 +56,25 @@ pub trait Cluster {
     /// The scheduler's dashboard, if it serves one.
     fn dashboard_link(&self) -> Option<String>;
 
-    /// The names of the workers this manager runs now, as the scheduler knows them.
+    /// The names of the workers this manager runs now or has asked its platform for (a batch
+    /// job still queued counts), as the scheduler knows them or will.
     fn workers(&self) -> Vec<String>;
 
     /// Start workers or retire them gracefully until this manager runs `n` of them (rounded up
     /// to the platform's unit, e.g. a whole `--nworkers` group on a host). Resolves once the
     /// new workers are registered, or the retired ones are gone.
     fn scale(&mut self, n: usize) -> impl Future<Output = Result<(), ClusterError>> + Send;
+
+    /// Stop the named workers and forget them (Dask's `scale_down`): each was just retired
+    /// through the scheduler (its results moved, it closed or is closing) or never
+    /// registered. Wait until their processes are gone, or cancel their jobs, and free what
+    /// ran them (a host slot, a job) once all of its workers are stopped. Names this manager
+    /// does not run are ignored. Adaptive scaling calls this after
+    /// [`Client::retire_workers`].
+    fn stop_workers(
+        &mut self,
+        names: &[String],
+    ) -> impl Future<Output = Result<(), ClusterError>> + Send;
 
     /// A client connected to the scheduler.
     fn client(&self) -> impl Future<Output = Result<Client, ClusterError>> + Send;
@@ -69,4 +83,24 @@ pub trait Cluster {
     fn close(self) -> impl Future<Output = Result<(), ClusterError>> + Send
     where
         Self: Sized;
+
+    /// Scale adaptively between `minimum` and `maximum` workers with Dask's defaults (a
+    /// decision a second, a 5 s target duration, a worker retired after being suggested 3
+    /// times in a row). The cluster moves into the returned [`Adaptive`], which runs the loop
+    /// on the current tokio runtime until it is stopped or closed. Refused when `minimum`
+    /// is above `maximum`.
+    fn adapt(self, minimum: usize, maximum: usize) -> Result<Adaptive<Self>, ClusterError>
+    where
+        Self: Sized + Send + Sync + 'static,
+    {
+        Adaptive::start(self, AdaptOptions::new(minimum, maximum))
+    }
+
+    /// [`adapt`](Self::adapt) with all the options.
+    fn adapt_with(self, options: AdaptOptions) -> Result<Adaptive<Self>, ClusterError>
+    where
+        Self: Sized + Send + Sync + 'static,
+    {
+        Adaptive::start(self, options)
+    }
 }

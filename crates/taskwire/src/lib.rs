@@ -23,11 +23,13 @@
 //! # }).unwrap();
 //! ```
 
+mod adaptive;
 mod cluster;
 mod local;
 mod local_cuda;
 mod ssh;
 
+pub use adaptive::{AdaptOptions, Adaptive};
 pub use cluster::{Cluster, ClusterError};
 pub use local::{LocalCluster, LocalClusterBuilder, LocalClusterError, LocalTransport};
 pub use local_cuda::{LocalCudaCluster, LocalCudaClusterBuilder, LocalCudaClusterError};

@@ -8,6 +8,9 @@ use taskwire_scheduler_core::CoreConfig;
 use taskwire_transport::{Address, mem};
 use taskwire_worker::{Registry as Functions, Worker, WorkerError, WorkerHandle};
 
+/// How long a worker told to stop may take to end by itself before it is closed.
+const RETIRED_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why a local cluster could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalClusterError {
@@ -38,9 +41,17 @@ pub struct LocalClusterBuilder {
     resources: Vec<(String, f64)>,
     core: CoreConfig,
     secret: Option<ClusterSecret>,
+    dashboard: Option<u16>,
 }
 
 impl LocalClusterBuilder {
+    /// Serve the scheduler's dashboard, `/metrics` and JSON API on 127.0.0.1:`port` (0: a
+    /// free port); off by default.
+    pub fn dashboard(mut self, port: u16) -> Self {
+        self.dashboard = Some(port);
+        self
+    }
+
     /// Scheduling policy (worker saturation, stealing, ...).
     pub fn core_config(mut self, core: CoreConfig) -> Self {
         self.core = core;
@@ -91,6 +102,9 @@ impl LocalClusterBuilder {
             LocalTransport::Tcp => Address::tcp("127.0.0.1", 0),
         };
         let mut scheduler = Scheduler::builder().address(address).core_config(self.core);
+        if let Some(port) = self.dashboard {
+            scheduler = scheduler.dashboard("127.0.0.1", port);
+        }
         if let Some(s) = &self.secret {
             scheduler = scheduler.auth_token(s.clone());
         }
@@ -144,12 +158,18 @@ impl LocalCluster {
             resources: Vec::new(),
             core: CoreConfig::default(),
             secret: None,
+            dashboard: None,
         }
     }
 
     /// The scheduler's address.
     pub fn scheduler_address(&self) -> &Address {
         self.scheduler.address()
+    }
+
+    /// The dashboard's URL, when it was asked for.
+    pub fn dashboard_link(&self) -> Option<&str> {
+        self.scheduler.dashboard_link()
     }
 
     /// The workers.
@@ -210,6 +230,24 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Stop the named workers (already retired through the scheduler, or to be stopped
+    /// now) and forget them; names not in this cluster are ignored.
+    pub async fn stop_workers(&mut self, names: &[String]) {
+        let (leaving, staying) = std::mem::take(&mut self.workers)
+            .into_iter()
+            .partition(|w| names.iter().any(|n| n == w.name()));
+        self.workers = staying;
+        for w in leaving {
+            // A retired worker closes by itself; one that was not retired is closed here.
+            if tokio::time::timeout(RETIRED_GRACE, w.finished())
+                .await
+                .is_err()
+            {
+                w.close().await;
+            }
+        }
+    }
+
     /// Stop the workers, then the scheduler.
     pub async fn close(self) {
         for w in self.workers {
@@ -234,6 +272,11 @@ impl Cluster for LocalCluster {
 
     async fn scale(&mut self, n: usize) -> Result<(), ClusterError> {
         LocalCluster::scale(self, n).await
+    }
+
+    async fn stop_workers(&mut self, names: &[String]) -> Result<(), ClusterError> {
+        LocalCluster::stop_workers(self, names).await;
+        Ok(())
     }
 
     async fn client(&self) -> Result<Client, ClusterError> {

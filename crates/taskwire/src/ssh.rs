@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use taskwire_client::Client;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use taskwire_client::{Client, ClusterSecret};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -28,6 +28,8 @@ const PID_MARK: &str = "taskwire-ssh-pid:";
 const STOP_GRACE: Duration = Duration::from_secs(45);
 /// Stderr lines kept per remote process for error messages.
 const STDERR_TAIL: usize = 20;
+/// How long a group whose workers were all retired may take to end by itself.
+const RETIRED_GRACE: Duration = Duration::from_secs(10);
 
 /// Options for an [`SshCluster`].
 #[derive(Debug, Clone)]
@@ -48,6 +50,8 @@ struct Config {
     dashboard_port: Option<u16>,
     start_timeout: Duration,
     echo: bool,
+    secret: Option<ClusterSecret>,
+    initial_workers: Option<usize>,
 }
 
 impl SshClusterBuilder {
@@ -106,6 +110,23 @@ impl SshClusterBuilder {
     /// How long each remote process may take to come up (default 60 s).
     pub fn start_timeout(mut self, t: Duration) -> Self {
         self.cfg.start_timeout = t;
+        self
+    }
+
+    /// Start this many workers (in whole groups, on the first hosts) instead of a group on
+    /// every worker host; the others stay free for [`SshCluster::scale`] and adaptive
+    /// scaling.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.cfg.initial_workers = Some(n);
+        self
+    }
+
+    /// Require this cluster token of every connection to the scheduler and the workers. Each
+    /// remote process gets it through its ssh session's standard input, written to a fresh
+    /// mode-600 file (`mktemp`) that is removed when the process ends; it never appears on a
+    /// command line. This cluster's own clients hold it.
+    pub fn auth_token(mut self, secret: ClusterSecret) -> Self {
+        self.cfg.secret = Some(secret);
         self
     }
 
@@ -196,9 +217,11 @@ impl SshClusterBuilder {
             dashboard,
             worker_hosts: self.hosts[1..].to_vec(),
             groups: BTreeMap::new(),
+            stopped: BTreeSet::new(),
         };
         let all = cluster.worker_hosts.len() * cluster.cfg.nworkers;
-        if let Err(e) = cluster.scale(all).await {
+        let initial = cluster.cfg.initial_workers.unwrap_or(all);
+        if let Err(e) = cluster.scale(initial).await {
             let _ = cluster.close().await;
             return Err(e);
         }
@@ -219,6 +242,8 @@ pub struct SshCluster {
     worker_hosts: Vec<String>,
     /// Running worker groups (one `taskwire worker` nanny each), by index into `worker_hosts`.
     groups: BTreeMap<usize, Remote>,
+    /// Workers of running groups that were stopped one by one (`stop_workers`).
+    stopped: BTreeSet<String>,
 }
 
 impl SshCluster {
@@ -237,8 +262,15 @@ impl SshCluster {
                 dashboard_port: Some(taskwire_scheduler::DEFAULT_DASHBOARD_PORT),
                 start_timeout: Duration::from_secs(60),
                 echo: false,
+                secret: None,
+                initial_workers: None,
             },
         }
+    }
+
+    /// The most workers the host pool holds (a group of `nworkers` per worker host).
+    pub fn capacity(&self) -> usize {
+        self.worker_hosts.len() * self.cfg.nworkers
     }
 
     /// The host running the scheduler.
@@ -280,23 +312,38 @@ impl SshCluster {
         }
     }
 
+    /// The workers of group `slot` not stopped one by one.
+    fn live_names(&self, slot: usize) -> Vec<String> {
+        let mut names = self.group_names(slot);
+        names.retain(|n| !self.stopped.contains(n));
+        names
+    }
+
     /// Start or retire worker groups until `n` workers run (in whole groups of `nworkers`).
     pub async fn scale(&mut self, n: usize) -> Result<(), ClusterError> {
         let per = self.cfg.nworkers;
-        let target = n.div_ceil(per);
-        if target > self.worker_hosts.len() {
+        let live: Vec<usize> = self
+            .groups
+            .keys()
+            .map(|&s| self.live_names(s).len())
+            .collect();
+        let running: usize = live.iter().sum();
+        let free_slots = self.worker_hosts.len() - self.groups.len();
+        let wanted = n.saturating_sub(running).div_ceil(per);
+        if wanted > free_slots {
             return Err(ClusterError::Scale {
                 requested: n,
                 reason: format!(
-                    "there are {} worker hosts with {per} workers each",
+                    "there are {} worker hosts with {per} workers each ({running} workers \
+                     running, {free_slots} hosts free)",
                     self.worker_hosts.len()
                 ),
             });
         }
-        if target > self.groups.len() {
+        if wanted > 0 {
             let free: Vec<usize> = (0..self.worker_hosts.len())
                 .filter(|i| !self.groups.contains_key(i))
-                .take(target - self.groups.len())
+                .take(wanted)
                 .collect();
             let mut starts = JoinSet::new();
             for slot in free {
@@ -318,6 +365,10 @@ impl SshCluster {
                     let r = Remote::start(&cfg, &host, "taskwire worker", &args, &wanted).await;
                     (slot, r)
                 });
+                // A fresh group on this slot: its names are live again.
+                for name in self.group_names(slot) {
+                    self.stopped.remove(&name);
+                }
             }
             let mut failure = None;
             while let Some(joined) = starts.join_next().await {
@@ -331,23 +382,29 @@ impl SshCluster {
             if let Some(e) = failure {
                 return Err(e);
             }
-        } else if target < self.groups.len() {
-            let leaving: Vec<usize> = self
-                .groups
-                .keys()
-                .rev()
-                .take(self.groups.len() - target)
-                .copied()
-                .collect();
-            let names: Vec<String> = leaving.iter().flat_map(|&s| self.group_names(s)).collect();
+        } else if running > n {
+            // The last groups, as long as what stays is still at least `n`.
+            let mut leaving = Vec::new();
+            let mut left = running;
+            for (&slot, &k) in self.groups.keys().zip(&live).rev() {
+                if left - k < n {
+                    break;
+                }
+                left -= k;
+                leaving.push(slot);
+            }
+            let names: Vec<String> = leaving.iter().flat_map(|&s| self.live_names(s)).collect();
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            let client = Client::connect(&self.address).await?;
-            let retired = client.retire_workers(&refs).await;
-            client.close().await;
-            retired?;
+            if !refs.is_empty() {
+                let client = self.client().await?;
+                let retired = client.retire_workers(&refs).await;
+                client.close().await;
+                retired?;
+            }
             // Retired workers end their nanny's slots; the nanny, its wrapper and the ssh
             // session end by themselves.
             for slot in leaving {
+                self.forget_group(slot);
                 if let Some(r) = self.groups.remove(&slot) {
                     r.wait_or_stop(&self.cfg, STOP_GRACE).await;
                 }
@@ -356,9 +413,53 @@ impl SshCluster {
         Ok(())
     }
 
-    /// A client connected to the scheduler.
+    /// Drop the one-by-one stop records of group `slot`.
+    fn forget_group(&mut self, slot: usize) {
+        for name in self.group_names(slot) {
+            self.stopped.remove(&name);
+        }
+    }
+
+    /// Stop the named workers (retired through the scheduler already, or to be stopped now).
+    /// A group whose workers are all stopped ends (its nanny exits once its last worker
+    /// retired; otherwise its session is closed, which stops it); names of a group that
+    /// keep running are remembered as stopped. Names this cluster does not run are ignored.
+    pub async fn stop_workers(&mut self, names: &[String]) -> Result<(), ClusterError> {
+        let slots: Vec<usize> = self.groups.keys().copied().collect();
+        let mut ending = Vec::new();
+        for slot in slots {
+            let group = self.group_names(slot);
+            let mut hit = false;
+            for n in &group {
+                if names.contains(n) {
+                    hit |= self.stopped.insert(n.clone());
+                }
+            }
+            if hit && group.iter().all(|n| self.stopped.contains(n)) {
+                self.forget_group(slot);
+                ending.push(self.groups.remove(&slot).expect("running group"));
+            }
+        }
+        let mut stops = JoinSet::new();
+        for r in ending {
+            let cfg = self.cfg.clone();
+            stops.spawn(async move { r.wait_or_stop(&cfg, RETIRED_GRACE).await });
+        }
+        while stops.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// A client connected to the scheduler (with the cluster token, if it has one).
     pub async fn client(&self) -> Result<Client, ClusterError> {
-        Ok(Client::connect(&self.address).await?)
+        let address = self
+            .address
+            .parse()
+            .map_err(|e| ClusterError::Client(taskwire_client::ClientError::Address(e)))?;
+        let mut b = Client::builder(address);
+        if let Some(s) = &self.cfg.secret {
+            b = b.auth_token(s.clone());
+        }
+        Ok(b.connect().await?)
     }
 
     /// Stop the workers (all hosts at once), then the scheduler, and wait until they are gone
@@ -396,12 +497,16 @@ impl Cluster for SshCluster {
     fn workers(&self) -> Vec<String> {
         self.groups
             .keys()
-            .flat_map(|&s| self.group_names(s))
+            .flat_map(|&s| self.live_names(s))
             .collect()
     }
 
     async fn scale(&mut self, n: usize) -> Result<(), ClusterError> {
         SshCluster::scale(self, n).await
+    }
+
+    async fn stop_workers(&mut self, names: &[String]) -> Result<(), ClusterError> {
+        SshCluster::stop_workers(self, names).await
     }
 
     async fn client(&self) -> Result<Client, ClusterError> {
@@ -595,15 +700,33 @@ impl Remote {
         wanted: &[&str],
     ) -> Result<(Remote, Vec<String>), ClusterError> {
         let program = path_word(cfg.remote_taskwire.as_deref().unwrap_or("taskwire"));
-        let cmd: Vec<String> = std::iter::once(program)
+        let mut cmd: Vec<String> = std::iter::once(program)
             .chain(args.iter().map(|a| quote(a)))
             .collect();
+        // The token comes first on the session's stdin, exactly its length, into a fresh
+        // mode-600 file that goes when the process does.
+        let token = cfg.secret.as_ref().map(ClusterSecret::file_text);
+        let (get_token, drop_token) = match &token {
+            Some(t) => {
+                cmd.push("--auth-token-file \"$t\"".into());
+                (
+                    format!(
+                        "t=$(umask 077 && mktemp \"${{TMPDIR:-/tmp}}/taskwire-token.XXXXXX\") \
+                         || exit 125; dd bs=1 count={} of=\"$t\" 2>/dev/null || \
+                         {{ rm -f \"$t\"; exit 125; }}; ",
+                        t.len()
+                    ),
+                    " rm -f \"$t\";",
+                )
+            }
+            None => (String::new(), ""),
+        };
         // Background jobs of a non-interactive shell get /dev/null as stdin, so the watcher
         // reads the session's stdin through fd 3.
         let script = format!(
-            "exec 3<&0; {} </dev/null 3<&- & p=$!; echo \"{PID_MARK} $p\"; \
+            "{get_token}exec 3<&0; {} </dev/null 3<&- & p=$!; echo \"{PID_MARK} $p\"; \
              (while read -r line; do :; done; kill -TERM $p) <&3 >/dev/null 2>&1 & w=$!; \
-             exec 3<&-; wait $p; s=$?; kill $w 2>/dev/null; exit $s",
+             exec 3<&-; wait $p; s=$?; kill $w 2>/dev/null;{drop_token} exit $s",
             cmd.join(" ")
         );
         let host_err = |message: String| ClusterError::Host {
@@ -663,10 +786,31 @@ impl Remote {
                 }
             });
         }
+        let mut stdin = child.stdin.take();
+        if let (Some(t), Some(pipe)) = (&token, stdin.as_mut()) {
+            // Not closed: the session's stdin staying open is what keeps the process running.
+            let sent = async {
+                pipe.write_all(t).await?;
+                pipe.flush().await
+            };
+            if let Err(e) = sent.await {
+                let _ = child.kill().await;
+                return Err(host_err(format!(
+                    "could not hand the cluster token over ssh: {e}; {}",
+                    stderr
+                        .lock()
+                        .expect("stderr tail")
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )));
+            }
+        }
         let mut remote = Remote {
             host: host.to_string(),
             pid: 0,
-            stdin: child.stdin.take(),
+            stdin,
             child,
             stderr,
         };

@@ -2,14 +2,14 @@
 
 use clap::Args;
 use std::time::Instant;
-use taskwire::{LocalCluster, LocalTransport, Task, decode_i64};
+use taskwire::{Cluster, LocalCluster, LocalTransport, Task, decode_i64};
 
 /// Start a local cluster and run a sample graph on it.
 #[derive(Args, Debug)]
 pub(crate) struct LocalArgs {
-    /// Workers to start.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
+    /// Workers to start (default 2; with --adapt, its minimum).
+    #[arg(long)]
+    workers: Option<usize>,
     /// Threads per worker.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -25,6 +25,11 @@ pub(crate) struct LocalArgs {
     /// Keep the cluster running after the sample graph until Ctrl-C.
     #[arg(long)]
     keep_running: bool,
+    /// Serve the dashboard and its JSON API on 127.0.0.1 at this port (0: a free one).
+    #[arg(long)]
+    dashboard_port: Option<u16>,
+    #[command(flatten)]
+    adapt: super::AdaptArgs,
     #[command(flatten)]
     policy: super::PolicyArgs,
     /// Require this cluster token (created when the file does not exist) of everyone who
@@ -45,8 +50,14 @@ pub(crate) fn run(args: LocalArgs) -> Result<(), String> {
         if let Some(secret) = args.auth.secret_or_create()? {
             builder = builder.auth_token(secret);
         }
+        if let Some(port) = args.dashboard_port {
+            builder = builder.dashboard(port);
+        }
+        let workers = args
+            .workers
+            .unwrap_or_else(|| args.adapt.adapt.map_or(2, |(min, _)| min));
         let cluster = builder
-            .workers(args.workers)
+            .workers(workers)
             .threads_per_worker(args.threads)
             .transport(transport)
             .core_config(args.policy.core_config())
@@ -54,6 +65,9 @@ pub(crate) fn run(args: LocalArgs) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         println!("Scheduler at: {}", cluster.scheduler_address());
+        if let Some(link) = cluster.dashboard_link() {
+            println!("dashboard at: {link}");
+        }
         for w in cluster.workers() {
             println!(
                 "Worker {} at: {} ({} threads)",
@@ -63,14 +77,31 @@ pub(crate) fn run(args: LocalArgs) -> Result<(), String> {
             );
         }
         println!("cluster up in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
-        let client = cluster.client().await.map_err(|e| e.to_string())?;
+        let (client, fixed, adaptive) = match args.adapt.options() {
+            Some(options) => {
+                let (min, max) = (options.minimum(), options.maximum());
+                let adaptive = cluster.adapt_with(options).map_err(|e| e.to_string())?;
+                println!("Adaptive scaling: {min} to {max} workers");
+                let client = adaptive.client().await.map_err(|e| e.to_string())?;
+                (client, None, Some(adaptive))
+            }
+            None => {
+                let client = cluster.client().await.map_err(|e| e.to_string())?;
+                (client, Some(cluster), None)
+            }
+        };
         let result = sample(&client, &args).await;
         if args.keep_running && result.is_ok() {
             println!("cluster running; Ctrl-C to stop");
             super::shutdown_signal().await;
         }
         client.close().await;
-        cluster.close().await;
+        if let Some(adaptive) = adaptive {
+            adaptive.close().await.map_err(|e| e.to_string())?;
+        }
+        if let Some(cluster) = fixed {
+            cluster.close().await;
+        }
         result
     })
 }

@@ -116,6 +116,54 @@ pub(crate) fn parse_positive_duration(spec: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Adaptive scaling flags shared by `taskwire local` and `taskwire ssh`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct AdaptArgs {
+    /// Scale adaptively between MIN and MAX workers (e.g. `1:8`): more when the queued and
+    /// running work would take longer than the target duration, fewer (retired gracefully)
+    /// when workers sit idle.
+    #[arg(long, value_name = "MIN:MAX", value_parser = parse_adapt)]
+    pub(crate) adapt: Option<(usize, usize)>,
+    /// How often adaptive scaling decides.
+    #[arg(long, default_value = "1s", value_parser = parse_positive_duration)]
+    adapt_interval: Duration,
+    /// Adaptive scaling aims to finish the queued and running work in this long.
+    #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
+    adapt_target_duration: Duration,
+    /// Decisions in a row that must suggest closing a worker before it is retired.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    adapt_wait_count: u32,
+}
+
+/// `MIN:MAX` worker counts for `--adapt`.
+pub(crate) fn parse_adapt(spec: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("'{spec}' is not MIN:MAX worker counts, e.g. 1:8");
+    let (min, max) = spec.split_once(':').ok_or_else(bad)?;
+    let min: usize = min.trim().parse().map_err(|_| bad())?;
+    let max: usize = max.trim().parse().map_err(|_| bad())?;
+    if min > max {
+        return Err(format!(
+            "'{spec}': the minimum {min} is above the maximum {max}"
+        ));
+    }
+    if max == 0 {
+        return Err(format!("'{spec}': the maximum must be at least 1"));
+    }
+    Ok((min, max))
+}
+
+impl AdaptArgs {
+    /// The adaptive options, when `--adapt` was given.
+    pub(crate) fn options(&self) -> Option<taskwire::AdaptOptions> {
+        self.adapt.map(|(min, max)| {
+            taskwire::AdaptOptions::new(min, max)
+                .interval(self.adapt_interval)
+                .target_duration(self.adapt_target_duration)
+                .wait_count(self.adapt_wait_count)
+        })
+    }
+}
+
 impl PolicyArgs {
     pub(crate) fn core_config(&self) -> CoreConfig {
         CoreConfig {
@@ -130,7 +178,23 @@ impl PolicyArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_duration, parse_positive_duration};
+    use super::{parse_adapt, parse_duration, parse_positive_duration};
+
+    #[test]
+    fn adapt_ranges_parse_and_complain() {
+        assert_eq!(parse_adapt("1:4").unwrap(), (1, 4));
+        assert_eq!(parse_adapt(" 0 : 8 ").unwrap(), (0, 8));
+        assert_eq!(parse_adapt("3:3").unwrap(), (3, 3));
+        assert!(
+            parse_adapt("4:1")
+                .unwrap_err()
+                .contains("above the maximum")
+        );
+        assert!(parse_adapt("0:0").unwrap_err().contains("at least 1"));
+        for bad in ["4", "1-4", "a:4", "1:", ":4", "-1:4", "1:4:5"] {
+            assert!(parse_adapt(bad).unwrap_err().contains("MIN:MAX"), "{bad}");
+        }
+    }
     use std::time::Duration;
 
     #[test]

@@ -2,7 +2,7 @@
 
 use clap::Args;
 use std::path::PathBuf;
-use taskwire::{Cluster, SshCluster};
+use taskwire::{AdaptOptions, Cluster, SshCluster};
 
 /// Start a cluster over SSH (Dask's SSHCluster): the first host runs `taskwire scheduler`, every
 /// other host `taskwire worker` under its nanny. Ctrl-C or SIGTERM stops everything it started
@@ -40,6 +40,13 @@ pub(crate) struct SshArgs {
     /// Do not serve the dashboard.
     #[arg(long)]
     no_dashboard: bool,
+    /// Require the cluster token in this file (created, mode 600, when it does not exist) of
+    /// every connection. Each remote process gets it over its ssh session's standard input,
+    /// into a mode-600 temporary file removed when the process ends; never on a command line.
+    #[command(flatten)]
+    auth: super::security::AuthArgs,
+    #[command(flatten)]
+    adapt: super::AdaptArgs,
 }
 
 /// Hosts from a hostfile's text.
@@ -71,6 +78,17 @@ pub(crate) fn run(args: SshArgs) -> Result<(), String> {
     if args.nthreads == Some(0) {
         return Err("--nthreads must be at least 1".into());
     }
+    let capacity = (hosts.len() - 1) * args.nworkers;
+    if let Some((_, max)) = args.adapt.adapt
+        && max > capacity
+    {
+        return Err(format!(
+            "--adapt: the maximum {max} is more than the {} worker hosts hold ({capacity} \
+             workers with --nworkers {})",
+            hosts.len() - 1,
+            args.nworkers
+        ));
+    }
     let mut b = SshCluster::builder(hosts.clone())
         .nworkers(args.nworkers)
         .scheduler_port(args.scheduler_port)
@@ -81,6 +99,12 @@ pub(crate) fn run(args: SshArgs) -> Result<(), String> {
     }
     if let Some(t) = args.nthreads {
         b = b.nthreads(t);
+    }
+    if let Some(secret) = args.auth.secret_or_create()? {
+        b = b.auth_token(secret);
+    }
+    if let Some((min, _)) = args.adapt.adapt {
+        b = b.workers(min);
     }
     if let Some(p) = &args.remote_taskwire {
         b = b.remote_taskwire(p);
@@ -110,6 +134,9 @@ pub(crate) fn run(args: SshArgs) -> Result<(), String> {
             hosts.len() - 1,
             started.elapsed().as_secs_f64()
         );
+        if let Some(options) = args.adapt.options() {
+            return run_adaptive(cluster, options).await;
+        }
         let ended = tokio::select! {
             _ = super::shutdown_signal() => None,
             why = cluster.scheduler_exited() => Some(why),
@@ -121,6 +148,31 @@ pub(crate) fn run(args: SshArgs) -> Result<(), String> {
             None => closed,
         }
     })
+}
+
+/// Scale adaptively over the host pool until Ctrl-C, or until the scheduler cannot be
+/// reached.
+async fn run_adaptive(cluster: SshCluster, options: AdaptOptions) -> Result<(), String> {
+    let (min, max) = (options.minimum(), options.maximum());
+    let adaptive = cluster.adapt_with(options).map_err(|e| e.to_string())?;
+    println!("Adaptive scaling: {min} to {max} workers");
+    let client = adaptive.client().await.map_err(|e| e.to_string())?;
+    let lost = loop {
+        tokio::select! {
+            _ = super::shutdown_signal() => break None,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        if let Err(e) = client.workers().await {
+            break Some(e);
+        }
+    };
+    println!("Shutting down the cluster");
+    client.close().await;
+    let closed = adaptive.close().await.map_err(|e| e.to_string());
+    match lost {
+        Some(e) => Err(format!("lost the scheduler: {e}")),
+        None => closed,
+    }
 }
 
 #[cfg(test)]
