@@ -1,0 +1,164 @@
+//! Adaptive scaling end to end: `taskwire local --adapt MIN:MAX` grows under a burst of work
+//! and shrinks back to its minimum when idle, retiring workers gracefully (nothing recomputed,
+//! every result still there); bad `--adapt` values are refused clearly.
+
+mod support;
+
+use std::path::Path;
+use std::time::Instant;
+use support::{Proc, SOON, rt, tempdir, workers_until};
+use taskwire::{Future, Task};
+
+/// A command task that logs its run to `log`, sleeps `ms`, and returns `value-{i}`.
+fn logged_sleep(prefix: &str, i: usize, ms: u64, log: &Path) -> Task {
+    let script = format!(
+        "echo run-{i} >> {}; sleep {}; printf 'value-{i}'",
+        log.display(),
+        ms as f64 / 1000.0
+    );
+    Task::command(
+        format!("{prefix}-{i}"),
+        vec!["sh".into(), "-c".into(), script],
+    )
+}
+
+/// One JSON document from the dashboard's API (`http://host:port/`).
+fn api(dashboard: &str, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let host = dashboard
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(host).expect("connect to the dashboard");
+    s.set_read_timeout(Some(SOON)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {answer}"))
+}
+
+async fn check_values(futures: &[Future]) {
+    for (i, f) in futures.iter().enumerate() {
+        let out = tokio::time::timeout(SOON, f.command_output())
+            .await
+            .expect("result in time")
+            .unwrap();
+        assert_eq!(out.stdout, format!("value-{i}").into_bytes(), "{}", f.key());
+    }
+}
+
+#[test]
+fn local_cluster_grows_under_a_burst_and_shrinks_back_when_idle() {
+    let dir = tempdir("adaptive-local");
+    let log = dir.join("runs.log");
+    let cluster = Proc::start(&[
+        "local",
+        "--adapt",
+        "1:4",
+        "--keep-running",
+        "--tasks",
+        "0",
+        "--leaves",
+        "2",
+        "--dashboard-port",
+        "0",
+    ]);
+    let address = cluster.line("Scheduler at:");
+    let dashboard = cluster.line("dashboard at:");
+    assert_eq!(cluster.line("Adaptive scaling:"), "1 to 4 workers");
+    cluster.line("cluster running");
+    rt().block_on(async {
+        let client = support::connect(&address).await;
+        workers_until(&client, "the minimum of 1", |ws| ws.len() == 1).await;
+
+        // A burst: 24 one-second tasks are ~24 s of work for one worker, far more than the
+        // 5 s target, so the cluster grows to its maximum.
+        let n = 24;
+        let tasks = (0..n)
+            .map(|i| logged_sleep("burst", i, 1000, &log))
+            .collect();
+        let t = Instant::now();
+        let futures: Vec<Future> = client.submit_graph(tasks).await.unwrap();
+        let ws = workers_until(&client, "grown to 4", |ws| ws.len() == 4).await;
+        let grown = t.elapsed();
+        // Never above the maximum.
+        assert_eq!(ws.len(), 4);
+        tokio::time::timeout(SOON, client.wait(&futures))
+            .await
+            .expect("burst in time");
+        let done = t.elapsed();
+        check_values(&futures).await;
+        let spread = client.workers().await.unwrap();
+        assert!(
+            spread.iter().filter(|w| w.in_memory > 0).count() > 1,
+            "the results should be on several workers: {spread:?}"
+        );
+
+        // Idle: back to the minimum, the retired workers' results moved to the one left.
+        let t = Instant::now();
+        let ws = workers_until(&client, "shrunk to 1", |ws| ws.len() == 1).await;
+        let shrunk = t.elapsed();
+        assert_eq!(ws[0].in_memory, n as u64, "{ws:?}");
+        check_values(&futures).await;
+        let runs = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(runs.lines().count(), n, "a task ran twice:\n{runs}");
+
+        // The scheduler's own account: three graceful retirements, no loss, no recompute (the
+        // dashboard's snapshot trails the scheduler by up to its publishing interval).
+        let deadline = Instant::now() + SOON;
+        let totals = loop {
+            let totals = api(&dashboard, "/api/v1/totals");
+            if totals["workers"] == 1 || Instant::now() > deadline {
+                break totals;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        let r = &totals["recovery"];
+        assert_eq!(r["workers_retired"], 3, "{totals}");
+        assert_eq!(r["workers_lost"], 0, "{totals}");
+        assert_eq!(r["results_recomputed"], 0, "{totals}");
+        assert_eq!(r["tasks_rescheduled"], 0, "{totals}");
+        eprintln!(
+            "adaptive 1:4: grown to 4 workers {grown:?} after the burst was submitted, burst \
+             done in {done:?}, shrunk to 1 in {shrunk:?} after it finished"
+        );
+
+        // It grows again for the next burst.
+        let tasks = (0..12)
+            .map(|i| logged_sleep("again", i, 1000, &dir.join("again.log")))
+            .collect();
+        let futures: Vec<Future> = client.submit_graph(tasks).await.unwrap();
+        workers_until(&client, "grown again", |ws| ws.len() > 1).await;
+        tokio::time::timeout(SOON, client.wait(&futures))
+            .await
+            .expect("second burst in time");
+        check_values(&futures).await;
+        client.close().await;
+    });
+    let mut cluster = cluster;
+    support::signal(cluster.pid(), "-INT");
+    let status = cluster.exit_within(SOON);
+    assert!(status.success(), "taskwire local exit status {status}");
+}
+
+#[test]
+fn bad_adapt_ranges_are_refused_clearly() {
+    for (value, expected) in [
+        ("4:1", "the minimum 4 is above the maximum 1"),
+        ("1-4", "is not MIN:MAX worker counts"),
+        ("x:3", "is not MIN:MAX worker counts"),
+        ("0:0", "the maximum must be at least 1"),
+    ] {
+        let out = std::process::Command::new(support::BIN)
+            .args(["local", "--adapt", value, "--tasks", "0"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--adapt {value} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "--adapt {value}: {err}");
+    }
+}
