@@ -245,6 +245,20 @@ async fn serve_client(
                 let result = Err("the fake cluster retires nobody".to_string());
                 send(&conn, &ToClient::WorkersRetired { request, result }).await;
             }
+            FromClient::AdaptiveTarget {
+                request,
+                target_duration_ms,
+                minimum,
+                maximum,
+            } => {
+                // Echoes what it was asked, so the test sees the request arrive intact.
+                let target = taskwire_protocol::AdaptiveTargetMsg {
+                    target: minimum,
+                    workers: vec!["fake-worker".into()],
+                    to_close: vec![format!("{target_duration_ms}ms"), maximum.to_string()],
+                };
+                send(&conn, &ToClient::AdaptiveTarget { request, target }).await;
+            }
             FromClient::Heartbeat => {}
             FromClient::Close => return,
         }
@@ -608,6 +622,19 @@ async fn workers_list_survives_a_garbage_message() {
     assert_eq!(workers.len(), 1);
     assert_eq!(workers[0].address, fake.worker.to_string());
     assert_eq!(client.scheduler_address(), &fake.scheduler);
+}
+
+#[tokio::test]
+async fn adaptive_target_request_and_answer() {
+    let fake = start(false).await;
+    let client = fake.client().await;
+    let t = client
+        .adaptive_target(std::time::Duration::from_millis(2500), 2, 7)
+        .await
+        .unwrap();
+    assert_eq!(t.target, 2);
+    assert_eq!(t.workers, ["fake-worker"]);
+    assert_eq!(t.to_close, ["2500ms", "7"]);
 }
 
 #[tokio::test]

@@ -318,6 +318,6 @@ mod tests {
         );
         // Not below the plan: nothing; a suggestion the manager does not run is ignored.
         assert!(plan_down(&plan, 4, &observed, &s(&["w2"])).is_empty());
-        assert_eq!(plan_down(&plan, 3, &s(&plan), &s(&["zz", "w1"])), ["w1"]);
+        assert_eq!(plan_down(&plan, 3, &plan, &s(&["zz", "w1"])), ["w1"]);
     }
 }
