@@ -4,52 +4,11 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Instant;
-use support::{Proc, SOON, rt, tempdir, workers_until};
+use support::{
+    Proc, SOON, api_json, check_command_values, logged_sleep, rt, tempdir, workers_until,
+};
 use taskwire::{Future, Task};
-
-/// A command task that logs its run to `log`, sleeps `ms`, and returns `value-{i}`.
-fn logged_sleep(prefix: &str, i: usize, ms: u64, log: &Path) -> Task {
-    let script = format!(
-        "echo run-{i} >> {}; sleep {}; printf 'value-{i}'",
-        log.display(),
-        ms as f64 / 1000.0
-    );
-    Task::command(
-        format!("{prefix}-{i}"),
-        vec!["sh".into(), "-c".into(), script],
-    )
-}
-
-/// One JSON document from the dashboard's API (`http://host:port/`).
-fn api(dashboard: &str, path: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let host = dashboard
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
-    let mut s = std::net::TcpStream::connect(host).expect("connect to the dashboard");
-    s.set_read_timeout(Some(SOON)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {answer}"))
-}
-
-async fn check_values(futures: &[Future]) {
-    for (i, f) in futures.iter().enumerate() {
-        let out = tokio::time::timeout(SOON, f.command_output())
-            .await
-            .expect("result in time")
-            .unwrap();
-        assert_eq!(out.stdout, format!("value-{i}").into_bytes(), "{}", f.key());
-    }
-}
 
 #[test]
 fn local_cluster_grows_under_a_burst_and_shrinks_back_when_idle() {
@@ -91,7 +50,7 @@ fn local_cluster_grows_under_a_burst_and_shrinks_back_when_idle() {
             .await
             .expect("burst in time");
         let done = t.elapsed();
-        check_values(&futures).await;
+        check_command_values(&futures).await;
         let spread = client.workers().await.unwrap();
         assert!(
             spread.iter().filter(|w| w.in_memory > 0).count() > 1,
@@ -103,7 +62,7 @@ fn local_cluster_grows_under_a_burst_and_shrinks_back_when_idle() {
         let ws = workers_until(&client, "shrunk to 1", |ws| ws.len() == 1).await;
         let shrunk = t.elapsed();
         assert_eq!(ws[0].in_memory, n as u64, "{ws:?}");
-        check_values(&futures).await;
+        check_command_values(&futures).await;
         let runs = std::fs::read_to_string(&log).unwrap();
         assert_eq!(runs.lines().count(), n, "a task ran twice:\n{runs}");
 
@@ -111,7 +70,7 @@ fn local_cluster_grows_under_a_burst_and_shrinks_back_when_idle() {
         // dashboard's snapshot trails the scheduler by up to its publishing interval).
         let deadline = Instant::now() + SOON;
         let totals = loop {
-            let totals = api(&dashboard, "/api/v1/totals");
+            let totals = api_json(&dashboard, "/api/v1/totals");
             if totals["workers"] == 1 || Instant::now() > deadline {
                 break totals;
             }
@@ -136,7 +95,7 @@ fn local_cluster_grows_under_a_burst_and_shrinks_back_when_idle() {
         tokio::time::timeout(SOON, client.wait(&futures))
             .await
             .expect("second burst in time");
-        check_values(&futures).await;
+        check_command_values(&futures).await;
         client.close().await;
     });
     let mut cluster = cluster;
@@ -161,4 +120,23 @@ fn bad_adapt_ranges_are_refused_clearly() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expected), "--adapt {value}: {err}");
     }
+    // More than the SSH host pool holds: refused before any connection is made.
+    let out = std::process::Command::new(support::BIN)
+        .args([
+            "ssh",
+            "127.0.0.1",
+            "127.0.0.2",
+            "127.0.0.3",
+            "--adapt",
+            "1:5",
+        ])
+        .args(["--nworkers", "2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the maximum 5 is more than the 2 worker hosts hold (4 workers"),
+        "{err}"
+    );
 }

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{
-    BIN, Proc, SOON, alive, all_gone_within, child_pids, rt, signal, tempdir, tree_over,
-    workers_until,
+    BIN, Proc, SOON, alive, all_gone_within, api_json, check_command_values, child_pids,
+    logged_sleep, rt, signal, tempdir, tree_over, workers_until,
 };
-use taskwire::{Cluster, Future, LocalCluster, SshCluster, Task};
+use taskwire::{AdaptOptions, Cluster, ClusterSecret, Future, LocalCluster, SshCluster, Task};
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -501,5 +501,127 @@ fn ssh_cluster_scales_through_the_cluster_trait() {
             .expect("close in time")
             .unwrap();
         all_gone_within(&all, Duration::from_secs(10));
+    });
+}
+
+/// The `--auth-token-file` argument of process `pid`, if it has one.
+fn token_file_of(pid: u32) -> Option<PathBuf> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let i = args.iter().position(|a| *a == b"--auth-token-file")?;
+    Some(PathBuf::from(
+        String::from_utf8_lossy(args.get(i + 1)?).to_string(),
+    ))
+}
+
+/// Whether any process's command line contains `needle`.
+fn any_cmdline_contains(needle: &[u8]) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+    })
+}
+
+#[test]
+fn ssh_cluster_adapts_over_its_hosts_with_a_forwarded_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(sshd) = Sshd::start("adapt") else {
+        return;
+    };
+    let dir = tempdir("ssh-adapt");
+    let secret = ClusterSecret::generate();
+    let token = secret.file_text();
+    rt().block_on(async {
+        let mut b = SshCluster::builder(["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.2"])
+            .remote_taskwire(BIN)
+            .nthreads(1)
+            .scheduler_port(0)
+            .dashboard_port(Some(0))
+            .auth_token(secret)
+            .workers(1);
+        for o in sshd.options() {
+            b = b.ssh_option(o);
+        }
+        let cluster = tokio::time::timeout(SOON, b.start())
+            .await
+            .expect("start in time")
+            .unwrap();
+        assert_eq!(cluster.capacity(), 3);
+        assert_eq!(Cluster::workers(&cluster), ["127.0.0.2-0"]);
+
+        // The token reached the scheduler and the nanny as a mode-600 file, and no command
+        // line anywhere holds it.
+        let mut token_files = Vec::new();
+        for (host, pid) in cluster.remote_pids() {
+            let f = token_file_of(pid).unwrap_or_else(|| panic!("{host}: pid {pid} has no token"));
+            assert_eq!(std::fs::read(&f).unwrap(), token, "{}", f.display());
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+            token_files.push(f);
+        }
+        assert!(!any_cmdline_contains(&token[..token.len() - 1]));
+        // A client without it is refused.
+        let refused = taskwire::Client::connect(&cluster.scheduler_address()).await;
+        assert!(refused.is_err(), "connected without the token");
+
+        let adaptive = cluster
+            .adapt_with(AdaptOptions::new(1, 3).interval(Duration::from_millis(500)))
+            .unwrap();
+        let dashboard = adaptive.dashboard_link().expect("dashboard").to_string();
+        let client = adaptive.client().await.unwrap();
+        let log = dir.join("runs.log");
+        let n = 18;
+        let tasks = (0..n)
+            .map(|i| logged_sleep("ssh-burst", i, 1000, &log))
+            .collect();
+        let t = Instant::now();
+        let futures: Vec<Future> = client.submit_graph(tasks).await.unwrap();
+        workers_until(&client, "grown to 3", |ws| ws.len() == 3).await;
+        let grown = t.elapsed();
+        tokio::time::timeout(SOON, client.wait(&futures))
+            .await
+            .expect("burst in time");
+        check_command_values(&futures).await;
+        let t = Instant::now();
+        let ws = workers_until(&client, "shrunk to 1", |ws| ws.len() == 1).await;
+        let shrunk = t.elapsed();
+        assert_eq!(ws[0].in_memory, n as u64, "{ws:?}");
+        check_command_values(&futures).await;
+        let runs = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(runs.lines().count(), n, "a task ran twice:\n{runs}");
+        let deadline = Instant::now() + SOON;
+        let totals = loop {
+            let totals = api_json(&dashboard, "/api/v1/totals");
+            if totals["workers"] == 1 || Instant::now() > deadline {
+                break totals;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let r = &totals["recovery"];
+        assert_eq!(r["workers_retired"], 2, "{totals}");
+        assert_eq!(r["workers_lost"], 0, "{totals}");
+        assert_eq!(r["results_recomputed"], 0, "{totals}");
+        eprintln!("ssh adaptive 1:3: grown to 3 in {grown:?}, shrunk to 1 in {shrunk:?}");
+        assert_eq!(adaptive.workers().await.len(), 1);
+        client.close().await;
+
+        let cluster = adaptive.stop().await;
+        let mut all: Vec<u32> = cluster.remote_pids().iter().map(|p| p.1).collect();
+        for &p in &all.clone()[1..] {
+            all.extend(child_pids(p));
+        }
+        tokio::time::timeout(SOON, Cluster::close(cluster))
+            .await
+            .expect("close in time")
+            .unwrap();
+        all_gone_within(&all, Duration::from_secs(10));
+        // Each token file went with its process (the wrappers remove them).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while token_files.iter().any(|f| f.exists()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for f in &token_files {
+            assert!(!f.exists(), "{} left behind", f.display());
+        }
     });
 }

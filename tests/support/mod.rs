@@ -294,3 +294,51 @@ pub(crate) fn all_gone_within(pids: &[u32], bound: Duration) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A command task that logs its run to `log`, sleeps `ms`, and returns `value-{i}`.
+pub(crate) fn logged_sleep(
+    prefix: &str,
+    i: usize,
+    ms: u64,
+    log: &std::path::Path,
+) -> taskwire::Task {
+    let script = format!(
+        "echo run-{i} >> {}; sleep {}; printf 'value-{i}'",
+        log.display(),
+        ms as f64 / 1000.0
+    );
+    taskwire::Task::command(
+        format!("{prefix}-{i}"),
+        vec!["sh".into(), "-c".into(), script],
+    )
+}
+
+/// One JSON document from the dashboard's API (`http://host:port/`).
+pub(crate) fn api_json(dashboard: &str, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let host = dashboard
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(host).expect("connect to the dashboard");
+    s.set_read_timeout(Some(SOON)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {answer}"))
+}
+
+/// Every future's command output is `value-{i}` (as [`logged_sleep`] returns).
+pub(crate) async fn check_command_values(futures: &[taskwire::Future]) {
+    for (i, f) in futures.iter().enumerate() {
+        let out = tokio::time::timeout(SOON, f.command_output())
+            .await
+            .expect("result in time")
+            .unwrap();
+        assert_eq!(out.stdout, format!("value-{i}").into_bytes(), "{}", f.key());
+    }
+}
