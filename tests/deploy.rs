@@ -625,3 +625,64 @@ fn ssh_cluster_adapts_over_its_hosts_with_a_forwarded_token() {
         }
     });
 }
+
+#[test]
+fn taskwire_ssh_adapts_with_a_token_file_and_ctrl_c_stops_everything() {
+    let Some(sshd) = Sshd::start("adapt-cli") else {
+        return;
+    };
+    let dir = tempdir("ssh-adapt-cli");
+    let token = dir.join("token");
+    let token_s = token.display().to_string();
+    let mut cluster = Proc::start_cmd(taskwire_ssh(
+        &sshd,
+        &["127.0.0.1", "127.0.0.2", "127.0.0.3"],
+        &[
+            "--remote-taskwire",
+            BIN,
+            "--nthreads",
+            "1",
+            "--adapt",
+            "1:2",
+            "--adapt-interval",
+            "500ms",
+            "--auth-token-file",
+            &token_s,
+        ],
+    ));
+    assert!(cluster.line("Created cluster token file:").starts_with(&token_s));
+    let address = cluster.line("Scheduler at:");
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let line = cluster.line("Remote pid:");
+        pids.push(line.split_once(' ').unwrap().1.parse::<u32>().unwrap());
+    }
+    assert!(cluster.line("Cluster up:").starts_with("1 workers on 2 hosts"));
+    assert_eq!(cluster.line("Adaptive scaling:"), "1 to 2 workers");
+    let secret = ClusterSecret::read_file(&token).unwrap();
+    rt().block_on(async {
+        let client = taskwire::Client::builder(address.parse().unwrap())
+            .auth_token(secret)
+            .connect()
+            .await
+            .unwrap();
+        let log = dir.join("runs.log");
+        let tasks = (0..12).map(|i| logged_sleep("cli-burst", i, 1000, &log)).collect();
+        let futures: Vec<Future> = client.submit_graph(tasks).await.unwrap();
+        workers_until(&client, "grown to 2", |ws| ws.len() == 2).await;
+        tokio::time::timeout(SOON, client.wait(&futures))
+            .await
+            .expect("burst in time");
+        workers_until(&client, "shrunk to 1", |ws| ws.len() == 1).await;
+        check_command_values(&futures).await;
+        let runs = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(runs.lines().count(), 12, "a task ran twice:\n{runs}");
+        client.close().await;
+    });
+    let mut all = pids.clone();
+    all.extend(child_pids(pids[1]));
+    signal(cluster.pid(), "-INT");
+    let status = cluster.exit_within(SOON);
+    assert!(status.success(), "taskwire ssh exit status {status}");
+    all_gone_within(&all, Duration::from_secs(10));
+}
