@@ -650,14 +650,22 @@ fn taskwire_ssh_adapts_with_a_token_file_and_ctrl_c_stops_everything() {
             &token_s,
         ],
     ));
-    assert!(cluster.line("Created cluster token file:").starts_with(&token_s));
+    assert!(
+        cluster
+            .line("Created cluster token file:")
+            .starts_with(&token_s)
+    );
     let address = cluster.line("Scheduler at:");
     let mut pids = Vec::new();
     for _ in 0..2 {
         let line = cluster.line("Remote pid:");
         pids.push(line.split_once(' ').unwrap().1.parse::<u32>().unwrap());
     }
-    assert!(cluster.line("Cluster up:").starts_with("1 workers on 2 hosts"));
+    assert!(
+        cluster
+            .line("Cluster up:")
+            .starts_with("1 workers on 2 hosts")
+    );
     assert_eq!(cluster.line("Adaptive scaling:"), "1 to 2 workers");
     let secret = ClusterSecret::read_file(&token).unwrap();
     rt().block_on(async {
@@ -667,7 +675,9 @@ fn taskwire_ssh_adapts_with_a_token_file_and_ctrl_c_stops_everything() {
             .await
             .unwrap();
         let log = dir.join("runs.log");
-        let tasks = (0..12).map(|i| logged_sleep("cli-burst", i, 1000, &log)).collect();
+        let tasks = (0..12)
+            .map(|i| logged_sleep("cli-burst", i, 1000, &log))
+            .collect();
         let futures: Vec<Future> = client.submit_graph(tasks).await.unwrap();
         workers_until(&client, "grown to 2", |ws| ws.len() == 2).await;
         tokio::time::timeout(SOON, client.wait(&futures))
