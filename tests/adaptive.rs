@@ -8,7 +8,7 @@ use std::time::Instant;
 use support::{
     Proc, SOON, api_json, check_command_values, logged_sleep, rt, tempdir, workers_until,
 };
-use taskwire::{Future, Task};
+use taskwire::Future;
 
 #[test]
 fn local_cluster_grows_under_a_burst_and_shrinks_back_when_idle() {
