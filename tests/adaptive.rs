@@ -6,15 +6,37 @@ mod support;
 
 use std::time::Instant;
 use support::{
-    Proc, SOON, api_json, check_command_values, logged_sleep, rt, tempdir, workers_until,
+    Proc, SOON, api_json, check_command_values, child_pids, logged_sleep, rt, tempdir,
+    workers_until,
 };
 use taskwire::Future;
 
 #[test]
 fn local_cluster_grows_under_a_burst_and_shrinks_back_when_idle() {
-    let dir = tempdir("adaptive-local");
+    grow_and_shrink("adaptive-local", &[]);
+}
+
+/// The same with every worker its own process: the `taskwire worker` processes come and go.
+#[test]
+fn local_cluster_of_worker_processes_grows_and_shrinks() {
+    grow_and_shrink("adaptive-processes", &["--processes"]);
+}
+
+/// Worker processes of `pid` (none when the workers run inside it).
+fn worker_processes(pid: u32) -> usize {
+    child_pids(pid)
+        .into_iter()
+        .filter(|&p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"worker"))
+        })
+        .count()
+}
+
+fn grow_and_shrink(name: &str, extra: &[&str]) {
+    let dir = tempdir(name);
     let log = dir.join("runs.log");
-    let cluster = Proc::start(&[
+    let mut args = vec![
         "local",
         "--adapt",
         "1:4",
@@ -25,7 +47,21 @@ fn local_cluster_grows_under_a_burst_and_shrinks_back_when_idle() {
         "2",
         "--dashboard-port",
         "0",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let processes = !extra.is_empty();
+    let cluster = Proc::start(&args);
+    let procs = |n: usize| {
+        if processes {
+            let deadline = Instant::now() + SOON;
+            while worker_processes(cluster.pid()) != n && Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            assert_eq!(worker_processes(cluster.pid()), n, "worker processes");
+        } else {
+            assert_eq!(worker_processes(cluster.pid()), 0, "worker processes");
+        }
+    };
     let address = cluster.line("Scheduler at:");
     let dashboard = cluster.line("dashboard at:");
     assert_eq!(cluster.line("Adaptive scaling:"), "1 to 4 workers");
@@ -44,6 +80,7 @@ fn local_cluster_grows_under_a_burst_and_shrinks_back_when_idle() {
         let futures: Vec<Future> = client.submit_graph(tasks).await.unwrap();
         let ws = workers_until(&client, "grown to 4", |ws| ws.len() == 4).await;
         let grown = t.elapsed();
+        procs(4);
         // Never above the maximum.
         assert_eq!(ws.len(), 4);
         tokio::time::timeout(SOON, client.wait(&futures))
@@ -61,6 +98,7 @@ fn local_cluster_grows_under_a_burst_and_shrinks_back_when_idle() {
         let t = Instant::now();
         let ws = workers_until(&client, "shrunk to 1", |ws| ws.len() == 1).await;
         let shrunk = t.elapsed();
+        procs(1);
         assert_eq!(ws[0].in_memory, n as u64, "{ws:?}");
         check_command_values(&futures).await;
         let runs = std::fs::read_to_string(&log).unwrap();
@@ -82,7 +120,7 @@ fn local_cluster_grows_under_a_burst_and_shrinks_back_when_idle() {
         assert_eq!(r["results_recomputed"], 0, "{totals}");
         assert_eq!(r["tasks_rescheduled"], 0, "{totals}");
         eprintln!(
-            "adaptive 1:4: grown to 4 workers {grown:?} after the burst was submitted, burst \
+            "adaptive 1:4 {extra:?}: grown to 4 workers {grown:?} after the burst was submitted, burst \
              done in {done:?}, shrunk to 1 in {shrunk:?} after it finished"
         );
 
@@ -99,9 +137,11 @@ fn local_cluster_grows_under_a_burst_and_shrinks_back_when_idle() {
         client.close().await;
     });
     let mut cluster = cluster;
+    let kids = child_pids(cluster.pid());
     support::signal(cluster.pid(), "-INT");
     let status = cluster.exit_within(SOON);
     assert!(status.success(), "taskwire local exit status {status}");
+    support::all_gone_within(&kids, std::time::Duration::from_secs(10));
 }
 
 #[test]

@@ -462,6 +462,27 @@ fn local_cluster_scales_through_the_cluster_trait() {
 }
 
 #[test]
+fn local_cluster_of_worker_processes_scales_through_the_cluster_trait() {
+    let dir = tempdir("local-process-scale");
+    rt().block_on(async {
+        let mut cluster = LocalCluster::builder()
+            .processes(BIN)
+            .workers(1)
+            .start()
+            .await
+            .unwrap();
+        let first: Vec<u32> = cluster.worker_pids().iter().map(|p| p.1).collect();
+        assert_eq!(first.len(), 1);
+        scale_up_then_down(&mut cluster, 3, 1, &dir.join("runs.log")).await;
+        assert_eq!(cluster.worker_pids().len(), 1);
+        let all: Vec<u32> = cluster.worker_pids().iter().map(|p| p.1).collect();
+        assert_eq!(all, first, "the first worker stays");
+        Cluster::close(cluster).await.unwrap();
+        all_gone_within(&all, Duration::from_secs(10));
+    });
+}
+
+#[test]
 fn ssh_cluster_scales_through_the_cluster_trait() {
     let Some(sshd) = Sshd::start("scale") else {
         return;

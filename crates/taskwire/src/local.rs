@@ -2,14 +2,21 @@
 //! users (Dask's `LocalCluster`, built from the same library objects a program can start itself).
 
 use crate::cluster::{Cluster, ClusterError};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
 use taskwire_client::{Client, ClientError, ClusterSecret};
 use taskwire_scheduler::{Scheduler, SchedulerError, SchedulerHandle};
 use taskwire_scheduler_core::CoreConfig;
 use taskwire_transport::{Address, mem};
 use taskwire_worker::{Registry as Functions, Worker, WorkerError, WorkerHandle};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 
 /// How long a worker told to stop may take to end by itself before it is closed.
-const RETIRED_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+const RETIRED_GRACE: Duration = Duration::from_secs(10);
+/// How long a worker process may take to register.
+const PROCESS_START: Duration = Duration::from_secs(60);
 
 /// Why a local cluster could not start.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +27,9 @@ pub enum LocalClusterError {
     /// A worker did not start.
     #[error("worker: {0}")]
     Worker(#[from] WorkerError),
+    /// A worker process did not start, or these options cannot go together.
+    #[error("worker process: {0}")]
+    Process(String),
 }
 
 /// How the processes of a local cluster talk.
@@ -42,9 +52,19 @@ pub struct LocalClusterBuilder {
     core: CoreConfig,
     secret: Option<ClusterSecret>,
     dashboard: Option<u16>,
+    processes: Option<PathBuf>,
 }
 
 impl LocalClusterBuilder {
+    /// Run each worker as its own process, `BINARY worker ADDRESS --no-nanny ...`, where
+    /// `BINARY` is a `taskwire` build (e.g. `std::env::current_exe()` in the `taskwire`
+    /// binary). The workers then have that binary's functions; needs TCP. Default: workers
+    /// in this process.
+    pub fn processes(mut self, binary: impl Into<PathBuf>) -> Self {
+        self.processes = Some(binary.into());
+        self
+    }
+
     /// Serve the scheduler's dashboard, `/metrics` and JSON API on 127.0.0.1:`port` (0: a
     /// free port); off by default.
     pub fn dashboard(mut self, port: u16) -> Self {
@@ -97,6 +117,20 @@ impl LocalClusterBuilder {
 
     /// Start the scheduler and the workers; returns once every worker is registered.
     pub async fn start(self) -> Result<LocalCluster, LocalClusterError> {
+        if self.processes.is_some() {
+            if self.transport == LocalTransport::Inproc {
+                return Err(LocalClusterError::Process(
+                    "worker processes need TCP, not the in-memory transport".into(),
+                ));
+            }
+            if self.functions.is_some() {
+                return Err(LocalClusterError::Process(
+                    "worker processes run their binary's functions: give a binary built with \
+                     them, or run the workers in this process"
+                        .into(),
+                ));
+            }
+        }
         let address = match self.transport {
             LocalTransport::Inproc => mem::unique_address("scheduler"),
             LocalTransport::Tcp => Address::tcp("127.0.0.1", 0),
@@ -109,6 +143,20 @@ impl LocalClusterBuilder {
             scheduler = scheduler.auth_token(s.clone());
         }
         let scheduler = scheduler.start().await?;
+        let processes = match self.processes {
+            Some(binary) => {
+                let token = match &self.secret {
+                    Some(s) => Some(TokenFile::write(s).map_err(LocalClusterError::Process)?),
+                    None => None,
+                };
+                Some(Processes {
+                    binary,
+                    token,
+                    children: Vec::new(),
+                })
+            }
+            None => None,
+        };
         let spec = WorkerSpec {
             threads: self.threads,
             functions: self.functions,
@@ -120,6 +168,7 @@ impl LocalClusterBuilder {
             spec,
             started: 0,
             secret: self.secret,
+            processes,
         };
         for _ in 0..self.workers {
             cluster.start_worker().await?;
@@ -145,6 +194,66 @@ pub struct LocalCluster {
     /// Workers started so far (names are never reused).
     started: usize,
     secret: Option<ClusterSecret>,
+    /// Worker processes, when the workers run as processes (`workers` is empty then).
+    processes: Option<Processes>,
+}
+
+/// The worker processes of a [`LocalCluster`] and what starting more takes.
+#[derive(Debug)]
+struct Processes {
+    binary: PathBuf,
+    /// The cluster token, for `--auth-token-file`.
+    token: Option<TokenFile>,
+    children: Vec<ProcessWorker>,
+}
+
+/// One `taskwire worker --no-nanny` child process (killed if the cluster is dropped).
+#[derive(Debug)]
+struct ProcessWorker {
+    name: String,
+    child: Child,
+}
+
+/// A mode-600 file holding the cluster token for worker processes; removed on drop.
+#[derive(Debug)]
+struct TokenFile(PathBuf);
+
+impl TokenFile {
+    fn write(secret: &ClusterSecret) -> Result<TokenFile, String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("taskwire-local-{}-{n}.token", std::process::id()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&secret.file_text()))
+            .map_err(|e| format!("cannot write the token file {}: {e}", path.display()))?;
+        Ok(TokenFile(path))
+    }
+}
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Ask a process to stop with SIGTERM; past `grace`, kill it.
+async fn terminate(child: &mut Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) with a pid we own (the child is not reaped until `wait` below).
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
 }
 
 impl LocalCluster {
@@ -159,6 +268,7 @@ impl LocalCluster {
             core: CoreConfig::default(),
             secret: None,
             dashboard: None,
+            processes: None,
         }
     }
 
@@ -172,9 +282,26 @@ impl LocalCluster {
         self.scheduler.dashboard_link()
     }
 
-    /// The workers.
+    /// The workers running in this process (none when they run as processes).
     pub fn workers(&self) -> &[WorkerHandle] {
         &self.workers
+    }
+
+    /// The names of all workers, oldest first.
+    pub fn worker_names(&self) -> Vec<String> {
+        match &self.processes {
+            Some(p) => p.children.iter().map(|c| c.name.clone()).collect(),
+            None => self.workers.iter().map(|w| w.name().to_string()).collect(),
+        }
+    }
+
+    /// The worker processes' names and pids (empty when the workers run in this process).
+    pub fn worker_pids(&self) -> Vec<(String, u32)> {
+        self.processes
+            .iter()
+            .flat_map(|p| &p.children)
+            .filter_map(|c| Some((c.name.clone(), c.child.id()?)))
+            .collect()
     }
 
     /// A client connected to this cluster.
@@ -189,9 +316,17 @@ impl LocalCluster {
     /// Start one more worker, named `local-worker-{i}` with `i` counting every worker this
     /// cluster started.
     async fn start_worker(&mut self) -> Result<(), LocalClusterError> {
+        let name = format!("local-worker-{}", self.started);
+        if let Some(p) = &mut self.processes {
+            let child =
+                start_process(p, &self.scheduler.address().to_string(), &name, &self.spec).await?;
+            p.children.push(ProcessWorker { name, child });
+            self.started += 1;
+            return Ok(());
+        }
         let mut b = Worker::builder(self.scheduler.address().clone())
             .nthreads(self.spec.threads)
-            .name(format!("local-worker-{}", self.started));
+            .name(name);
         if let Some(f) = &self.spec.functions {
             b = b.functions(f.clone());
         }
@@ -209,23 +344,19 @@ impl LocalCluster {
     /// Start workers, or retire the newest ones gracefully (through the scheduler: their
     /// unique results move to the workers that stay, nothing is recomputed), until `n` run.
     pub async fn scale(&mut self, n: usize) -> Result<(), ClusterError> {
-        while self.workers.len() < n {
+        while self.worker_names().len() < n {
             self.start_worker().await?;
         }
-        if self.workers.len() > n {
-            let leaving = self.workers.split_off(n);
-            let names: Vec<&str> = leaving.iter().map(|w| w.name()).collect();
+        let names = self.worker_names();
+        if names.len() > n {
+            let leaving = &names[n..];
+            let refs: Vec<&str> = leaving.iter().map(String::as_str).collect();
             let client = self.client().await?;
-            let retired = client.retire_workers(&names).await;
+            let retired = client.retire_workers(&refs).await;
             client.close().await;
-            if let Err(e) = retired {
-                // Nothing was retired: they are still ours.
-                self.workers.extend(leaving);
-                return Err(e.into());
-            }
-            for w in leaving {
-                w.finished().await;
-            }
+            // Refused: nothing was retired, they are all still ours.
+            retired?;
+            self.stop_workers(leaving).await;
         }
         Ok(())
     }
@@ -233,9 +364,26 @@ impl LocalCluster {
     /// Stop the named workers (already retired through the scheduler, or to be stopped
     /// now) and forget them; names not in this cluster are ignored.
     pub async fn stop_workers(&mut self, names: &[String]) {
+        let named = |n: &str| names.iter().any(|x| x == n);
+        if let Some(p) = &mut self.processes {
+            let (leaving, staying): (Vec<ProcessWorker>, _) = std::mem::take(&mut p.children)
+                .into_iter()
+                .partition(|c| named(&c.name));
+            p.children = staying;
+            for mut c in leaving {
+                // A retired worker process exits by itself.
+                if tokio::time::timeout(RETIRED_GRACE, c.child.wait())
+                    .await
+                    .is_err()
+                {
+                    terminate(&mut c.child, RETIRED_GRACE).await;
+                }
+            }
+            return;
+        }
         let (leaving, staying) = std::mem::take(&mut self.workers)
             .into_iter()
-            .partition(|w| names.iter().any(|n| n == w.name()));
+            .partition(|w| named(w.name()));
         self.workers = staying;
         for w in leaving {
             // A retired worker closes by itself; one that was not retired is closed here.
@@ -253,6 +401,11 @@ impl LocalCluster {
         for w in self.workers {
             w.close().await;
         }
+        if let Some(mut p) = self.processes {
+            for c in &mut p.children {
+                terminate(&mut c.child, RETIRED_GRACE).await;
+            }
+        }
         self.scheduler.close().await;
     }
 }
@@ -267,7 +420,7 @@ impl Cluster for LocalCluster {
     }
 
     fn workers(&self) -> Vec<String> {
-        self.workers.iter().map(|w| w.name().to_string()).collect()
+        self.worker_names()
     }
 
     async fn scale(&mut self, n: usize) -> Result<(), ClusterError> {
@@ -286,5 +439,69 @@ impl Cluster for LocalCluster {
     async fn close(self) -> Result<(), ClusterError> {
         LocalCluster::close(self).await;
         Ok(())
+    }
+}
+
+/// Start `taskwire worker --no-nanny` for the scheduler at `address`; returns once it printed
+/// that it registered.
+async fn start_process(
+    p: &Processes,
+    address: &str,
+    name: &str,
+    spec: &WorkerSpec,
+) -> Result<Child, LocalClusterError> {
+    let err = |m: String| LocalClusterError::Process(format!("{name}: {m}"));
+    let mut c = Command::new(&p.binary);
+    c.arg("worker")
+        .arg(address)
+        .args(["--no-nanny", "--name", name, "--memory-limit", "0"])
+        .arg("--nthreads")
+        .arg(spec.threads.to_string());
+    if !spec.resources.is_empty() {
+        let r: Vec<String> = spec
+            .resources
+            .iter()
+            .map(|(r, a)| format!("{r}={a}"))
+            .collect();
+        c.arg("--resources").arg(r.join(","));
+    }
+    if let Some(t) = &p.token {
+        c.arg("--auth-token-file").arg(&t.0);
+    }
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = c
+        .spawn()
+        .map_err(|e| err(format!("cannot run {}: {e}", p.binary.display())))?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let registered = tokio::time::timeout(PROCESS_START, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("Registered to:") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    match registered {
+        Ok(true) => {
+            // Keep reading, so that the worker never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Ok(child)
+        }
+        Ok(false) => {
+            let status = child
+                .wait()
+                .await
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            Err(err(format!("exited before it registered ({status})")))
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            Err(err(format!("did not register within {PROCESS_START:?}")))
+        }
     }
 }

@@ -20,8 +20,12 @@ pub(crate) struct LocalArgs {
     #[arg(long, default_value_t = 1024)]
     leaves: usize,
     /// Talk through memory instead of loopback TCP.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "processes")]
     inproc: bool,
+    /// Run each worker as its own `taskwire worker --no-nanny` process (default: in this
+    /// process).
+    #[arg(long)]
+    processes: bool,
     /// Keep the cluster running after the sample graph until Ctrl-C.
     #[arg(long)]
     keep_running: bool,
@@ -53,6 +57,11 @@ pub(crate) fn run(args: LocalArgs) -> Result<(), String> {
         if let Some(port) = args.dashboard_port {
             builder = builder.dashboard(port);
         }
+        if args.processes {
+            let me = std::env::current_exe()
+                .map_err(|e| format!("--processes: cannot find this binary: {e}"))?;
+            builder = builder.processes(me);
+        }
         let workers = args
             .workers
             .unwrap_or_else(|| args.adapt.adapt.map_or(2, |(min, _)| min));
@@ -75,6 +84,9 @@ pub(crate) fn run(args: LocalArgs) -> Result<(), String> {
                 w.address(),
                 w.nthreads()
             );
+        }
+        for (name, pid) in cluster.worker_pids() {
+            println!("Worker {name}: process {pid}");
         }
         println!("cluster up in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
         let (client, fixed, adaptive) = match args.adapt.options() {
