@@ -154,6 +154,9 @@ async fn run<C: Cluster + Send + Sync>(
 ) {
     let mut state = Decisions::default();
     let mut client: Option<Client> = None;
+    // The same failure every decision (a retirement the scheduler refuses, a pool that cannot
+    // grow) is logged once, until something else happens.
+    let mut last_error = String::new();
     let mut ticker = tokio::time::interval(options.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -172,13 +175,21 @@ async fn run<C: Cluster + Send + Sync>(
             }
         }
         let cl = client.as_ref().expect("connected");
-        if let Err(e) = step(&mut *c, cl, &options, &mut state).await {
-            tracing::warn!("adaptive: {e}");
-            if matches!(
-                e,
-                ClusterError::Client(taskwire_client::ClientError::Closed)
-            ) {
-                client = None;
+        match step(&mut *c, cl, &options, &mut state).await {
+            Ok(true) => last_error.clear(),
+            Ok(false) => {}
+            Err(e) => {
+                let text = e.to_string();
+                if text != last_error {
+                    tracing::warn!("adaptive: {text}");
+                    last_error = text;
+                }
+                if matches!(
+                    e,
+                    ClusterError::Client(taskwire_client::ClientError::Closed)
+                ) {
+                    client = None;
+                }
             }
         }
     }
@@ -195,13 +206,13 @@ struct Decisions {
 }
 
 /// One decision: ask, then scale up, or count suggestions and close the workers suggested
-/// often enough.
+/// often enough. Whether the cluster changed.
 async fn step<C: Cluster>(
     cluster: &mut C,
     client: &Client,
     options: &AdaptOptions,
     state: &mut Decisions,
-) -> Result<(), ClusterError> {
+) -> Result<bool, ClusterError> {
     let rec = client
         .adaptive_target(options.target_duration, options.minimum, options.maximum)
         .await?;
@@ -214,10 +225,10 @@ async fn step<C: Cluster>(
             "adaptive: scaling up from {} to {target} workers",
             plan.len()
         );
-        return cluster.scale(target).await;
+        return cluster.scale(target).await.map(|()| true);
     }
     if firm.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let observed: BTreeSet<&str> = rec.workers.iter().map(String::as_str).collect();
     let registered: Vec<&str> = firm
@@ -234,7 +245,7 @@ async fn step<C: Cluster>(
     if !registered.is_empty() {
         client.retire_workers(&registered).await?;
     }
-    cluster.stop_workers(&firm).await
+    cluster.stop_workers(&firm).await.map(|()| true)
 }
 
 /// Which of the manager's workers (`plan`) to close to get down to `target` (none when it is
