@@ -717,3 +717,72 @@ fn taskwire_ssh_adapts_with_a_token_file_and_ctrl_c_stops_everything() {
     assert!(status.success(), "taskwire ssh exit status {status}");
     all_gone_within(&all, Duration::from_secs(10));
 }
+
+/// Adaptive scaling closes workers one by one; with `--nworkers 2` a host's group keeps
+/// running until its last worker is stopped, and its slot is then free for a new group.
+#[test]
+fn ssh_cluster_stops_workers_one_by_one_within_groups() {
+    let Some(sshd) = Sshd::start("groups") else {
+        return;
+    };
+    rt().block_on(async {
+        let mut b = SshCluster::builder(["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+            .remote_taskwire(BIN)
+            .nworkers(2)
+            .nthreads(1)
+            .scheduler_port(0)
+            .dashboard_port(None)
+            .workers(2);
+        for o in sshd.options() {
+            b = b.ssh_option(o);
+        }
+        let mut cluster = tokio::time::timeout(SOON, b.start())
+            .await
+            .expect("start in time")
+            .unwrap();
+        assert_eq!(cluster.capacity(), 4);
+        assert_eq!(
+            Cluster::workers(&cluster),
+            ["127.0.0.2-0-0", "127.0.0.2-0-1"]
+        );
+        let nanny0 = cluster.remote_pids()[1].1;
+        let client = cluster.client().await.unwrap();
+        let retire_and_stop = |name: &'static str| {
+            let client = client.clone();
+            async move {
+                client.retire_workers(&[name]).await.unwrap();
+                vec![name.to_string()]
+            }
+        };
+        // One worker of the group goes: the nanny keeps the other.
+        let names = retire_and_stop("127.0.0.2-0-1").await;
+        cluster.stop_workers(&names).await.unwrap();
+        assert_eq!(Cluster::workers(&cluster), ["127.0.0.2-0-0"]);
+        assert!(alive(nanny0));
+        // Up to 3: one more group on the free host.
+        cluster.scale(3).await.unwrap();
+        assert_eq!(
+            Cluster::workers(&cluster),
+            ["127.0.0.2-0-0", "127.0.0.3-1-0", "127.0.0.3-1-1"]
+        );
+        // The group's last worker goes: its nanny exits and the host is free again.
+        let names = retire_and_stop("127.0.0.2-0-0").await;
+        cluster.stop_workers(&names).await.unwrap();
+        assert_eq!(
+            Cluster::workers(&cluster),
+            ["127.0.0.3-1-0", "127.0.0.3-1-1"]
+        );
+        all_gone_within(&[nanny0], Duration::from_secs(10));
+        cluster.scale(4).await.unwrap();
+        assert_eq!(Cluster::workers(&cluster).len(), 4);
+        workers_until(&client, "4 registered", |ws| ws.len() == 4).await;
+        assert_eq!(tree_sum(&client, "groups").await, (1..=32).sum::<i64>());
+        client.close().await;
+        let mut all: Vec<u32> = cluster.remote_pids().iter().map(|p| p.1).collect();
+        for &p in &all.clone()[1..] {
+            all.extend(child_pids(p));
+        }
+        Cluster::close(cluster).await.unwrap();
+        all_gone_within(&all, Duration::from_secs(10));
+    });
+}
