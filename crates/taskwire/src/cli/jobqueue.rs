@@ -36,7 +36,7 @@ pub(crate) struct JobqueueArgs {
     /// Memory per job, e.g. 16GB, 4GiB (the worker's --memory-limit).
     #[arg(long)]
     memory: String,
-    /// Walltime per job: HH:MM:SS, D-HH:MM:SS, or a duration like 2h or 90m.
+    /// Walltime per job: HH:MM:SS, D-HH:MM:SS, MM:SS, or a duration like 2h or 90m.
     #[arg(long, default_value = "01:00:00")]
     walltime: String,
     /// Jobs to keep queued or running (jobs that end are replaced).
@@ -95,11 +95,12 @@ pub(crate) struct JobqueueArgs {
     dry_run: bool,
 }
 
-/// Parse a walltime: `[D-]HH:MM:SS` or a duration with a unit (`2h`, `90m`).
+/// Parse a walltime: `[D-]HH:MM:SS`, `MM:SS`, or a duration with a unit (`2h`, `90m`).
 fn parse_walltime(spec: &str) -> Result<Duration, String> {
     let s = spec.trim();
-    let bad =
-        || format!("walltime '{spec}' is not HH:MM:SS, D-HH:MM:SS or a duration like 2h or 90m");
+    let bad = || {
+        format!("walltime '{spec}' is not HH:MM:SS, D-HH:MM:SS, MM:SS or a duration like 2h or 90m")
+    };
     let d = if s.contains(':') {
         let (days, hms) = match s.split_once('-') {
             Some((d, rest)) => (d.parse::<u64>().map_err(|_| bad())?, rest),
@@ -109,10 +110,13 @@ fn parse_walltime(spec: &str) -> Result<Duration, String> {
             .split(':')
             .map(|p| p.parse::<u64>().map_err(|_| bad()))
             .collect::<Result<_, _>>()?;
-        let [h, m, sec] = parts[..] else {
-            return Err(bad());
+        // Both systems read two fields as minutes and seconds.
+        let (h, m, sec) = match parts[..] {
+            [h, m, s] if m < 60 => (h, m, s),
+            [m, s] => (0, m, s),
+            _ => return Err(bad()),
         };
-        if m >= 60 || sec >= 60 {
+        if sec >= 60 {
             return Err(bad());
         }
         Duration::from_secs(((days * 24 + h) * 60 + m) * 60 + sec)
@@ -307,6 +311,7 @@ mod tests {
             Duration::from_secs(86400 + 1800)
         );
         assert_eq!(parse_walltime("90m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_walltime("10:00").unwrap(), Duration::from_secs(600));
         assert!(parse_walltime("90").unwrap_err().contains("needs a unit"));
         assert!(parse_walltime("1:70:00").is_err());
         assert!(
