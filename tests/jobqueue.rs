@@ -10,7 +10,10 @@
 //!
 //! There is no PBS in Debian: the PBS test takes the script `taskwire jobqueue pbs --dry-run`
 //! prints and runs it with bash and `PBS_JOBID` set, as `pbs_mom` would, then stops it the way
-//! `qdel` does (SIGTERM) or lets it reach its lifetime.
+//! `qdel` does (SIGTERM) or lets it reach its lifetime. A second PBS test drives
+//! `JobQueueCluster::pbs()` through stand-in `qsub`/`qstat`/`qdel` shell scripts that run each
+//! job with bash on this machine and answer in OpenPBS's formats: it checks the manager's own
+//! submit, track and cancel logic, not a PBS server.
 
 mod support;
 
@@ -589,5 +592,116 @@ fn pbs_job_scripts_run_a_worker_that_leaves_before_the_walltime() {
         );
         workers_until(&client, "the worker retired", |ws| ws.is_empty()).await;
         client.close().await;
+    });
+}
+
+/// Stand-ins for OpenPBS's `qsub`, `qstat` and `qdel`: each job runs with bash on this machine
+/// in its own session, and the answers (ids, the `qstat` table, `Unknown Job Id` with exit
+/// status 153 for finished jobs) follow OpenPBS's formats.
+const FAKE_PBS: [(&str, &str); 3] = [
+    (
+        "qsub",
+        r#"#!/bin/bash
+set -e
+d=$(dirname "$0")/jobs; mkdir -p "$d"
+n=$(( $(cat "$d/next" 2>/dev/null || echo 100) + 1 )); echo $n > "$d/next"
+id=$n.fakepbs
+cat > "$d/$id.sh"
+PBS_JOBID=$id setsid bash "$d/$id.sh" > "$d/$id.out" 2>&1 < /dev/null &
+echo $! > "$d/$id.pid"
+echo $id
+"#,
+    ),
+    (
+        "qstat",
+        r#"#!/bin/bash
+d=$(dirname "$0")/jobs; rc=0; rows=""
+for id in "$@"; do
+  if [ -f "$d/$id.pid" ] && kill -0 "$(cat "$d/$id.pid")" 2>/dev/null; then
+    rows+=$(printf '%-17s %-16s %-17s %8s %s %s' "$id" taskwire-worker root 00:00:01 R workq)$'\n'
+  else
+    echo "qstat: Unknown Job Id $id" >&2; rc=153
+  fi
+done
+if [ -n "$rows" ]; then
+  echo "Job id            Name             User              Time Use S Queue"
+  echo "----------------  ---------------- ----------------  -------- - -----"
+  printf '%s' "$rows"
+fi
+exit $rc
+"#,
+    ),
+    (
+        "qdel",
+        r#"#!/bin/bash
+d=$(dirname "$0")/jobs; rc=0
+for id in "$@"; do
+  if [ -f "$d/$id.pid" ] && kill -0 "$(cat "$d/$id.pid")" 2>/dev/null; then
+    kill -TERM -- "-$(cat "$d/$id.pid")"
+  else
+    echo "qdel: Unknown Job Id $id" >&2; rc=153
+  fi
+done
+exit $rc
+"#,
+    ),
+];
+
+#[test]
+fn pbs_cluster_submits_tracks_and_cancels_through_the_pbs_commands() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir("fake-pbs");
+    for (name, text) in FAKE_PBS {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap());
+    rt().block_on(async {
+        let mut cluster = JobQueueCluster::pbs()
+            .memory(300_000_000)
+            .walltime(Duration::from_secs(600))
+            .scheduler_listen("127.0.0.1", 0)
+            .dashboard_port(None)
+            .taskwire_program(BIN)
+            .command_env("PATH", &path)
+            .jobs(2)
+            .start()
+            .await
+            .unwrap();
+        let ids: Vec<String> = cluster.jobs().iter().map(|j| j.id.clone()).collect();
+        assert_eq!(ids, ["101.fakepbs", "102.fakepbs"]);
+        cluster.wait_for_workers(2, SOON).await.unwrap();
+        assert!(cluster.refresh().await.unwrap().is_empty());
+        assert!(cluster.jobs().iter().all(|j| j.state == JobState::Running));
+        let client = cluster.client().await.unwrap();
+        assert_eq!(tree_sum(&client, "fake-pbs").await, (1..=32).sum::<i64>());
+        let pid = |id: &str| -> u32 {
+            std::fs::read_to_string(dir.join(format!("jobs/{id}.pid")))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let pids: Vec<u32> = ids
+            .iter()
+            .flat_map(|id| {
+                let p = pid(id);
+                std::iter::once(p).chain(support::child_pids(p))
+            })
+            .collect();
+        // Retired through the scheduler: the job's script ends by itself, and qstat then
+        // says "Unknown Job Id" for it.
+        cluster
+            .stop_worker("taskwire-worker-101.fakepbs")
+            .await
+            .unwrap();
+        assert_eq!(cluster.workers(), ["taskwire-worker-102.fakepbs"]);
+        workers_until(&client, "one worker left", |ws| ws.len() == 1).await;
+        client.close().await;
+        cluster.close().await.unwrap();
+        all_gone_within(&pids, Duration::from_secs(10));
+        let out = std::fs::read_to_string(dir.join("jobs/101.fakepbs.out")).unwrap();
+        assert!(out.contains("Registered to:"), "{out}");
     });
 }
