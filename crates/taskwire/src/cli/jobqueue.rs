@@ -205,7 +205,7 @@ impl JobqueueArgs {
 pub(crate) fn run(args: JobqueueArgs) -> Result<(), String> {
     let builder = args.builder()?;
     if args.dry_run {
-        print!("{}", builder.job_script().map_err(|e| e.to_string())?);
+        print!("{}", builder.job_script());
         return Ok(());
     }
     let target = args.jobs;

@@ -204,7 +204,7 @@ impl JobQueueBuilder {
     /// The job script as it would be submitted (for `--dry-run`). With a scheduler to be
     /// started here, the address is the one it would get; the job id is the system's
     /// variable, expanded in the job.
-    pub fn job_script(&self) -> Result<String, ClusterError> {
+    pub fn job_script(&self) -> String {
         let mut spec = self.spec.clone();
         spec.scheduler = match &self.scheduler {
             SchedulerChoice::Start { host, port, .. } => {
@@ -214,7 +214,7 @@ impl JobQueueBuilder {
             SchedulerChoice::Address(a) => SchedulerTarget::Address(a.clone()),
             SchedulerChoice::File(f) => SchedulerTarget::File(f.clone()),
         };
-        Ok(spec.script())
+        spec.script()
     }
 
     /// Start (or find) the scheduler and submit the initial jobs. On a failure, what was
