@@ -221,10 +221,14 @@ pub(crate) fn run(args: JobqueueArgs) -> Result<(), String> {
         for job in cluster.jobs() {
             println!("Submitted job {} (worker {})", job.id, job.worker);
         }
-        let outcome = tokio::select! {
-            r = keep_jobs(&mut cluster, target) => r,
-            _ = super::shutdown_signal() => Ok(()),
-        };
+        // The signal is only looked at between batch commands: a submission cut short could
+        // leave a job in the queue that no one cancels.
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            super::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let outcome = keep_jobs(&mut cluster, target, stop).await;
         let n = cluster.jobs().len();
         println!("Shutting down: cancelling {n} jobs");
         let closed = cluster.close().await.map_err(|e| e.to_string());
@@ -233,15 +237,22 @@ pub(crate) fn run(args: JobqueueArgs) -> Result<(), String> {
 }
 
 /// Report workers as they register and jobs as they end, and submit replacements for ended
-/// jobs; returns an error once [`FAILED_JOBS_LIMIT`] jobs in a row ended before their worker
-/// registered.
-async fn keep_jobs(cluster: &mut JobQueueCluster, target: usize) -> Result<(), String> {
+/// jobs, until `stop`; returns an error once [`FAILED_JOBS_LIMIT`] jobs in a row ended before
+/// their worker registered.
+async fn keep_jobs(
+    cluster: &mut JobQueueCluster,
+    target: usize,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
     let client = cluster.client().await.map_err(|e| e.to_string())?;
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut failed_in_row = 0;
     let mut last_refresh = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(WORKER_POLL).await;
+        tokio::select! {
+            _ = tokio::time::sleep(WORKER_POLL) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
         let registered = client.workers().await.map_err(|e| e.to_string())?;
         for job in cluster.jobs() {
             if registered.iter().any(|w| w.name == job.worker) && seen.insert(job.worker.clone()) {
