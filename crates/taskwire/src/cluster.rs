@@ -1,5 +1,6 @@
 //! Cluster managers: one interface over the ways a cluster comes to life ([`LocalCluster`] in
-//! this process, [`SshCluster`](crate::SshCluster) over SSH), in the spirit of Dask's
+//! this process, [`SshCluster`](crate::SshCluster) over SSH,
+//! [`JobQueueCluster`](crate::JobQueueCluster) as Slurm or PBS jobs), in the spirit of Dask's
 //! `SpecCluster`. A manager starts a scheduler, starts and stops workers on its platform, and
 //! hands out clients.
 //!
@@ -37,6 +38,15 @@ pub enum ClusterError {
     /// A local scheduler or worker did not start.
     #[error(transparent)]
     Local(#[from] crate::LocalClusterError),
+    /// A batch system's command failed or refused a job (`sbatch`, `qsub`, `squeue`, ...);
+    /// the message quotes what it said.
+    #[error("{command}: {message}")]
+    Batch {
+        /// The command, e.g. `sbatch`.
+        command: String,
+        /// What went wrong, with the command's stderr.
+        message: String,
+    },
     /// The platform cannot reach the requested size.
     #[error("cannot scale to {requested} workers: {reason}")]
     Scale {
@@ -62,7 +72,8 @@ pub trait Cluster {
 
     /// Start workers or retire them gracefully until this manager runs `n` of them (rounded up
     /// to the platform's unit, e.g. a whole `--nworkers` group on a host). Resolves once the
-    /// new workers are registered, or the retired ones are gone.
+    /// new workers are registered, or the retired ones are gone; a batch-system manager
+    /// resolves once its jobs are submitted (a job may wait in the queue for hours).
     fn scale(&mut self, n: usize) -> impl Future<Output = Result<(), ClusterError>> + Send;
 
     /// Stop the named workers and forget them (Dask's `scale_down`): each was just retired

@@ -2,10 +2,10 @@
 //!
 //! This facade re-exports the public API: the [`Client`] that submits task graphs, the
 //! [`Scheduler`] and [`Worker`] library objects, the cluster managers ([`Cluster`]:
-//! [`LocalCluster`] and [`SshCluster`]), of which [`LocalCluster`] starts both in
-//! this process. The `taskwire` binary in this crate is the command-line interface
-//! (`taskwire scheduler`, `taskwire worker`, `taskwire local`, `taskwire ssh`, `taskwire submit`,
-//! `taskwire bench ...`).
+//! [`LocalCluster`], [`SshCluster`], and [`JobQueueCluster`] for Slurm and PBS), of which
+//! [`LocalCluster`] starts both in this process. The `taskwire` binary in this crate is the
+//! command-line interface (`taskwire scheduler`, `taskwire worker`, `taskwire local`,
+//! `taskwire ssh`, `taskwire jobqueue`, `taskwire submit`, `taskwire bench ...`).
 //!
 //! ```
 //! use taskwire::{LocalCluster, Task};
@@ -25,14 +25,18 @@
 
 mod adaptive;
 mod cluster;
+mod jobqueue;
 mod local;
 mod local_cuda;
+mod scheduler_file;
 mod ssh;
 
 pub use adaptive::{AdaptOptions, Adaptive};
 pub use cluster::{Cluster, ClusterError};
+pub use jobqueue::{BatchSystem, Job, JobQueueBuilder, JobQueueCluster, JobState};
 pub use local::{LocalCluster, LocalClusterBuilder, LocalClusterError, LocalTransport};
 pub use local_cuda::{LocalCudaCluster, LocalCudaClusterBuilder, LocalCudaClusterError};
+pub use scheduler_file::read_scheduler_file;
 pub use ssh::{SshCluster, SshClusterBuilder};
 pub use taskwire_client::*;
 pub use taskwire_cuda_worker as cuda;

@@ -35,6 +35,8 @@ enum Command {
     Status(cli::status::StatusArgs),
     /// Start a scheduler and workers over SSH (the first host runs the scheduler).
     Ssh(cli::ssh::SshArgs),
+    /// Run workers as Slurm or PBS batch jobs (`taskwire jobqueue slurm --cores 8 ...`).
+    Jobqueue(cli::jobqueue::JobqueueArgs),
     /// Benchmarks: `taskwire bench transport ...`.
     Bench(bench::BenchArgs),
 }
@@ -92,6 +94,7 @@ fn main() -> std::process::ExitCode {
         Command::Retire(args) => cli::retire::run(args),
         Command::Status(args) => cli::status::run(args),
         Command::Ssh(args) => cli::ssh::run(args),
+        Command::Jobqueue(args) => cli::jobqueue::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

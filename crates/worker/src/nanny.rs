@@ -14,6 +14,9 @@
 //! | [`EXIT_DEATH_TIMEOUT`]              | gives the slot up: the scheduler stayed unreachable     |
 //! | other code, killed by a signal, or killed by the nanny for memory | restarts it with backoff, counted as a failure |
 //!
+//! With [`NannyBuilder::lifetime_restart`] off, a child that reached its lifetime is not
+//! replaced: its slot ends as retired.
+//!
 //! A slot with more than [`RestartPolicy::max_failures`] failures within
 //! [`RestartPolicy::window`] is given up; [`NannyHandle::finished`] resolves once every slot
 //! has ended. Backoff starts at [`RestartPolicy::initial_backoff`], doubles up to
@@ -228,6 +231,7 @@ impl Nanny {
             env: Vec::new(),
             memory_limit: 0,
             lifetime: None,
+            lifetime_restart: true,
             policy: RestartPolicy::default(),
             control: None,
             control_token: None,
@@ -299,6 +303,7 @@ pub struct NannyBuilder {
     env: Vec<(OsString, OsString)>,
     memory_limit: u64,
     lifetime: Option<(Duration, Duration)>,
+    lifetime_restart: bool,
     policy: RestartPolicy,
     control: Option<String>,
     control_token: Option<ClusterSecret>,
@@ -344,6 +349,14 @@ impl NannyBuilder {
     /// `stagger` (Dask's `--lifetime` and `--lifetime-stagger`).
     pub fn lifetime(mut self, lifetime: Duration, stagger: Duration) -> Self {
         self.lifetime = Some((lifetime, stagger));
+        self
+    }
+
+    /// Whether a child that reached its lifetime is replaced by a fresh one (default true).
+    /// With false its slot ends, and the nanny exits once every slot has: what a worker in a
+    /// batch job wants, so that the job ends before the batch system's walltime kills it.
+    pub fn lifetime_restart(mut self, restart: bool) -> Self {
+        self.lifetime_restart = restart;
         self
     }
 
@@ -436,6 +449,7 @@ impl NannyBuilder {
                 env,
                 memory_limit: self.memory_limit,
                 lifetime: self.lifetime,
+                lifetime_restart: self.lifetime_restart,
                 policy: self.policy,
                 stop_timeout: self.stop_timeout,
                 poll_interval: self.poll_interval,
@@ -553,6 +567,7 @@ struct Shared {
     env: Vec<(OsString, OsString)>,
     memory_limit: u64,
     lifetime: Option<(Duration, Duration)>,
+    lifetime_restart: bool,
     policy: RestartPolicy,
     stop_timeout: Duration,
     poll_interval: Duration,
@@ -877,6 +892,13 @@ async fn supervise(
         }
         let delay = match classify(status, asked, memory_killed) {
             Ended::Asked(Asked::Shutdown) => break ChildState::Stopped,
+            Ended::Asked(Asked::Lifetime) if !shared.lifetime_restart => {
+                info!(
+                    "nanny: worker {i} (pid {pid}) exited ({status}) at the end of its lifetime; \
+                     not replacing it"
+                );
+                break ChildState::Retired;
+            }
             Ended::Asked(why) => {
                 info!(
                     "nanny: worker {i} (pid {pid}) exited ({status}) after {why:?}; starting a fresh one"
@@ -1266,6 +1288,20 @@ mod tests {
         assert_eq!(bounded(&h).await, NannyOutcome::Stopped);
         assert!(rss_of(pid).is_none(), "the child is gone");
         assert_eq!(h.status()[0].state, ChildState::Stopped);
+    }
+
+    #[tokio::test]
+    async fn lifetime_without_restart_ends_the_slot() {
+        // A worker in a batch job: at the end of its lifetime it leaves, and the nanny (and
+        // with it the job) ends instead of starting a fresh worker.
+        let h = sh_nanny("exec sleep 30", quick(0), |b| {
+            b.lifetime(Duration::from_millis(150), Duration::ZERO)
+                .lifetime_restart(false)
+        })
+        .await;
+        assert_eq!(bounded(&h).await, NannyOutcome::Retired);
+        assert_eq!(h.status()[0].restarts, 0);
+        assert_eq!(h.status()[0].state, ChildState::Retired);
     }
 
     #[tokio::test]

@@ -236,7 +236,9 @@ async fn run_nanny(args: &CudaWorkerArgs, plan: &Plan) -> Result<i32, String> {
         .stop_timeout(CHILD_STOP_TIMEOUT)
         .control(control_host(args, plan), args.nanny.nanny_port);
     if let Some((life, stagger)) = plan.lifetime {
-        b = b.lifetime(life, stagger);
+        b = b
+            .lifetime(life, stagger)
+            .lifetime_restart(!args.nanny.no_lifetime_restart);
     }
     for w in &plan.workers {
         info!("GPU worker {}", w.describe());

@@ -1,6 +1,7 @@
 //! Subcommands of the `taskwire` binary.
 
 pub(crate) mod cuda_worker;
+pub(crate) mod jobqueue;
 pub(crate) mod local;
 pub(crate) mod retire;
 pub(crate) mod scheduler;
@@ -15,18 +16,7 @@ use std::time::Duration;
 use taskwire::CoreConfig;
 use taskwire_transport::Address;
 
-/// Read the scheduler address from a `--scheduler-file` written by `taskwire scheduler`.
-pub(crate) fn read_scheduler_file(path: &Path) -> Result<Address, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read scheduler file {}: {e}", path.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| format!("scheduler file {} is not JSON: {e}", path.display()))?;
-    let addr = json
-        .get("address")
-        .and_then(|a| a.as_str())
-        .ok_or_else(|| format!("scheduler file {} has no \"address\"", path.display()))?;
-    addr.parse().map_err(|e| format!("{e}"))
-}
+pub(crate) use taskwire::read_scheduler_file;
 
 /// The scheduler address from a positional argument or a scheduler file, exactly one of them.
 pub(crate) fn scheduler_address(

@@ -107,6 +107,10 @@ pub(crate) struct NannyArgs {
     /// Move each --lifetime by a random amount up to this much either way.
     #[arg(long, default_value = "0s")]
     pub(crate) lifetime_stagger: String,
+    /// At the end of its --lifetime a worker is not replaced: the nanny exits once all its
+    /// workers have left (a worker in a batch job, which should end before its walltime).
+    #[arg(long)]
+    pub(crate) no_lifetime_restart: bool,
     /// The nanny gives a worker up after more than this many crashes within --restart-window
     /// (exits because it lost the scheduler, retirements and lifetimes do not count).
     #[arg(long, default_value_t = 10)]
@@ -432,7 +436,9 @@ async fn run_nanny(args: &WorkerArgs, plan: &Plan) -> Result<i32, String> {
         .stop_timeout(CHILD_STOP_TIMEOUT)
         .control(nanny_host(args), args.nanny.nanny_port);
     if let Some((life, stagger)) = plan.lifetime {
-        b = b.lifetime(life, stagger);
+        b = b
+            .lifetime(life, stagger)
+            .lifetime_restart(!args.nanny.no_lifetime_restart);
     }
     for i in 0..plan.nworkers {
         b = b.child(child_args(args, plan, i));
