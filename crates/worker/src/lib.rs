@@ -59,6 +59,7 @@ mod command;
 mod executor;
 mod functions;
 mod memory;
+mod metrics;
 mod nanny;
 mod peer;
 mod registry;
