@@ -226,7 +226,7 @@ impl SchedulerBuilder {
                 }
             });
         let worker_ttl = self.core.worker_ttl;
-        let (publisher, snapshots, stream) = snapshot::Publisher::new();
+        let (publisher, snapshots, stream) = snapshot::Publisher::new(dashboard.is_some());
         let core = core_thread::spawn(self.core, publisher);
         if let Some(listener) = dashboard {
             tokio::spawn(dashboard::serve(

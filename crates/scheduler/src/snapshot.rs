@@ -29,7 +29,8 @@ pub struct Snapshot {
     pub finished_total: u64,
     /// Clients connected.
     pub clients: usize,
-    /// Run times of the tasks finished since the scheduler started, per task group.
+    /// Run times of the tasks finished since the scheduler started, per task group (kept when
+    /// the dashboard is on).
     pub durations: Vec<GroupDurations>,
     /// Tasks finished whose run time is not in `durations` (more finished in one batch of the
     /// core thread than the core keeps a record of).
@@ -131,12 +132,14 @@ pub(crate) struct Publisher {
     last: Option<Instant>,
     stream: TaskStream,
     stream_seq: u64,
-    durations: Durations,
+    durations: Option<Durations>,
     transfers: TransferCounter,
 }
 
 impl Publisher {
-    pub(crate) fn new() -> (Publisher, watch::Receiver<Arc<Snapshot>>, TaskStream) {
+    /// `durations`: keep the run-time histograms (only the dashboard shows them, and they
+    /// cost a bucket search per finished task on the core thread).
+    pub(crate) fn new(durations: bool) -> (Publisher, watch::Receiver<Arc<Snapshot>>, TaskStream) {
         let (tx, rx) = watch::channel(Arc::new(Snapshot::empty()));
         let stream = TaskStream::default();
         let publisher = Publisher {
@@ -144,7 +147,7 @@ impl Publisher {
             last: None,
             stream: stream.clone(),
             stream_seq: 0,
-            durations: Durations::default(),
+            durations: durations.then(Durations::default),
             transfers: TransferCounter::default(),
         };
         (publisher, rx, stream)
@@ -181,7 +184,9 @@ impl Publisher {
     /// Count the run times of the tasks finished since the last call; called after every
     /// batch of events, before the core's record of finished tasks wraps around.
     pub(crate) fn record_durations(&mut self, core: &Core) {
-        self.durations.record(core);
+        if let Some(d) = &mut self.durations {
+            d.record(core);
+        }
     }
 
     /// Publish if the last snapshot is older than the interval; false if held back.
@@ -194,10 +199,12 @@ impl Publisher {
         }
         self.last = Some(now);
         self.extend_stream(core, now);
-        self.durations.record(core);
+        self.record_durations(core);
         let mut snapshot = Snapshot::take(core);
-        snapshot.durations = self.durations.groups.clone();
-        snapshot.durations_unrecorded = self.durations.unrecorded;
+        if let Some(d) = &self.durations {
+            snapshot.durations = d.groups.clone();
+            snapshot.durations_unrecorded = d.unrecorded;
+        }
         snapshot.transfers = self.transfers.update(&snapshot.workers);
         let _ = self.tx.send(Arc::new(snapshot));
         true
