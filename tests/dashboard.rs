@@ -555,6 +555,13 @@ fn a_real_browser_shows_the_live_cluster_under_the_cluster_token() {
         serde_json::json!([true, true, true, true]),
         "{groups}"
     );
+    // Run times: the tasks that slept 120 ms all fall under 250 ms.
+    let sleep_times = browser.wait_for(
+        "[...document.querySelectorAll('#groups tr')].find(r => r.cells[0].textContent ==
+            'browser-sleep').cells[4].textContent",
+        |v| v.as_str().is_some_and(|s| s.contains("p50")),
+    );
+    assert_eq!(sleep_times, "p50 ≤ 250 ms · p95 ≤ 250 ms");
     assert_eq!(
         browser.eval("document.getElementById('status').textContent"),
         "live"

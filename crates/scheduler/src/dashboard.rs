@@ -7,8 +7,8 @@
 //! - `/health`: `ok` (open even when the cluster has a token);
 //! - `/metrics`: Prometheus text format;
 //! - `/api/v1/totals`, `/api/v1/workers`, `/api/v1/groups`, `/api/v1/durations`: JSON;
-//! - `/api/v1/stream`: server-sent events, one `totals` + `workers` + `groups` object per
-//!   snapshot;
+//! - `/api/v1/stream`: server-sent events, one `totals` + `workers` + `groups` + `durations`
+//!   object per snapshot;
 //! - `/api/v1/task-stream?since=SEQ`: the tasks finished in the last minute after number
 //!   `SEQ` (worker, start, end), for the task stream;
 //! - `/api/v1/task/KEY` (JSON) and `/task/KEY` (a page): the task's transitions still in the
@@ -155,6 +155,7 @@ async fn stream_events(
             "totals": totals(&snapshot),
             "workers": workers(&snapshot),
             "groups": groups(&snapshot),
+            "durations": durations(&snapshot),
         });
         let line = format!("data: {event}\n\n");
         stream.write_all(line.as_bytes()).await?;

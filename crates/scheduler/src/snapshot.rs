@@ -215,3 +215,51 @@ impl Publisher {
         self.last.map(|t| t + PUBLISH_INTERVAL)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskwire_protocol::{WorkerId, WorkerMetricsMsg};
+
+    fn worker(id: u64, fetched: u64, served: u64) -> WorkerInfoMsg {
+        WorkerInfoMsg {
+            id: WorkerId(id),
+            name: format!("w{id}"),
+            address: String::new(),
+            nthreads: 1,
+            memory_limit: 0,
+            resources: vec![],
+            processing: 0,
+            in_memory: 0,
+            metrics: WorkerMetricsMsg {
+                fetched_bytes: fetched,
+                served_bytes: served,
+                ..Default::default()
+            },
+            restarts: 0,
+            last_seen_ms: 0,
+        }
+    }
+
+    #[test]
+    fn transfer_totals_keep_what_departed_and_restarted_workers_moved() {
+        let mut c = TransferCounter::default();
+        assert_eq!(
+            c.update(&[worker(1, 100, 5), worker(2, 0, 100)])
+                .fetched_bytes,
+            100
+        );
+        // Worker 1 moves 50 more, then leaves; its bytes stay counted.
+        assert_eq!(
+            c.update(&[worker(1, 150, 5), worker(2, 0, 150)])
+                .fetched_bytes,
+            150
+        );
+        let t = c.update(&[worker(2, 0, 150)]);
+        assert_eq!((t.fetched_bytes, t.served_bytes), (150, 155));
+        // Its replacement (a new id) counts from zero again.
+        let t = c.update(&[worker(2, 0, 150), worker(3, 10, 0)]);
+        assert_eq!((t.fetched_bytes, t.served_bytes), (160, 155));
+        assert_eq!(c.last.len(), 2, "departed workers are forgotten");
+    }
+}
