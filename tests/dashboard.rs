@@ -561,7 +561,26 @@ fn a_real_browser_shows_the_live_cluster_under_the_cluster_token() {
             'browser-sleep').cells[4].textContent",
         |v| v.as_str().is_some_and(|s| s.contains("p50")),
     );
-    assert_eq!(sleep_times, "p50 ≤ 250 ms · p95 ≤ 250 ms");
+    // At least 250 ms (the first bound above 120 ms); more on a machine too busy to wake the
+    // sleepers on time.
+    let bound_us = |text: &str, which: &str| -> f64 {
+        let b = text
+            .split(&format!("{which} ≤ "))
+            .nth(1)
+            .and_then(|r| r.split(" ·").next())
+            .unwrap_or_else(|| panic!("no {which} in {text}"));
+        let (v, unit) = b.split_once(' ').unwrap();
+        let scale = match unit {
+            "µs" => 1.0,
+            "ms" => 1e3,
+            "s" => 1e6,
+            _ => panic!("{text}"),
+        };
+        v.parse::<f64>().unwrap() * scale
+    };
+    let text = sleep_times.as_str().unwrap();
+    assert!(bound_us(text, "p50") >= 250e3, "{text}");
+    assert!(bound_us(text, "p95") >= bound_us(text, "p50"), "{text}");
     assert_eq!(
         browser.eval("document.getElementById('status').textContent"),
         "live"
@@ -654,7 +673,8 @@ fn a_real_browser_shows_the_live_cluster_under_the_cluster_token() {
         .unwrap_or_else(|| panic!("no {group} {le} bucket:\n{metrics}"))
     };
     assert_eq!(bucket("browser-sleep", "0.1"), 0.0, "each slept 120 ms");
-    assert_eq!(bucket("browser-sleep", "0.25"), 40.0);
+    assert!(bucket("browser-sleep", "0.25") <= 40.0);
+    assert_eq!(bucket("browser-sleep", "+Inf"), 40.0);
     assert_eq!(bucket("browser-inc", "+Inf"), 300.0);
     assert_eq!(
         sample(

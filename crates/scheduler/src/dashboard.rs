@@ -95,7 +95,7 @@ async fn handle(
         "/api/v1/totals" => json_response(&mut stream, &totals(&snapshot)).await,
         "/api/v1/workers" => json_response(&mut stream, &workers(&snapshot)).await,
         "/api/v1/groups" => json_response(&mut stream, &groups(&snapshot)).await,
-        "/api/v1/durations" => json_response(&mut stream, &durations(&snapshot)).await,
+        "/api/v1/durations" => json_response(&mut stream, &durations(&snapshot, false)).await,
         "/api/v1/task-stream" => {
             let since = request
                 .query_param("since")
@@ -155,7 +155,7 @@ async fn stream_events(
             "totals": totals(&snapshot),
             "workers": workers(&snapshot),
             "groups": groups(&snapshot),
-            "durations": durations(&snapshot),
+            "durations": durations(&snapshot, true),
         });
         let line = format!("data: {event}\n\n");
         stream.write_all(line.as_bytes()).await?;
@@ -255,12 +255,16 @@ pub(crate) fn groups(s: &Snapshot) -> Value {
 }
 
 /// Run-time histograms per group: bucket bounds in µs and cumulative counts (the last is
-/// every task, as Prometheus' `+Inf`).
-fn durations(s: &Snapshot) -> Value {
+/// every task, as Prometheus' `+Inf`). `live`: only the groups with tasks now (the page's
+/// progress table), so that the live stream stays small after many groups came and went.
+fn durations(s: &Snapshot, live: bool) -> Value {
+    let live_groups: std::collections::HashSet<&str> =
+        s.groups.iter().map(|g| g.name.as_str()).collect();
+    let shown = |name: &str| !live || live_groups.contains(name);
     json!({
         "le_us": DURATION_BUCKETS_US,
         "unrecorded": s.durations_unrecorded,
-        "groups": s.durations.iter().map(|g| json!({
+        "groups": s.durations.iter().filter(|g| shown(&g.name)).map(|g| json!({
             "name": g.name, "count": g.count, "sum_us": g.sum_us,
             "cumulative": g.buckets.iter().scan(0u64, |acc, n| { *acc += n; Some(*acc) }).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
@@ -666,7 +670,7 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
-        let d = durations(&snapshot());
+        let d = durations(&snapshot(), false);
         assert_eq!(d["groups"][0]["cumulative"][6], 3);
         assert_eq!(d["groups"][0]["cumulative"][25], 4);
     }

@@ -135,7 +135,10 @@ where
 {
     let request = match tokio::time::timeout(HEAD_TIMEOUT, read_request(&mut stream)).await {
         Ok(Ok(Some(r))) => r,
-        Ok(Ok(None)) => return respond(&mut stream, 400, "text/plain", b"bad request\n").await,
+        Ok(Ok(None)) => {
+            respond(&mut stream, 400, "text/plain", b"bad request\n").await?;
+            return linger(stream).await;
+        }
         Ok(Err(e)) => return Err(e),
         Err(_) => return respond(&mut stream, 408, "text/plain", b"request timeout\n").await,
     };
@@ -169,6 +172,24 @@ where
         .await;
     }
     handler(request, stream).await
+}
+
+/// Read and drop what the client is still sending (at most 4 MiB, for at most a second)
+/// before closing: closing with unread input makes the kernel reset the connection, and a
+/// reset can destroy the answer before the client reads it.
+async fn linger(mut stream: TcpStream) -> std::io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    let mut left: usize = 4 << 20;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+    Ok(())
 }
 
 /// Compare in time that does not depend on where the first difference is.
