@@ -224,3 +224,551 @@ fn dashboard_metrics_and_api_reflect_the_cluster_and_survive_garbage() {
     assert_eq!(get(&http, "/health"), (200, "ok\n".to_string()));
     rt.block_on(client.close());
 }
+
+// ---------------------------------------------------------------------------------------------
+// A real browser
+
+/// Chromium driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`: requests
+/// on fd 3, answers on fd 4, each a JSON text ended by a NUL byte), so that the test can wait
+/// for the live page's numbers, read its DOM and take a screenshot. The process group is killed
+/// when it is dropped.
+struct Browser {
+    _proc: support::Proc,
+    requests: std::io::PipeWriter,
+    answers: BufReader<std::io::PipeReader>,
+    session: String,
+    next_id: u64,
+}
+
+impl Browser {
+    fn start(profile: &std::path::Path) -> Browser {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let binary = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+            .into_iter()
+            .find(|b| std::path::Path::new(b).exists())
+            .expect("this test needs Chromium: apt-get install chromium (see .ci/run)");
+        let (their_requests, requests) = std::io::pipe().unwrap();
+        let (answers, their_answers) = std::io::pipe().unwrap();
+        let mut cmd = std::process::Command::new(binary);
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--remote-debugging-pipe",
+            "--window-size=1440,900",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()));
+        let (r, w) = (their_requests.as_raw_fd(), their_answers.as_raw_fd());
+        // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) are made.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (from, to) in [(r, 3), (w, 4)] {
+                    if from == to {
+                        libc::fcntl(to, libc::F_SETFD, 0);
+                    } else if libc::dup2(from, to) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let proc = support::Proc::start_cmd(cmd);
+        drop((their_requests, their_answers));
+        let mut b = Browser {
+            _proc: proc,
+            requests,
+            answers: BufReader::new(answers),
+            session: String::new(),
+            next_id: 1,
+        };
+        let target = b.call(
+            "Target.createTarget",
+            serde_json::json!({"url": "about:blank"}),
+        );
+        let attached = b.call(
+            "Target.attachToTarget",
+            serde_json::json!({"targetId": target["targetId"], "flatten": true}),
+        );
+        b.session = attached["sessionId"].as_str().unwrap().to_string();
+        b
+    }
+
+    /// Send a command (to the page once attached) and return its result; events are skipped.
+    fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut msg = serde_json::json!({"id": id, "method": method, "params": params});
+        if !self.session.is_empty() {
+            msg["sessionId"] = self.session.clone().into();
+        }
+        let mut bytes = serde_json::to_vec(&msg).unwrap();
+        bytes.push(0);
+        self.requests.write_all(&bytes).unwrap();
+        loop {
+            let mut buf = Vec::new();
+            let n = self.answers.read_until(0, &mut buf).unwrap();
+            assert!(n > 0, "the browser closed its pipe during {method}");
+            buf.pop();
+            let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// The value of a JavaScript expression in the page.
+    fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({"expression": expression, "returnByValue": true}),
+        );
+        r["result"]["value"].clone()
+    }
+
+    /// Evaluate `expression` until `done` holds for its value, for at most [`support::SOON`].
+    fn wait_for(
+        &mut self,
+        expression: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + support::SOON;
+        loop {
+            let v = self.eval(expression);
+            if done(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{expression} is still {v}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Standard base64 (the screenshot comes that way).
+fn base64_decode(s: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let digits: Vec<u8> = s.bytes().filter(|&c| c != b'=').map(value).collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &d)| acc | u32::from(d) << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+/// `GET path` with a bearer credential; status and body.
+fn get_with(addr: &str, path: &str, credential: &str) -> (u16, String) {
+    let answer = raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {credential}\r\n\r\n")
+            .as_bytes(),
+    );
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `promtool check metrics` on `text`: Prometheus' own parser and linter.
+fn promtool(text: &str) {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("this test needs promtool: apt-get install prometheus (see .ci/run)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The value of the sample line `series` (name and labels as written) in a metrics text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn a_real_browser_shows_the_live_cluster_under_the_cluster_token() {
+    let dir = support::tempdir("dashboard-browser");
+    let token = dir.join("token");
+    let token_arg = token.to_str().unwrap();
+    let (sched, address) = scheduler(&["--auth-token-file", token_arg]);
+    let link = sched.line("dashboard at:");
+    let secret = taskwire::ClusterSecret::read_file(&token).unwrap();
+    let credential = secret.http_credential();
+    assert!(
+        link.ends_with(&format!("/?token={credential}")),
+        "the link carries the credential: {link}"
+    );
+    let token_text = std::fs::read_to_string(&token).unwrap();
+    assert!(!link.contains(token_text.trim()), "never the token itself");
+    let http = link
+        .strip_prefix("http://")
+        .and_then(|l| l.split_once('/'))
+        .map(|(hostport, _)| hostport.to_string())
+        .unwrap();
+
+    // Two workers under a nanny, each with its own metrics port.
+    let (workers, _) = spawn(
+        &[
+            "worker",
+            &address,
+            "--nworkers",
+            "2",
+            "--nthreads",
+            "1",
+            "--name",
+            "browser",
+            "--auth-token-file",
+            token_arg,
+            "--dashboard-port",
+            "0",
+        ],
+        &[],
+    );
+    let worker_metrics: Vec<String> = (0..2)
+        .map(|_| {
+            let l = workers.line("worker metrics at:");
+            l.strip_prefix("http://")
+                .and_then(|l| l.strip_suffix("/metrics"))
+                .unwrap_or_else(|| panic!("worker metrics link {l}"))
+                .to_string()
+        })
+        .collect();
+    assert_ne!(worker_metrics[0], worker_metrics[1], "one port per worker");
+
+    // The page, opened before the graph runs so that its charts see it run.
+    let mut browser = Browser::start(&dir.join("chromium-profile"));
+    browser.call(
+        "Emulation.setDeviceMetricsOverride",
+        serde_json::json!({"width": 1440, "height": 900, "deviceScaleFactor": 1, "mobile": false}),
+    );
+    browser.call("Page.enable", serde_json::json!({}));
+    browser.call("Page.navigate", serde_json::json!({"url": link}));
+    browser.wait_for(
+        "document.readyState == 'complete' && document.getElementById('workers').textContent",
+        |v| v == "2",
+    );
+    assert_eq!(
+        browser.eval("location.search"),
+        "",
+        "the ?token= link redirects to the page without it"
+    );
+
+    let rt = rt();
+    let client = rt.block_on(async {
+        tokio::time::timeout(
+            support::SOON,
+            Client::builder(address.parse().unwrap())
+                .auth_token(secret.clone())
+                .connect(),
+        )
+        .await
+        .expect("connect in time")
+        .unwrap()
+    });
+    // 300 quick tasks, 40 that sleep 120 ms (a few seconds of throughput on the charts), and
+    // 40 blocks of 256 KiB made on both workers that one checksum task gathers: half of them
+    // cross between the workers.
+    let _futures = rt.block_on(async {
+        let mut tasks: Vec<Task> = (0..300)
+            .map(|i| Task::function(format!("browser-inc-{i}"), "inc").arg_i64(i))
+            .collect();
+        tasks.extend(
+            (0..40).map(|i| Task::function(format!("browser-sleep-{i}"), "sleep").arg_u64(120)),
+        );
+        let mut check = Task::function("browser-check-0", "checksum");
+        for i in 0..40 {
+            let key = format!("browser-data-{i}");
+            tasks.push(
+                Task::function(&key, "make-bytes")
+                    .arg_u64(256 << 10)
+                    .worker(if i % 2 == 0 { "browser-0" } else { "browser-1" }),
+            );
+            check = check.dep_key(key);
+        }
+        tasks.push(check);
+        let futures = client.submit_graph(tasks).await.unwrap();
+        client.wait(&futures).await;
+        futures
+    });
+    let total = 381;
+
+    // The live page catches up with the finished graph.
+    browser.wait_for("document.getElementById('finished').textContent", |v| {
+        v == total.to_string().as_str()
+    });
+    let names = browser
+        .eval("[...document.querySelectorAll('#rows tr')].map(r => r.cells[0].textContent).sort()");
+    assert_eq!(names, serde_json::json!(["browser-0", "browser-1"]));
+    let groups = browser.eval(
+        "Object.fromEntries([...document.querySelectorAll('#groups tr')]
+            .map(r => [r.cells[0].textContent, r.cells[2].textContent]))",
+    );
+    assert_eq!(
+        groups,
+        serde_json::json!({"browser-inc": "300", "browser-sleep": "40",
+                           "browser-data": "40", "browser-check": "1"}),
+        "the progress table shows each group's tasks"
+    );
+    // Each group's bar is all "in memory" (green), as the results are held.
+    let bars = browser.eval(
+        "[...document.querySelectorAll('#groups tr .bar')].map(b => b.children.length == 1
+            && b.children[0].title.startsWith('memory'))",
+    );
+    assert_eq!(
+        bars,
+        serde_json::json!([true, true, true, true]),
+        "{groups}"
+    );
+    // Run times: the tasks that slept 120 ms all fall under 250 ms.
+    let sleep_times = browser.wait_for(
+        "[...document.querySelectorAll('#groups tr')].find(r => r.cells[0].textContent ==
+            'browser-sleep').cells[4].textContent",
+        |v| v.as_str().is_some_and(|s| s.contains("p50")),
+    );
+    // At least 250 ms (the first bound above 120 ms); more on a machine too busy to wake the
+    // sleepers on time.
+    let bound_us = |text: &str, which: &str| -> f64 {
+        let b = text
+            .split(&format!("{which} ≤ "))
+            .nth(1)
+            .and_then(|r| r.split(" ·").next())
+            .unwrap_or_else(|| panic!("no {which} in {text}"));
+        let (v, unit) = b.split_once(' ').unwrap();
+        let scale = match unit {
+            "µs" => 1.0,
+            "ms" => 1e3,
+            "s" => 1e6,
+            _ => panic!("{text}"),
+        };
+        v.parse::<f64>().unwrap() * scale
+    };
+    let text = sleep_times.as_str().unwrap();
+    assert!(bound_us(text, "p50") >= 250e3, "{text}");
+    assert!(bound_us(text, "p95") >= bound_us(text, "p50"), "{text}");
+    assert_eq!(
+        browser.eval("document.getElementById('status').textContent"),
+        "live"
+    );
+    assert_eq!(
+        browser.eval("document.getElementById('total').textContent"),
+        total.to_string().as_str()
+    );
+    // The transfers arrive with the workers' next heartbeats.
+    let moved = browser.wait_for("document.getElementById('moved').textContent", |v| {
+        v.as_str().is_some_and(|s| s.ends_with("MiB"))
+    });
+    // A few more updates, so the charts have their lines, then a picture for people.
+    std::thread::sleep(Duration::from_secs(3));
+    let height = browser.eval("document.documentElement.scrollHeight");
+    let shot = browser.call(
+        "Page.captureScreenshot",
+        serde_json::json!({"format": "png", "captureBeyondViewport": true,
+            "clip": {"x": 0, "y": 0, "width": 1440, "height": height, "scale": 1}}),
+    );
+    let png = base64_decode(shot["data"].as_str().unwrap());
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::write(&path, &png).unwrap();
+    eprintln!("dashboard screenshot ({moved} moved): {}", path.display());
+
+    // The same numbers in /metrics, which Prometheus' own tool accepts; transfers add up to
+    // what the workers counted themselves, and the run times landed in the right buckets.
+    let (status, _) = get(&http, "/metrics");
+    assert_eq!(status, 401, "no credential, no metrics");
+    assert_eq!(
+        get(&http, "/health"),
+        (200, "ok\n".to_string()),
+        "liveness stays open"
+    );
+    let worker_texts: Vec<String> = worker_metrics
+        .iter()
+        .map(|w| {
+            assert_eq!(get(w, "/metrics").0, 401);
+            assert_eq!(get(w, "/health").0, 200);
+            let (status, text) = get_with(w, "/metrics", &credential);
+            assert_eq!(status, 200);
+            promtool(&text);
+            text
+        })
+        .collect();
+    let mut names: Vec<&str> = worker_texts
+        .iter()
+        .map(|t| {
+            t.split("taskwire_worker_up{worker=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_else(|| panic!("{t}"))
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["browser-0", "browser-1"]);
+    let worker_fetched: f64 = worker_texts
+        .iter()
+        .map(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("taskwire_worker_fetched_bytes_total{"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("{t}"))
+        })
+        .sum();
+    assert!(
+        worker_fetched >= (20 << 18) as f64,
+        "half the blocks crossed: {worker_fetched}"
+    );
+    let deadline = Instant::now() + support::SOON;
+    let metrics = loop {
+        let (status, text) = get_with(&http, "/metrics", &credential);
+        assert_eq!(status, 200);
+        if sample(&text, "taskwire_transfer_fetched_bytes_total") == Some(worker_fetched) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transfers never added up:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    promtool(&metrics);
+    let bucket = |group: &str, le: &str| {
+        sample(
+            &metrics,
+            &format!("taskwire_task_duration_seconds_bucket{{group=\"{group}\",le=\"{le}\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no {group} {le} bucket:\n{metrics}"))
+    };
+    assert_eq!(bucket("browser-sleep", "0.1"), 0.0, "each slept 120 ms");
+    assert!(bucket("browser-sleep", "0.25") <= 40.0);
+    assert_eq!(bucket("browser-sleep", "+Inf"), 40.0);
+    assert_eq!(bucket("browser-inc", "+Inf"), 300.0);
+    assert_eq!(
+        sample(
+            &metrics,
+            "taskwire_task_duration_seconds_count{group=\"browser-inc\"}"
+        ),
+        Some(300.0)
+    );
+    let (_, totals) = get_with(&http, "/api/v1/totals", &credential);
+    let totals: serde_json::Value = serde_json::from_str(&totals).unwrap();
+    assert_eq!(
+        totals["transfers"]["fetched_bytes"].as_f64(),
+        Some(worker_fetched)
+    );
+    let (_, durations) = get_with(&http, "/api/v1/durations", &credential);
+    let durations: serde_json::Value = serde_json::from_str(&durations).unwrap();
+    assert!(
+        durations["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "browser-sleep" && g["count"] == 40),
+        "{durations}"
+    );
+
+    // `taskwire status` with the token file reads the same API.
+    let port = http.rsplit(':').next().unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["status", "--scheduler", &address, "--dashboard-port", port])
+        .args(["--auth-token-file", token_arg])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("{total} in memory")), "{text}");
+    assert!(text.contains("MiB fetched between workers"), "{text}");
+
+    // HTTP garbage at the dashboard port: random bytes, a huge header, a request that trickles
+    // in. Each gets its answer (or is dropped) and the page's stream goes on.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .chain(*b"\r\n\r\n")
+        .collect();
+    assert!(raw(&http, &noise).starts_with("HTTP/1.1 400"));
+    let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(1 << 20));
+    let mut s = TcpStream::connect(&http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // The server answers and closes once 8 KiB arrived; the rest may not be accepted.
+    let _ = s.write_all(huge.as_bytes());
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    let mut slow = TcpStream::connect(&http).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    slow.write_all(b"GET /api/v1/tot").unwrap();
+    assert_eq!(get(&http, "/health").0, 200, "served while one trickles in");
+    std::thread::sleep(Duration::from_secs(1));
+    slow.write_all(format!("als HTTP/1.1\r\nAuthorization: Bearer {credential}\r\n").as_bytes())
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    slow.write_all(b"\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("\"tasks\""),
+        "{answer}"
+    );
+    let before = browser.eval("document.getElementById('finished').textContent");
+    rt.block_on(async {
+        let f = client
+            .submit(Task::function("browser-after-1", "inc").arg_i64(1))
+            .await
+            .unwrap();
+        client.wait(&[f]).await;
+    });
+    let after = browser.wait_for("document.getElementById('finished').textContent", |v| {
+        v != &before
+    });
+    assert_eq!(after, (total + 1).to_string().as_str(), "still live");
+    rt.block_on(client.close());
+    let _ = std::fs::remove_dir_all(&dir);
+}

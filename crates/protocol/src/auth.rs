@@ -201,6 +201,21 @@ impl ClusterSecret {
     }
 }
 
+impl ClusterSecret {
+    /// The credential for a process's HTTP pages (dashboard, JSON API, `/metrics`): lowercase
+    /// hex of HMAC-SHA256(token, "taskwire/2 http-credential"). It goes in links and
+    /// `Authorization: Bearer` headers instead of the token, which it does not reveal; the same
+    /// on every process of the cluster. A shell computes it as
+    /// `printf 'taskwire/2 http-credential' | openssl dgst -sha256 -hmac "$(cat FILE)"`.
+    pub fn http_credential(&self) -> String {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key");
+        m.update(HTTP_LABEL);
+        hex(&m.finalize().into_bytes())
+    }
+}
+
+const HTTP_LABEL: &[u8] = b"taskwire/2 http-credential";
+
 /// A fresh challenge for a line protocol: 32 random bytes as 64 hex digits.
 pub fn control_challenge() -> String {
     hex(&nonce())
@@ -590,6 +605,19 @@ mod tests {
                 .into_bytes()
                 .len(),
             32
+        );
+    }
+
+    #[test]
+    fn http_credentials_follow_the_documented_openssl_recipe() {
+        // printf 'taskwire/2 http-credential' | openssl dgst -sha256 -hmac key
+        assert_eq!(
+            ClusterSecret::new("key").unwrap().http_credential(),
+            "2bdfb7585819d8e41e6e2188916bb7884e7ca539507ac2575da200ce5575291b"
+        );
+        assert_ne!(
+            ClusterSecret::new("other").unwrap().http_credential(),
+            ClusterSecret::new("key").unwrap().http_credential()
         );
     }
 

@@ -334,6 +334,11 @@ pub struct WorkerMetricsMsg {
     pub gpu_memory_total: u64,
     /// The device memory limit the worker was given (`--device-memory-limit`; 0: none).
     pub gpu_memory_limit: u64,
+    /// Bytes of task inputs fetched from other workers since the worker started.
+    pub fetched_bytes: u64,
+    /// Bytes served from the worker's data port (to other workers and to clients) since it
+    /// started.
+    pub served_bytes: u64,
 }
 
 /// Results up to this size travel with the messages that announce them (worker → scheduler →

@@ -103,6 +103,9 @@ fn run(mut core: Core, rx: Receiver<Input>, mut publisher: Publisher) {
             core.handle_timeout(now);
         }
         flush(&mut core, &mut routes);
+        if handled > 0 {
+            publisher.record_durations(&core);
+        }
         owed |= handled > 0;
         if owed && publisher.maybe_publish(&core, now) {
             owed = false;

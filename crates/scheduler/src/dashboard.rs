@@ -4,22 +4,22 @@
 //!
 //! Routes (GET only):
 //! - `/`: the dashboard page (embedded; no asset comes from the network);
-//! - `/health`: `ok`;
+//! - `/health`: `ok` (open even when the cluster has a token);
 //! - `/metrics`: Prometheus text format;
-//! - `/api/v1/totals`, `/api/v1/workers`, `/api/v1/groups`: JSON;
-//! - `/api/v1/stream`: server-sent events, one `totals` + `workers` + `groups` object per
-//!   snapshot;
+//! - `/api/v1/totals`, `/api/v1/workers`, `/api/v1/groups`, `/api/v1/durations`: JSON;
+//! - `/api/v1/stream`: server-sent events, one `totals` + `workers` + `groups` + `durations`
+//!   object per snapshot;
 //! - `/api/v1/task-stream?since=SEQ`: the tasks finished in the last minute after number
 //!   `SEQ` (worker, start, end), for the task stream;
 //! - `/api/v1/task/KEY` (JSON) and `/task/KEY` (a page): the task's transitions still in the
 //!   core's log, with their stimulus ids. This is the one request that reaches the core thread:
 //!   one bounded lookup in its queue, like any event.
 //!
-//! The server is deliberately small: HTTP/1.1, one request per connection, request heads of at
-//! most 8 KiB read within 10 s, at most 64 connections at once. Anything else gets a 4xx answer
-//! and the server carries on.
+//! HTTP itself (limits, hostile input, the cluster-token credential) is
+//! `taskwire_transport_tcp::http`, which the workers' metrics ports share.
 
 use crate::core_thread::Input;
+use crate::durations::DURATION_BUCKETS_US;
 use crate::snapshot::{PUBLISH_INTERVAL, Snapshot, TaskStream};
 use crossbeam_channel::Sender;
 use serde_json::{Value, json};
@@ -27,91 +27,49 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 use taskwire_scheduler_core::TransitionRecord;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use taskwire_transport_tcp::http::{self, Request, prometheus_label as label, respond, stopped};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
-use tracing::debug;
-
-const MAX_HEAD: usize = 8 * 1024;
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_CONNECTIONS: usize = 64;
+use tokio::sync::watch;
 
 const PAGE: &str = include_str!("dashboard.html");
 
-/// Serve until `stop` turns true.
+/// Serve until `stop` turns true; with a `credential`, everything but `/health` needs it.
 pub(crate) async fn serve(
     listener: TcpListener,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     stream: TaskStream,
     core: Sender<Input>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+    credential: Option<String>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            _ = stopped(&mut stop) => return,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = stopped(&mut stop) => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    debug!("dashboard accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        let snapshots = snapshots.clone();
-        let stop = stop.clone();
-        let core = core.clone();
-        let runs = stream.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(tcp, snapshots, runs, core, stop).await {
-                debug!("dashboard connection from {peer}: {e}");
-            }
-            drop(permit);
-        });
-    }
-}
-
-/// Resolves once the scheduler stops (the watch guard is dropped inside, so callers stay
-/// `Send`).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
+    let options = http::Options {
+        credential,
+        open: vec!["/health"],
+    };
+    let handler_stop = stop.clone();
+    http::serve(listener, options, stop, move |request, tcp| {
+        handle(
+            request,
+            tcp,
+            snapshots.clone(),
+            stream.clone(),
+            core.clone(),
+            handler_stop.clone(),
+        )
+    })
+    .await;
 }
 
 async fn handle(
+    request: Request,
     mut stream: TcpStream,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     runs: TaskStream,
     core: Sender<Input>,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(Some(head))) => head,
-        Ok(Ok(None)) => {
-            return respond(&mut stream, 400, "text/plain", b"bad request\n").await;
-        }
-        Ok(Err(e)) => return Err(e),
-        Err(_) => return respond(&mut stream, 408, "text/plain", b"request timeout\n").await,
-    };
-    let mut parts = head.split(' ');
-    let (method, target, version) = (parts.next(), parts.next(), parts.next());
-    let (Some(method), Some(target), Some(version)) = (method, target, version) else {
-        return respond(&mut stream, 400, "text/plain", b"bad request\n").await;
-    };
-    if !version.starts_with("HTTP/1.") {
-        return respond(&mut stream, 400, "text/plain", b"bad request\n").await;
-    }
-    if method != "GET" && method != "HEAD" {
-        return respond(&mut stream, 405, "text/plain", b"only GET\n").await;
-    }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let path = request.path.as_str();
     let snapshot = snapshots.borrow().clone();
     match path {
         "/" | "/index.html" => {
@@ -137,10 +95,10 @@ async fn handle(
         "/api/v1/totals" => json_response(&mut stream, &totals(&snapshot)).await,
         "/api/v1/workers" => json_response(&mut stream, &workers(&snapshot)).await,
         "/api/v1/groups" => json_response(&mut stream, &groups(&snapshot)).await,
+        "/api/v1/durations" => json_response(&mut stream, &durations(&snapshot, false)).await,
         "/api/v1/task-stream" => {
-            let since = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("since="))
+            let since = request
+                .query_param("since")
                 .map_or(Some(0), |v| v.parse::<u64>().ok());
             let Some(since) = since else {
                 return respond(&mut stream, 400, "text/plain", b"since must be a number\n").await;
@@ -173,58 +131,6 @@ async fn handle(
     }
 }
 
-/// The request line, once the whole head arrived; `None` for garbage or an oversized head.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = &buf[..end];
-            let line_end = head
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .unwrap_or(head.len());
-            return Ok(std::str::from_utf8(&head[..line_end])
-                .ok()
-                .filter(|l| l.is_ascii())
-                .map(str::to_string));
-        }
-        if buf.len() > MAX_HEAD {
-            return Ok(None);
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: u16,
-    content_type: &str,
-    body: &[u8],
-) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    stream.shutdown().await
-}
-
 async fn json_response(stream: &mut TcpStream, value: &Value) -> std::io::Result<()> {
     let body = serde_json::to_vec(value).expect("JSON values serialize");
     respond(stream, 200, "application/json", &body).await
@@ -249,6 +155,7 @@ async fn stream_events(
             "totals": totals(&snapshot),
             "workers": workers(&snapshot),
             "groups": groups(&snapshot),
+            "durations": durations(&snapshot, true),
         });
         let line = format!("data: {event}\n\n");
         stream.write_all(line.as_bytes()).await?;
@@ -288,6 +195,10 @@ pub(crate) fn totals(s: &Snapshot) -> Value {
         "workers": s.workers.len(),
         "threads": s.workers.iter().map(|w| w.nthreads as u64).sum::<u64>(),
         "clients": s.clients,
+        "transfers": {
+            "fetched_bytes": s.transfers.fetched_bytes,
+            "served_bytes": s.transfers.served_bytes,
+        },
         "recovery": {
             "workers_lost": r.workers_lost, "workers_retired": r.workers_retired,
             "tasks_rescheduled": r.tasks_rescheduled, "results_recomputed": r.results_lost,
@@ -312,6 +223,8 @@ pub(crate) fn workers(s: &Snapshot) -> Value {
                     "gpu_memory_used_bytes": w.metrics.gpu_memory_used,
                     "gpu_memory_total_bytes": w.metrics.gpu_memory_total,
                     "gpu_memory_limit_bytes": w.metrics.gpu_memory_limit,
+                    "fetched_bytes": w.metrics.fetched_bytes,
+                    "served_bytes": w.metrics.served_bytes,
                     "last_seen_ms": w.last_seen_ms,
                 })
             })
@@ -339,6 +252,23 @@ pub(crate) fn groups(s: &Snapshot) -> Value {
             })
             .collect(),
     )
+}
+
+/// Run-time histograms per group: bucket bounds in µs and cumulative counts (the last is
+/// every task, as Prometheus' `+Inf`). `live`: only the groups with tasks now (the page's
+/// progress table), so that the live stream stays small after many groups came and went.
+fn durations(s: &Snapshot, live: bool) -> Value {
+    let live_groups: std::collections::HashSet<&str> =
+        s.groups.iter().map(|g| g.name.as_str()).collect();
+    let shown = |name: &str| !live || live_groups.contains(name);
+    json!({
+        "le_us": DURATION_BUCKETS_US,
+        "unrecorded": s.durations_unrecorded,
+        "groups": s.durations.iter().filter(|g| shown(&g.name)).map(|g| json!({
+            "name": g.name, "count": g.count, "sum_us": g.sum_us,
+            "cumulative": g.buckets.iter().scan(0u64, |acc, n| { *acc += n; Some(*acc) }).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// The stream's tasks after number `since`, and the last number (for the next request).
@@ -428,22 +358,18 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// A Prometheus label value: backslash, quote and newline escaped.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// One metric family: its help, its type and its samples (labels as written, value).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{labels} {v}");
+    }
 }
 
 pub(crate) fn metrics(s: &Snapshot) -> String {
     let mut out = String::with_capacity(4096 + s.workers.len() * 512);
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
+    let one = |v: f64| vec![(String::new(), v)];
     let c = &s.counts;
     let states = [
         ("released", c.released),
@@ -459,12 +385,12 @@ pub(crate) fn metrics(s: &Snapshot) -> String {
         .map(|(st, n)| (format!("{{state=\"{st}\"}}"), *n as f64))
         .collect();
     family(
+        &mut out,
         "taskwire_tasks",
         "gauge",
         "Tasks the scheduler holds, by state.",
         &by_state,
     );
-    let one = |v: f64| vec![(String::new(), v)];
     let mut by_group = Vec::new();
     for g in &s.groups {
         let c = &g.counts;
@@ -481,24 +407,84 @@ pub(crate) fn metrics(s: &Snapshot) -> String {
         }
     }
     family(
+        &mut out,
         "taskwire_group_tasks",
         "gauge",
         "Tasks of each task group (key prefix) the scheduler holds, by state.",
         &by_group,
     );
+    // Run times per group: one histogram family, cumulative buckets ending in +Inf.
+    let _ = writeln!(
+        out,
+        "# HELP taskwire_task_duration_seconds Run time of finished tasks (as their workers \
+         measured it), by task group."
+    );
+    let _ = writeln!(out, "# TYPE taskwire_task_duration_seconds histogram");
+    for g in &s.durations {
+        let name = label(&g.name);
+        let mut cumulative = 0;
+        for (i, n) in g.buckets.iter().enumerate() {
+            cumulative += n;
+            let le = DURATION_BUCKETS_US
+                .get(i)
+                .map_or("+Inf".to_string(), |&us| (us as f64 / 1e6).to_string());
+            let _ = writeln!(
+                out,
+                "taskwire_task_duration_seconds_bucket{{group=\"{name}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "taskwire_task_duration_seconds_sum{{group=\"{name}\"}} {}",
+            g.sum_us as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "taskwire_task_duration_seconds_count{{group=\"{name}\"}} {}",
+            g.count
+        );
+    }
     family(
+        &mut out,
+        "taskwire_task_durations_unrecorded_total",
+        "counter",
+        "Finished tasks missing from taskwire_task_duration_seconds (more finished in one batch \
+         of the core thread than the core keeps a record of).",
+        &one(s.durations_unrecorded as f64),
+    );
+    let t = &s.transfers;
+    family(
+        &mut out,
+        "taskwire_transfer_fetched_bytes_total",
+        "counter",
+        "Bytes workers fetched from other workers (task inputs), all workers since the \
+         scheduler started.",
+        &one(t.fetched_bytes as f64),
+    );
+    family(
+        &mut out,
+        "taskwire_transfer_served_bytes_total",
+        "counter",
+        "Bytes workers served from their data ports (to other workers and to clients), all \
+         workers since the scheduler started.",
+        &one(t.served_bytes as f64),
+    );
+    family(
+        &mut out,
         "taskwire_tasks_finished_total",
         "counter",
         "Tasks finished on workers since the scheduler started.",
         &one(s.finished_total as f64),
     );
     family(
+        &mut out,
         "taskwire_workers",
         "gauge",
         "Workers registered.",
         &one(s.workers.len() as f64),
     );
     family(
+        &mut out,
         "taskwire_clients",
         "gauge",
         "Clients connected.",
@@ -532,7 +518,7 @@ pub(crate) fn metrics(s: &Snapshot) -> String {
             r.killed_worker_errors,
         ),
     ] {
-        family(name, "counter", help, &one(v as f64));
+        family(&mut out, name, "counter", help, &one(v as f64));
     }
     let per_worker = |f: &dyn Fn(&taskwire_protocol::WorkerInfoMsg) -> f64| -> Vec<(String, f64)> {
         s.workers
@@ -620,7 +606,7 @@ pub(crate) fn metrics(s: &Snapshot) -> String {
             per_worker(&|w| w.last_seen_ms as f64 / 1000.0),
         ),
     ] {
-        family(name, kind, help, &samples);
+        family(&mut out, name, kind, help, &samples);
     }
     out
 }
@@ -654,7 +640,39 @@ mod tests {
             restarts: 1,
             last_seen_ms: 250,
         });
+        let mut buckets = [0; DURATION_BUCKETS_US.len() + 1];
+        buckets[0] = 2; // <= 10 µs
+        buckets[6] = 1; // <= 1 ms
+        buckets[DURATION_BUCKETS_US.len()] = 1; // > 1000 s
+        s.durations.push(crate::GroupDurations {
+            name: "inc".into(),
+            buckets,
+            count: 4,
+            sum_us: 2_000_001_000,
+        });
+        s.transfers.fetched_bytes = 1234;
         s
+    }
+
+    #[test]
+    fn durations_are_cumulative_histograms() {
+        let text = metrics(&snapshot());
+        for line in [
+            "# TYPE taskwire_task_duration_seconds histogram\n",
+            "taskwire_task_duration_seconds_bucket{group=\"inc\",le=\"0.00001\"} 2\n",
+            "taskwire_task_duration_seconds_bucket{group=\"inc\",le=\"0.0005\"} 2\n",
+            "taskwire_task_duration_seconds_bucket{group=\"inc\",le=\"0.001\"} 3\n",
+            "taskwire_task_duration_seconds_bucket{group=\"inc\",le=\"1000\"} 3\n",
+            "taskwire_task_duration_seconds_bucket{group=\"inc\",le=\"+Inf\"} 4\n",
+            "taskwire_task_duration_seconds_sum{group=\"inc\"} 2000.001\n",
+            "taskwire_task_duration_seconds_count{group=\"inc\"} 4\n",
+            "taskwire_transfer_fetched_bytes_total 1234\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        let d = durations(&snapshot(), false);
+        assert_eq!(d["groups"][0]["cumulative"][6], 3);
+        assert_eq!(d["groups"][0]["cumulative"][25], 4);
     }
 
     #[test]
@@ -670,7 +688,12 @@ mod tests {
         // Every sample line belongs to a family declared just before it.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
-            assert!(text.contains(&format!("# TYPE {name} ")), "{line}");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| text.contains(&format!("# TYPE {f} histogram")))
+                .unwrap_or(name);
+            assert!(text.contains(&format!("# TYPE {family} ")), "{line}");
         }
     }
 

@@ -23,10 +23,12 @@
 
 mod core_thread;
 mod dashboard;
+mod durations;
 mod server;
 mod snapshot;
 
-pub use snapshot::Snapshot;
+pub use durations::{DURATION_BUCKETS_US, GroupDurations, MAX_DURATION_GROUPS, OTHER_GROUP};
+pub use snapshot::{Snapshot, TransferTotals};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -203,6 +205,7 @@ impl SchedulerBuilder {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(false);
+        let credential = self.limits.secret.as_ref().map(|s| s.http_credential());
         let dashboard = match &self.dashboard {
             Some((host, port)) => Some(bind_dashboard(host, *port).await?),
             None => None,
@@ -215,10 +218,15 @@ impl SchedulerBuilder {
                     Some("0.0.0.0") | Some("::") | None => taskwire_transport_tcp::host_ip(),
                     Some(h) => h.to_string(),
                 };
-                format!("http://{host}:{}/", a.port())
+                // With a token, the link carries the credential derived from it (never the
+                // token): opening it sets the browser's cookie.
+                match &credential {
+                    Some(c) => format!("http://{host}:{}/?token={c}", a.port()),
+                    None => format!("http://{host}:{}/", a.port()),
+                }
             });
         let worker_ttl = self.core.worker_ttl;
-        let (publisher, snapshots, stream) = snapshot::Publisher::new();
+        let (publisher, snapshots, stream) = snapshot::Publisher::new(dashboard.is_some());
         let core = core_thread::spawn(self.core, publisher);
         if let Some(listener) = dashboard {
             tokio::spawn(dashboard::serve(
@@ -227,6 +235,7 @@ impl SchedulerBuilder {
                 stream,
                 core.inputs.clone(),
                 stop_rx.clone(),
+                credential,
             ));
         }
         let shared = Arc::new(server::Shared::new(
@@ -264,7 +273,8 @@ impl SchedulerHandle {
         &self.address
     }
 
-    /// The dashboard's URL (`http://host:port/`), when it is on.
+    /// The dashboard's URL (`http://host:port/`), when it is on; with a cluster token it ends
+    /// in `?token=CREDENTIAL` (see `ClusterSecret::http_credential`).
     pub fn dashboard_link(&self) -> Option<&str> {
         self.dashboard.as_deref()
     }
@@ -295,16 +305,12 @@ impl Drop for SchedulerHandle {
 
 /// Bind the dashboard, falling back to a free port when the one asked for is taken.
 async fn bind_dashboard(host: &str, port: u16) -> Result<tokio::net::TcpListener, SchedulerError> {
-    match tokio::net::TcpListener::bind((host, port)).await {
-        Ok(l) => Ok(l),
-        Err(e) if port != 0 && e.kind() == std::io::ErrorKind::AddrInUse => {
-            tracing::warn!("dashboard port {port} is taken; using a free port instead");
-            tokio::net::TcpListener::bind((host, 0))
-                .await
-                .map_err(|e| SchedulerError::Dashboard {
-                    addr: format!("{host}:0"),
-                    reason: e.to_string(),
-                })
+    match taskwire_transport_tcp::http::bind(host, port).await {
+        Ok((listener, fell_back)) => {
+            if fell_back {
+                tracing::warn!("dashboard port {port} is taken; using a free port instead");
+            }
+            Ok(listener)
         }
         Err(e) => Err(SchedulerError::Dashboard {
             addr: format!("{host}:{port}"),

@@ -1,6 +1,7 @@
 //! What the core thread publishes for observers (the dashboard, `/metrics`): a copy of the
 //! cluster's state taken at a bounded rate, so that looking never holds up the core.
 
+use crate::durations::{Durations, GroupDurations};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +29,48 @@ pub struct Snapshot {
     pub finished_total: u64,
     /// Clients connected.
     pub clients: usize,
+    /// Run times of the tasks finished since the scheduler started, per task group (kept when
+    /// the dashboard is on).
+    pub durations: Vec<GroupDurations>,
+    /// Tasks finished whose run time is not in `durations` (more finished in one batch of the
+    /// core thread than the core keeps a record of).
+    pub durations_unrecorded: u64,
+    /// Bytes moved between workers since the scheduler started.
+    pub transfers: TransferTotals,
+}
+
+/// Bytes moved between workers, added up over the workers' heartbeats (including workers that
+/// have left since).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransferTotals {
+    /// Bytes workers fetched from other workers.
+    pub fetched_bytes: u64,
+    /// Bytes workers served from their data ports, to other workers and to clients.
+    pub served_bytes: u64,
+}
+
+/// Adds up the workers' transfer counters: each heartbeat carries a worker's own totals since
+/// it started, so the cluster's total grows by what each counter grew since last seen.
+#[derive(Default)]
+struct TransferCounter {
+    totals: TransferTotals,
+    /// (fetched, served) as last seen, by worker id.
+    last: rustc_hash::FxHashMap<u64, (u64, u64)>,
+}
+
+impl TransferCounter {
+    fn update(&mut self, workers: &[WorkerInfoMsg]) -> TransferTotals {
+        let mut last = rustc_hash::FxHashMap::default();
+        for w in workers {
+            let now = (w.metrics.fetched_bytes, w.metrics.served_bytes);
+            let before = self.last.get(&w.id.0).copied().unwrap_or((0, 0));
+            self.totals.fetched_bytes += now.0.saturating_sub(before.0);
+            self.totals.served_bytes += now.1.saturating_sub(before.1);
+            last.insert(w.id.0, now);
+        }
+        self.last = last;
+        self.totals
+    }
 }
 
 impl Snapshot {
@@ -40,6 +83,9 @@ impl Snapshot {
             recovery: core.recovery(),
             finished_total: core.finished_total(),
             clients: core.client_count(),
+            durations: Vec::new(),
+            durations_unrecorded: 0,
+            transfers: TransferTotals::default(),
         }
     }
 
@@ -53,6 +99,9 @@ impl Snapshot {
             recovery: RecoveryCounts::default(),
             finished_total: 0,
             clients: 0,
+            durations: Vec::new(),
+            durations_unrecorded: 0,
+            transfers: TransferTotals::default(),
         }
     }
 }
@@ -83,10 +132,14 @@ pub(crate) struct Publisher {
     last: Option<Instant>,
     stream: TaskStream,
     stream_seq: u64,
+    durations: Option<Durations>,
+    transfers: TransferCounter,
 }
 
 impl Publisher {
-    pub(crate) fn new() -> (Publisher, watch::Receiver<Arc<Snapshot>>, TaskStream) {
+    /// `durations`: keep the run-time histograms (only the dashboard shows them, and they
+    /// cost a bucket search per finished task on the core thread).
+    pub(crate) fn new(durations: bool) -> (Publisher, watch::Receiver<Arc<Snapshot>>, TaskStream) {
         let (tx, rx) = watch::channel(Arc::new(Snapshot::empty()));
         let stream = TaskStream::default();
         let publisher = Publisher {
@@ -94,6 +147,8 @@ impl Publisher {
             last: None,
             stream: stream.clone(),
             stream_seq: 0,
+            durations: durations.then(Durations::default),
+            transfers: TransferCounter::default(),
         };
         (publisher, rx, stream)
     }
@@ -126,6 +181,14 @@ impl Publisher {
         }
     }
 
+    /// Count the run times of the tasks finished since the last call; called after every
+    /// batch of events, before the core's record of finished tasks wraps around.
+    pub(crate) fn record_durations(&mut self, core: &Core) {
+        if let Some(d) = &mut self.durations {
+            d.record(core);
+        }
+    }
+
     /// Publish if the last snapshot is older than the interval; false if held back.
     pub(crate) fn maybe_publish(&mut self, core: &Core, now: Instant) -> bool {
         if self
@@ -136,12 +199,67 @@ impl Publisher {
         }
         self.last = Some(now);
         self.extend_stream(core, now);
-        let _ = self.tx.send(Arc::new(Snapshot::take(core)));
+        self.record_durations(core);
+        let mut snapshot = Snapshot::take(core);
+        if let Some(d) = &self.durations {
+            snapshot.durations = d.groups.clone();
+            snapshot.durations_unrecorded = d.unrecorded;
+        }
+        snapshot.transfers = self.transfers.update(&snapshot.workers);
+        let _ = self.tx.send(Arc::new(snapshot));
         true
     }
 
     /// When the next publication is due, if one was held back.
     pub(crate) fn next_due(&self) -> Option<Instant> {
         self.last.map(|t| t + PUBLISH_INTERVAL)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskwire_protocol::{WorkerId, WorkerMetricsMsg};
+
+    fn worker(id: u64, fetched: u64, served: u64) -> WorkerInfoMsg {
+        WorkerInfoMsg {
+            id: WorkerId(id),
+            name: format!("w{id}"),
+            address: String::new(),
+            nthreads: 1,
+            memory_limit: 0,
+            resources: vec![],
+            processing: 0,
+            in_memory: 0,
+            metrics: WorkerMetricsMsg {
+                fetched_bytes: fetched,
+                served_bytes: served,
+                ..Default::default()
+            },
+            restarts: 0,
+            last_seen_ms: 0,
+        }
+    }
+
+    #[test]
+    fn transfer_totals_keep_what_departed_and_restarted_workers_moved() {
+        let mut c = TransferCounter::default();
+        assert_eq!(
+            c.update(&[worker(1, 100, 5), worker(2, 0, 100)])
+                .fetched_bytes,
+            100
+        );
+        // Worker 1 moves 50 more, then leaves; its bytes stay counted.
+        assert_eq!(
+            c.update(&[worker(1, 150, 5), worker(2, 0, 150)])
+                .fetched_bytes,
+            150
+        );
+        let t = c.update(&[worker(2, 0, 150)]);
+        assert_eq!((t.fetched_bytes, t.served_bytes), (150, 155));
+        // Its replacement (a new id) counts from zero again.
+        let t = c.update(&[worker(2, 0, 150), worker(3, 10, 0)]);
+        assert_eq!((t.fetched_bytes, t.served_bytes), (160, 155));
+        assert_eq!(c.last.len(), 2, "departed workers are forgotten");
     }
 }

@@ -8,6 +8,11 @@
 //!
 //! [`standard_registry`] is the registry every Taskwire process uses: in-memory and TCP, and
 //! UCX when built with the `ucx` feature (which the `taskwire` crate's `ucx` feature enables).
+//!
+//! [`http`] is the small HTTP server the scheduler (dashboard, JSON API) and the worker
+//! (`/metrics`) share: plain TCP too, and here so that neither depends on the other.
+
+pub mod http;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -38,6 +38,10 @@
 //! The [nanny](Nanny) runs each worker as a child process and restarts it when it dies, goes
 //! over its memory limit, loses the scheduler or reaches its lifetime.
 //!
+//! A worker counts the bytes it fetches from other workers and serves from its data port, and
+//! reports them with its heartbeats; [`WorkerBuilder::metrics_port`] also serves them, with its
+//! memory and tasks run, as Prometheus text on a small HTTP port of its own.
+//!
 //! ```
 //! use taskwire_protocol::{TaskId, TaskKindMsg};
 //! use taskwire_worker::{Executor, Job, Registry, decode_i64, encode_i64};
@@ -59,6 +63,7 @@ mod command;
 mod executor;
 mod functions;
 mod memory;
+mod metrics;
 mod nanny;
 mod peer;
 mod registry;

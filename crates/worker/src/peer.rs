@@ -1,6 +1,7 @@
 //! The worker's data plane: a server that answers `GetData`/`PutData` on the worker's data
 //! address, and a pooled client that fetches inputs from other workers.
 
+use crate::metrics::Counters;
 use crate::store::Store;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -36,6 +37,17 @@ impl Default for DataLimits {
     }
 }
 
+/// What every connection to the data port shares.
+struct Port {
+    store: Arc<Store>,
+    /// The worker's name, for the handshake.
+    name: String,
+    /// Where data put by clients is reported.
+    added: mpsc::UnboundedSender<Vec<(TaskId, u64)>>,
+    limits: DataLimits,
+    counters: Arc<Counters>,
+}
+
 /// Serve the data address until `stop`. Data put by clients is reported on `added`.
 pub(crate) async fn serve(
     mut listener: Listener,
@@ -44,20 +56,27 @@ pub(crate) async fn serve(
     added: mpsc::UnboundedSender<Vec<(TaskId, u64)>>,
     mut stop: watch::Receiver<bool>,
     limits: DataLimits,
+    counters: Arc<Counters>,
 ) {
     let peer_stop = stop.clone();
-    let limits = Arc::new(limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let port = Arc::new(Port {
+        store,
+        name,
+        added,
+        limits,
+        counters,
+    });
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => match slots.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        tokio::spawn(serve_peer(conn, store.clone(), name.clone(), added.clone(), peer_stop.clone(), limits.clone(), permit));
+                        tokio::spawn(serve_peer(conn, port.clone(), peer_stop.clone(), permit));
                     }
                     Err(_) => {
-                        let limit = limits.max_connections;
+                        let limit = port.limits.max_connections;
                         info!("data port: refusing {}: already serving {limit} connections", conn.peer);
                         tokio::spawn(async move {
                             let reason = format!("this worker's data port is serving its maximum of {limit} connections; try again later");
@@ -77,13 +96,17 @@ pub(crate) async fn serve(
 
 async fn serve_peer(
     mut conn: Connection,
-    store: Arc<Store>,
-    name: String,
-    added: mpsc::UnboundedSender<Vec<(TaskId, u64)>>,
+    port: Arc<Port>,
     mut stop: watch::Receiver<bool>,
-    limits: Arc<DataLimits>,
     _permit: OwnedSemaphorePermit,
 ) {
+    let Port {
+        store,
+        name,
+        added,
+        limits,
+        counters,
+    } = &*port;
     let handshake = ServerHandshake::new(limits.secret.clone());
     let hello = match accept(&mut conn, handshake, limits.handshake_timeout).await {
         Ok(h) => h,
@@ -110,7 +133,7 @@ async fn serve_peer(
         }
     }
     if conn
-        .send(Message::new(Welcome::accept(name).encode()))
+        .send(Message::new(Welcome::accept(name.clone()).encode()))
         .await
         .is_err()
     {
@@ -150,6 +173,11 @@ async fn serve_peer(
                         (*t, hit)
                     })
                     .collect();
+                Counters::add(
+                    &counters.served_bytes,
+                    &counters.served_values,
+                    frames.iter().map(Bytes::len),
+                );
                 let data = encode(&FromPeer::Data {
                     request,
                     tasks: found,
@@ -223,16 +251,23 @@ pub(crate) struct PeerPool {
     secret: Option<ClusterSecret>,
     conns: Arc<tokio::sync::Mutex<HashMap<String, Arc<PeerConn>>>>,
     next_request: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 }
 
 impl PeerPool {
-    pub(crate) fn new(registry: Registry, name: String, secret: Option<ClusterSecret>) -> PeerPool {
+    pub(crate) fn new(
+        registry: Registry,
+        name: String,
+        secret: Option<ClusterSecret>,
+        counters: Arc<Counters>,
+    ) -> PeerPool {
         PeerPool {
             registry,
             name,
             secret,
             conns: Default::default(),
             next_request: Arc::new(AtomicU64::new(1)),
+            counters,
         }
     }
 
@@ -323,6 +358,11 @@ impl PeerPool {
         let msg = rx.await.map_err(|_| "connection dropped".to_string())??;
         match decode::<FromPeer>(&msg.header) {
             Ok(FromPeer::Data { tasks, .. }) => {
+                Counters::add(
+                    &self.counters.fetched_bytes,
+                    &self.counters.fetched_values,
+                    msg.frames.iter().map(Bytes::len),
+                );
                 let mut frames = msg.frames.into_iter();
                 let mut out = Vec::with_capacity(tasks.len());
                 for (task, found) in tasks {

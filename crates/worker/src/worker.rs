@@ -3,6 +3,7 @@
 
 use crate::executor::{Executor, Job, JobOutcome};
 use crate::memory::{MemoryConfig, MemoryRelease, MemorySource, Monitor, threshold};
+use crate::metrics::{self, Counters};
 use crate::peer::{self, PeerPool};
 use crate::registry::Registry as Functions;
 use crate::store::{Lookup, SpillSettings, Store};
@@ -106,6 +107,7 @@ impl Worker {
             memory_source: None,
             memory_release: None,
             data: peer::DataLimits::default(),
+            metrics: None,
         }
     }
 }
@@ -128,6 +130,7 @@ pub struct WorkerBuilder {
     memory_source: Option<MemorySource>,
     memory_release: Option<MemoryRelease>,
     data: peer::DataLimits,
+    metrics: Option<(String, u16)>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -250,6 +253,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// Serve Prometheus metrics (`/metrics`) and a liveness check (`/health`) over HTTP on
+    /// `host:port` (port 0: a free one; a taken port falls back to a free one with a warning).
+    /// With a cluster token, `/metrics` needs its HTTP credential. Off by default.
+    pub fn metrics_port(mut self, host: &str, port: u16) -> Self {
+        self.metrics = Some((host.to_string(), port));
+        self
+    }
+
     /// How many times a nanny has restarted this worker (reported to the scheduler).
     pub fn restarts(mut self, n: u32) -> Self {
         self.restarts = n;
@@ -347,6 +358,41 @@ impl WorkerBuilder {
             paused_tx,
         );
         let (stop_tx, stop_rx) = watch::channel(false);
+        let counters = Arc::new(Counters::default());
+        let (heartbeat_tx, heartbeat_rx) = watch::channel(WorkerMetricsMsg::default());
+        let metrics_link = match &self.metrics {
+            Some((host, port)) => {
+                let (listener, fell_back) = taskwire_transport_tcp::http::bind(host, *port)
+                    .await
+                    .map_err(|e| {
+                    WorkerError::Setup(format!("metrics port {host}:{port}: {e}"))
+                })?;
+                if fell_back {
+                    warn!("metrics port {port} is taken; using a free port instead");
+                }
+                let bound = listener
+                    .local_addr()
+                    .map_err(|e| WorkerError::Setup(format!("metrics port: {e}")))?;
+                let shown_host = match host.as_str() {
+                    "0.0.0.0" | "::" => taskwire_transport_tcp::host_ip(),
+                    h => h.to_string(),
+                };
+                tokio::spawn(metrics::serve(
+                    listener,
+                    metrics::Shown {
+                        name: name.clone(),
+                        nthreads,
+                        memory_limit,
+                        heartbeat: heartbeat_rx,
+                        counters: counters.clone(),
+                    },
+                    stop_rx.clone(),
+                    self.data.secret.as_ref().map(|s| s.http_credential()),
+                ));
+                Some(format!("http://{shown_host}:{}/metrics", bound.port()))
+            }
+            None => None,
+        };
         let (done_tx, done_rx) = watch::channel(None);
         let (retire_tx, retire_rx) = watch::channel(false);
         let (added_tx, added_rx) = mpsc::unbounded_channel();
@@ -358,6 +404,7 @@ impl WorkerBuilder {
             added_tx,
             stop_rx.clone(),
             self.data,
+            counters.clone(),
         ));
         let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
         let executor = Executor::start(
@@ -373,7 +420,9 @@ impl WorkerBuilder {
             id,
             store,
             executor,
-            peers: PeerPool::new(transports, name.clone(), secret),
+            peers: PeerPool::new(transports, name.clone(), secret, counters.clone()),
+            counters,
+            published: heartbeat_tx,
             sender,
             waiting: HashMap::new(),
             fetching: HashMap::new(),
@@ -412,6 +461,7 @@ impl WorkerBuilder {
         Ok(WorkerHandle {
             id,
             name,
+            metrics: metrics_link,
             address,
             scheduler,
             nthreads,
@@ -427,6 +477,7 @@ impl WorkerBuilder {
 pub struct WorkerHandle {
     id: WorkerId,
     name: String,
+    metrics: Option<String>,
     address: Address,
     scheduler: Address,
     nthreads: usize,
@@ -455,6 +506,11 @@ impl WorkerHandle {
     /// Its task threads.
     pub fn nthreads(&self) -> usize {
         self.nthreads
+    }
+    /// Where its metrics are served (`http://host:port/metrics`), when
+    /// [`WorkerBuilder::metrics_port`] turned them on.
+    pub fn metrics_link(&self) -> Option<&str> {
+        self.metrics.as_deref()
     }
     /// Resolves when the worker has stopped, with the reason.
     pub async fn finished(&self) -> StopReason {
@@ -583,6 +639,10 @@ struct State {
     store: Arc<Store>,
     executor: Executor,
     peers: PeerPool,
+    /// Transfers and tasks run, for heartbeats and the metrics port.
+    counters: Arc<Counters>,
+    /// The latest heartbeat, for the metrics port.
+    published: watch::Sender<WorkerMetricsMsg>,
     sender: ConnSender,
     waiting: HashMap<TaskId, Waiting>,
     /// Inputs being fetched.
@@ -1108,6 +1168,9 @@ impl State {
                 let nbytes = value.len() as u64;
                 let inline = (value.len() <= MAX_INLINE_RESULT).then(|| value.to_vec());
                 self.store.insert(outcome.task, value);
+                self.counters
+                    .tasks_finished
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.finished.push(TaskFinishedMsg {
                     task: outcome.task,
                     nbytes,
@@ -1115,19 +1178,29 @@ impl State {
                     inline,
                 });
             }
-            Err(e) => self.erred.push((outcome.task, e)),
+            Err(e) => {
+                self.counters
+                    .tasks_erred
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.erred.push((outcome.task, e));
+            }
         }
     }
 
     fn heartbeat(&self) -> FromWorker {
-        FromWorker::Heartbeat(WorkerMetricsMsg {
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        let metrics = WorkerMetricsMsg {
             managed: self.store.managed(),
             spilled: self.store.spilled(),
             rss: self.memory.rss(),
             executing: self.executor.executing() as u32,
             paused: *self.paused.borrow(),
+            fetched_bytes: self.counters.fetched_bytes.load(relaxed),
+            served_bytes: self.counters.served_bytes.load(relaxed),
             ..self.gpu_metrics()
-        })
+        };
+        self.published.send_replace(metrics.clone());
+        FromWorker::Heartbeat(metrics)
     }
 
     fn gpu_metrics(&self) -> WorkerMetricsMsg {

@@ -141,6 +141,7 @@ fn plan(args: &CudaWorkerArgs) -> Result<Plan, String> {
             "--worker-port {p} with {n} GPUs goes past port 65535"
         ));
     }
+    args.nanny.dashboard_port(n.saturating_sub(1))?;
     let options = WorkerOptions {
         name: args.name.clone(),
         nthreads: args.nthreads,
@@ -181,6 +182,7 @@ fn child_args(args: &CudaWorkerArgs, plan: &Plan, w: &GpuWorkerPlan) -> Vec<OsSt
         port: args.worker_port.map(|p| usize::from(p) + w.index),
         host: plan.host.as_deref(),
         local_directory: args.local_directory.as_deref(),
+        dashboard_port: args.nanny.dashboard_port(w.index).ok().flatten(),
         security: super::security::child_args(&args.nanny.auth, &args.nanny.data_port),
     }
     .args();

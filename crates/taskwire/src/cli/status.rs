@@ -25,15 +25,20 @@ pub(crate) struct StatusArgs {
     /// Print the three JSON documents instead of tables.
     #[arg(long)]
     json: bool,
+    /// With a cluster token, the dashboard needs the credential derived from it.
+    #[command(flatten)]
+    auth: super::security::AuthArgs,
 }
 
-/// `GET path` from `host:port`; the body of a 200 answer.
-fn get(hostport: &str, path: &str) -> Result<String, String> {
+/// `GET path` from `host:port` (with `Authorization: Bearer` when the cluster has a token);
+/// the body of a 200 answer.
+fn get(hostport: &str, path: &str, credential: Option<&str>) -> Result<String, String> {
     let mut s = TcpStream::connect(hostport)
         .map_err(|e| format!("cannot reach the dashboard at http://{hostport}/: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\n\r\n").as_bytes())
+    let auth = credential.map_or(String::new(), |c| format!("Authorization: Bearer {c}\r\n"));
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}\r\n").as_bytes())
         .map_err(|e| e.to_string())?;
     let mut answer = String::new();
     s.read_to_string(&mut answer)
@@ -48,8 +53,8 @@ fn get(hostport: &str, path: &str) -> Result<String, String> {
     Ok(body.to_string())
 }
 
-fn json(hostport: &str, path: &str) -> Result<Value, String> {
-    serde_json::from_str(&get(hostport, path)?).map_err(|e| format!("{path}: {e}"))
+fn json(hostport: &str, path: &str, credential: Option<&str>) -> Result<Value, String> {
+    serde_json::from_str(&get(hostport, path, credential)?).map_err(|e| format!("{path}: {e}"))
 }
 
 fn bytes(b: u64) -> String {
@@ -79,9 +84,11 @@ pub(crate) fn run(args: StatusArgs) -> Result<(), String> {
     } else {
         format!("{host}:{}", args.dashboard_port)
     };
-    let totals = json(&hostport, "/api/v1/totals")?;
-    let workers = json(&hostport, "/api/v1/workers")?;
-    let groups = json(&hostport, "/api/v1/groups")?;
+    let credential = args.auth.secret()?.map(|s| s.http_credential());
+    let credential = credential.as_deref();
+    let totals = json(&hostport, "/api/v1/totals", credential)?;
+    let workers = json(&hostport, "/api/v1/workers", credential)?;
+    let groups = json(&hostport, "/api/v1/groups", credential)?;
     if args.json {
         println!("{totals}\n{workers}\n{groups}");
         return Ok(());
@@ -102,7 +109,8 @@ fn render(scheduler: &str, totals: &Value, workers: &Value, groups: &Value) -> S
          tasks: {} held — {} waiting, {} no-worker, {} queued, {} processing, {} in memory, \
          {} erred; {} finished in all\n\
          recovery: {} workers lost, {} retired, {} tasks rescheduled, {} results recomputed, \
-         {} KilledWorker\n",
+         {} KilledWorker\n\
+         transfers: {} fetched between workers, {} served from data ports\n",
         n(&totals["workers"]),
         n(&totals["threads"]),
         n(&totals["clients"]),
@@ -119,6 +127,8 @@ fn render(scheduler: &str, totals: &Value, workers: &Value, groups: &Value) -> S
         n(&r["tasks_rescheduled"]),
         n(&r["results_recomputed"]),
         n(&r["killed_worker_errors"]),
+        bytes(n(&totals["transfers"]["fetched_bytes"])),
+        bytes(n(&totals["transfers"]["served_bytes"])),
     );
     if let Some(gs) = groups.as_array().filter(|g| !g.is_empty()) {
         out.push_str(&format!(

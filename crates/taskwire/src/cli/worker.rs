@@ -122,6 +122,11 @@ pub(crate) struct NannyArgs {
     pub(crate) auth: super::security::AuthArgs,
     #[command(flatten)]
     pub(crate) data_port: super::security::DataPortArgs,
+    /// Serve each worker's Prometheus metrics (`/metrics`, `/health`) over HTTP on this port,
+    /// worker i on PORT+i (0: any free port for each); printed as `worker metrics at:`. Off
+    /// unless given.
+    #[arg(long, value_name = "PORT")]
+    pub(crate) dashboard_port: Option<u16>,
 }
 
 impl NannyArgs {
@@ -139,6 +144,19 @@ impl NannyArgs {
         let stagger = parse_duration(&self.lifetime_stagger)
             .map_err(|e| format!("--lifetime-stagger: {e}"))?;
         Ok(Some((life, stagger)))
+    }
+
+    /// Worker `i`'s metrics port: `--dashboard-port` plus `i` (0 stays 0: any free port).
+    pub(crate) fn dashboard_port(&self, i: usize) -> Result<Option<u16>, String> {
+        let Some(p) = self.dashboard_port else {
+            return Ok(None);
+        };
+        if p == 0 {
+            return Ok(Some(0));
+        }
+        u16::try_from(usize::from(p) + i)
+            .map(Some)
+            .map_err(|_| format!("--dashboard-port {p} for worker {i} goes past port 65535"))
     }
 
     /// The nanny's restart policy from `--restart-limit` and `--restart-window`.
@@ -165,6 +183,8 @@ pub(super) struct ChildLine<'a> {
     pub(super) port: Option<usize>,
     pub(super) host: Option<&'a str>,
     pub(super) local_directory: Option<&'a Path>,
+    /// The worker's metrics port, if any.
+    pub(super) dashboard_port: Option<u16>,
     /// Token file and data-port limits.
     pub(super) security: Vec<OsString>,
 }
@@ -196,6 +216,9 @@ impl ChildLine<'_> {
         }
         if let Some(d) = self.local_directory {
             opt("--local-directory", d.as_os_str());
+        }
+        if let Some(p) = self.dashboard_port {
+            opt("--dashboard-port", p.to_string().as_ref());
         }
         a.extend(self.security.iter().cloned());
         a.push("--no-nanny".into());
@@ -296,6 +319,7 @@ fn plan(args: &WorkerArgs) -> Result<Plan, String> {
         _ => {}
     }
     let lifetime = args.nanny.lifetime()?;
+    args.nanny.dashboard_port(args.nworkers - 1)?;
     Ok(Plan {
         nworkers: args.nworkers,
         nthreads: args
@@ -403,6 +427,7 @@ fn child_args(args: &WorkerArgs, plan: &Plan, i: usize) -> Vec<OsString> {
         port: args.worker_port.map(|p| usize::from(p) + i),
         host: args.host.as_deref(),
         local_directory: args.local_directory.as_deref(),
+        dashboard_port: args.nanny.dashboard_port(i).ok().flatten(),
         security: super::security::child_args(&args.nanny.auth, &args.nanny.data_port),
     }
     .args();
@@ -607,6 +632,9 @@ fn builder(
     if let Some((probe, limit)) = gpu_memory_probe() {
         b = b.gpu_memory(probe, limit);
     }
+    if let Ok(Some(port)) = args.nanny.dashboard_port(i) {
+        b = b.metrics_port(&nanny_host(args), port);
+    }
     if args.worker_port.is_some() || args.host.is_some() {
         let host = args.host.clone().unwrap_or_else(|| "0.0.0.0".into());
         let port = args.worker_port.map_or(0, |p| p + i as u16);
@@ -684,6 +712,9 @@ async fn run_workers(args: &WorkerArgs, plan: &Plan) -> Result<i32, String> {
             Ok(w) => {
                 println!("Start worker at: {}", w.address());
                 println!("Registered to: {}", w.scheduler());
+                if let Some(link) = w.metrics_link() {
+                    println!("worker metrics at: {link}");
+                }
                 handles.push(w);
             }
             Err(StartFailure::Interrupted) => {
