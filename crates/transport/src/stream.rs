@@ -54,7 +54,16 @@ where
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, mut outbox: Outbox) {
+async fn write_loop<W: AsyncWrite + Unpin>(write: W, mut outbox: Outbox) {
+    // Stop as soon as a sender aborts, even in the middle of a write the peer is not reading.
+    let aborted = outbox.aborted();
+    tokio::select! {
+        _ = aborted => {}
+        _ = write_all_queued(write, &mut outbox) => {}
+    }
+}
+
+async fn write_all_queued<W: AsyncWrite + Unpin>(mut write: W, outbox: &mut Outbox) {
     let mut batch: Vec<Message> = Vec::with_capacity(64);
     let mut scratch = BytesMut::with_capacity(64 * 1024);
     loop {
@@ -193,6 +202,10 @@ impl<R: AsyncRead + Unpin + Send + Sync + 'static> RecvHalf for StreamReader<R> 
             }
         }
     }
+
+    fn mid_message(&self) -> bool {
+        self.state == ReadState::Open && self.decoder.in_message(&self.buf)
+    }
 }
 
 fn poll_read_buf<R: AsyncRead>(
@@ -212,4 +225,112 @@ fn poll_read_buf<R: AsyncRead>(
     // SAFETY: the reader initialised `n` bytes at the start of the spare capacity.
     unsafe { buf.advance_mut(n) };
     Poll::Ready(Ok(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    fn pair() -> (Connection, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (r, w) = tokio::io::split(ours);
+        let addr: Address = "tcp://127.0.0.1:1".parse().expect("address");
+        let conn = connection(
+            r,
+            w,
+            Arc::new(TransportConfig::default()),
+            addr.clone(),
+            addr,
+        );
+        (conn, theirs)
+    }
+
+    fn wire(msg: &Message) -> BytesMut {
+        let mut b = BytesMut::new();
+        codec::encode_into(msg, &mut b);
+        b
+    }
+
+    /// A peer that sends the start of a message and then one byte now and then (holding the
+    /// connection at almost no cost to itself) is cut off after the limit.
+    #[tokio::test]
+    async fn a_trickled_message_fails_after_the_limit() {
+        let (mut conn, mut peer) = pair();
+        let bytes = wire(&Message::new(Bytes::from(vec![7u8; 64])));
+        let trickle = tokio::spawn(async move {
+            for b in bytes.iter() {
+                if peer.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Keep the stream open.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let started = std::time::Instant::now();
+        let r = conn
+            .receiver
+            .recv_finishing_within(Duration::from_millis(300))
+            .await;
+        assert!(matches!(r, Err(TransportError::SlowMessage(_))), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        trickle.abort();
+    }
+
+    /// Between messages a connection may stay silent for as long as it likes; a message that
+    /// arrives in pieces within the limit is fine.
+    #[tokio::test]
+    async fn idle_time_and_a_quick_message_are_fine() {
+        let (mut conn, mut peer) = pair();
+        let msg = Message::new(Bytes::from(vec![1u8; 1000]));
+        let bytes = wire(&msg);
+        let send = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let (a, b) = bytes.split_at(10);
+            peer.write_all(a).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            peer.write_all(b).await.expect("write");
+            peer
+        });
+        let got = conn
+            .receiver
+            .recv_finishing_within(Duration::from_millis(300))
+            .await
+            .expect("message")
+            .expect("not closed");
+        assert_eq!(got, msg);
+        drop(send.await);
+    }
+
+    /// A peer that never reads: the writer is stuck on a full pipe, and `abort` still closes
+    /// the connection at once and fails later sends.
+    #[tokio::test]
+    async fn abort_closes_a_connection_whose_peer_does_not_read() {
+        let (conn, mut peer) = pair();
+        let big = Message::new(Bytes::from(vec![0u8; 1 << 20]));
+        // The pipe holds 64 KiB: the writer blocks inside the first message.
+        conn.sender.send(big.clone()).await.expect("queued");
+        conn.sender.send(big.clone()).await.expect("queued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        conn.sender.abort();
+        tokio::time::timeout(Duration::from_secs(5), conn.sender.closed())
+            .await
+            .expect("the writer stopped");
+        assert!(conn.sender.send(big).await.is_err());
+        // Once the reading side is dropped too, the peer sees the stream end after what was
+        // written before the abort.
+        drop(conn);
+        let mut sink = Vec::new();
+        let n = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut sink),
+        )
+        .await
+        .expect("stream ended")
+        .expect("read");
+        assert!(n < 2 << 20, "{n} bytes");
+    }
 }

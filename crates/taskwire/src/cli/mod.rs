@@ -12,11 +12,19 @@ pub(crate) mod worker;
 
 use std::path::Path;
 use std::time::Duration;
-use taskwire::CoreConfig;
+use taskwire::{ClusterSecret, CoreConfig};
 use taskwire_transport::Address;
 
-/// Read the scheduler address from a `--scheduler-file` written by `taskwire scheduler`.
-pub(crate) fn read_scheduler_file(path: &Path) -> Result<Address, String> {
+/// What `taskwire scheduler --scheduler-file` wrote.
+pub(crate) struct SchedulerFile {
+    pub(crate) address: Address,
+    /// The cluster token, when the scheduler has one.
+    pub(crate) token: Option<ClusterSecret>,
+}
+
+/// Read a `--scheduler-file` written by `taskwire scheduler`. One that holds the cluster
+/// token must be readable by its owner only, as a token file must.
+pub(crate) fn read_scheduler_file(path: &Path) -> Result<SchedulerFile, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read scheduler file {}: {e}", path.display()))?;
     let json: serde_json::Value = serde_json::from_str(&text)
@@ -25,7 +33,25 @@ pub(crate) fn read_scheduler_file(path: &Path) -> Result<Address, String> {
         .get("address")
         .and_then(|a| a.as_str())
         .ok_or_else(|| format!("scheduler file {} has no \"address\"", path.display()))?;
-    addr.parse().map_err(|e| format!("{e}"))
+    let address = addr.parse().map_err(|e| format!("{e}"))?;
+    let token = match json.get("auth_token") {
+        None => None,
+        Some(t) => {
+            let t = t.as_str().ok_or_else(|| {
+                format!(
+                    "scheduler file {}: \"auth_token\" is not a string",
+                    path.display()
+                )
+            })?;
+            ClusterSecret::check_private(path)
+                .map_err(|e| format!("{e} (it holds the cluster token)"))?;
+            Some(
+                ClusterSecret::new(t)
+                    .map_err(|e| format!("scheduler file {}: {e}", path.display()))?,
+            )
+        }
+    };
+    Ok(SchedulerFile { address, token })
 }
 
 /// The scheduler address from a positional argument or a scheduler file, exactly one of them.
@@ -35,7 +61,7 @@ pub(crate) fn scheduler_address(
 ) -> Result<Address, String> {
     match (addr, file) {
         (Some(a), None) => a.parse().map_err(|e| format!("{e}")),
-        (None, Some(f)) => read_scheduler_file(f),
+        (None, Some(f)) => read_scheduler_file(f).map(|f| f.address),
         (Some(_), Some(_)) => {
             Err("give the scheduler address or --scheduler-file, not both".into())
         }
@@ -43,6 +69,30 @@ pub(crate) fn scheduler_address(
             Err("give the scheduler address (e.g. tcp://host:8786) or --scheduler-file".into())
         }
     }
+}
+
+/// Raise this process's open-file limit (`ulimit -n`) from its soft value to the hard one, as
+/// Go programs do at start-up: a listener needs a descriptor per connection, and the usual
+/// soft limit of 1024 is far below `--max-connections`. Returns the limit now in force.
+pub(crate) fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct we pass, nothing else.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                lim.rlim_cur = old;
+            }
+        }
+    }
+    lim.rlim_cur as u64
 }
 
 /// Build a multi-threaded tokio runtime for a subcommand.
