@@ -525,13 +525,28 @@ async fn start_worker(
         });
         let attempt = async {
             // A missing or half-written scheduler file may be fixed by a scheduler starting.
-            let scheduler = scheduler_now(args).map_err(Ok)?;
+            let scheduler = scheduler_now(args).map_err(|e| {
+                if e.contains("chmod 600") {
+                    Err(e)
+                } else {
+                    Ok(e)
+                }
+            })?;
             // Read on every attempt too: the scheduler may be creating the token file now.
+            // A file that others can read does not fix itself (and its token may have leaked):
+            // say so and stop; a missing or half-written one may be fixed by a scheduler
+            // starting.
             let secret = args
                 .nanny
                 .auth
                 .secret_with(args.scheduler_file.as_deref())
-                .map_err(Ok)?;
+                .map_err(|e| {
+                    if e.contains("chmod 600") {
+                        Err(e)
+                    } else {
+                        Ok(e)
+                    }
+                })?;
             let b = args
                 .nanny
                 .data_port
