@@ -770,18 +770,24 @@ fn a_ten_million_task_graph_is_refused_without_memory_growth() {
     // The message as the client's transport writes it: prelude, then the header (not copied).
     let mut prelude = BytesMut::new();
     codec::put_prelude(&Message::new(header.clone()), &mut prelude);
-    let total = prelude.len() + header.len();
-    eprintln!("a 10M-task graph is {} MiB on the wire", total >> 20);
+    let graph_len = prelude.len() + header.len();
+    eprintln!("a 10M-task graph is {} MiB on the wire", graph_len >> 20);
 
     let dir = tempdir("security-huge-graph");
     let token = dir.join("cluster.token");
     let (with_token, token_addr) = scheduler(&["--auth-token-file", token.to_str().unwrap()]);
     let (open, open_addr) = scheduler(&[]);
     rt().block_on(async {
-        for (sched, addr, authenticated) in [
-            (&with_token, &token_addr, false),
-            (&with_token, &token_addr, true),
-            (&open, &open_addr, true),
+        // A message within the 64 MiB header limit, sent before any handshake: a peer that
+        // has not authenticated may not make the scheduler buffer more than a handshake.
+        let part = header.slice(..60 << 20);
+        let mut part_prelude = BytesMut::new();
+        codec::put_prelude(&Message::new(part.clone()), &mut part_prelude);
+        for (sched, addr, authenticated, graph) in [
+            (&with_token, &token_addr, false, (&prelude, &header)),
+            (&with_token, &token_addr, true, (&prelude, &header)),
+            (&with_token, &token_addr, false, (&part_prelude, &part)),
+            (&open, &open_addr, true, (&prelude, &header)),
         ] {
             let secret = if sched.pid() == with_token.pid() {
                 Some(ClusterSecret::read_file(&token).unwrap())
@@ -798,8 +804,9 @@ fn a_ten_million_task_graph_is_refused_without_memory_growth() {
                 s = handshake_on(s, None).await;
             }
             // Stops at the first failed write: the scheduler closed the connection.
+            let total = graph.0.len() + graph.1.len();
             let mut written = 0usize;
-            for chunk in std::iter::once(&prelude[..]).chain(header.chunks(1 << 20)) {
+            for chunk in std::iter::once(&graph.0[..]).chain(graph.1.chunks(1 << 20)) {
                 if s.write_all(chunk).await.is_err() {
                     break;
                 }

@@ -176,6 +176,12 @@ pub trait RecvHalf: Send + Sync + 'static {
     fn mid_message(&self) -> bool {
         false
     }
+
+    /// Limit the next messages to `Some(max_header)` header bytes and no payload frames (for
+    /// a handshake), or back to the configured limits (`None`); see
+    /// [`Decoder::cap_message`](crate::codec::Decoder::cap_message). Transports that do not
+    /// decode a byte stream keep the default (their messages are bounded otherwise).
+    fn cap_message(&mut self, _cap: Option<usize>) {}
 }
 
 /// The receiving half of a connection.
@@ -198,6 +204,11 @@ impl ConnReceiver {
     /// Next message; `Ok(None)` when the peer closed cleanly.
     pub async fn recv(&mut self) -> Result<Option<Message>, TransportError> {
         poll_fn(|cx| self.inner.poll_recv(cx)).await
+    }
+
+    /// See [`RecvHalf::cap_message`].
+    pub fn cap_message(&mut self, cap: Option<usize>) {
+        self.inner.cap_message(cap);
     }
 
     /// Next message, like [`recv`](Self::recv), but once part of a message has arrived the

@@ -216,6 +216,10 @@ impl<R: AsyncRead + Unpin + Send + Sync + 'static> RecvHalf for StreamReader<R> 
     fn mid_message(&self) -> bool {
         self.state == ReadState::Open && self.decoder.in_message(&self.buf)
     }
+
+    fn cap_message(&mut self, cap: Option<usize>) {
+        self.decoder.cap_message(cap);
+    }
 }
 
 fn poll_read_buf<R: AsyncRead>(
