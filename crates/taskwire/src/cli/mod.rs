@@ -92,7 +92,7 @@ pub(crate) fn raise_fd_limit() -> u64 {
             }
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// Build a multi-threaded tokio runtime for a subcommand.
