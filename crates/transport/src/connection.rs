@@ -157,7 +157,7 @@ impl Outbox {
     }
 
     /// Record why the connection failed; senders report it from then on.
-    pub fn fail(&mut self, reason: &TransportError) {
+    pub fn fail(mut self, reason: &TransportError) {
         *self.shared.error.lock().expect("send state") = Some(reason.to_string());
         self.rx.close();
     }

@@ -61,13 +61,20 @@ where
 async fn write_loop<W: AsyncWrite + Unpin>(write: W, mut outbox: Outbox) {
     // Stop as soon as a sender aborts, even in the middle of a write the peer is not reading.
     let aborted = outbox.aborted();
-    tokio::select! {
-        _ = aborted => {}
-        _ = write_all_queued(write, &mut outbox) => {}
+    let failed = tokio::select! {
+        _ = aborted => None,
+        r = write_all_queued(write, &mut outbox) => r.err(),
+    };
+    if let Some(e) = failed {
+        outbox.fail(&TransportError::Io(e));
     }
 }
 
-async fn write_all_queued<W: AsyncWrite + Unpin>(mut write: W, outbox: &mut Outbox) {
+/// Write what is queued until every sender is gone (`Ok`) or a write fails.
+async fn write_all_queued<W: AsyncWrite + Unpin>(
+    mut write: W,
+    outbox: &mut Outbox,
+) -> std::io::Result<()> {
     // Both grow with the first messages written; an idle connection holds neither.
     let mut batch: Vec<Message> = Vec::new();
     let mut scratch = BytesMut::new();
@@ -75,7 +82,7 @@ async fn write_all_queued<W: AsyncWrite + Unpin>(mut write: W, outbox: &mut Outb
         let Some(first) = outbox.recv().await else {
             // Every sender is gone and the queue is drained: end the stream cleanly.
             let _ = write.shutdown().await;
-            return;
+            return Ok(());
         };
         let mut bytes = codec::wire_len(&first);
         batch.push(first);
@@ -88,10 +95,7 @@ async fn write_all_queued<W: AsyncWrite + Unpin>(mut write: W, outbox: &mut Outb
                 None => break,
             }
         }
-        if let Err(e) = write_batch(&mut write, &batch, &mut scratch).await {
-            outbox.fail(&TransportError::Io(e));
-            return;
-        }
+        write_batch(&mut write, &batch, &mut scratch).await?;
         batch.clear();
     }
 }
