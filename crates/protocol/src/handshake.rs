@@ -31,6 +31,7 @@ const MAX_FIELD: usize = 64 * 1024;
 
 /// Largest handshake message (a few fields of at most [`MAX_FIELD`] bytes each): until its
 /// handshake is done, a connection accepts no larger message and no payload frames.
+#[cfg(feature = "connection")]
 pub(crate) const MAX_HANDSHAKE_MESSAGE: usize = 4 * MAX_FIELD + 1024;
 
 /// Who is on the other end of a connection.
