@@ -93,6 +93,40 @@ impl ClusterSecret {
         ClusterSecret(hex(&raw).into_bytes())
     }
 
+    /// The token as text, to be written into a file only its owner can read (the scheduler
+    /// file); `None` for a token that is not UTF-8.
+    pub fn expose_text(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+
+    /// Refuse a file that holds a token when others than its owner can read or write it (on
+    /// Unix; as ssh does with private keys): `chmod 600 FILE`.
+    pub fn check_private(path: &Path) -> Result<(), SecretError> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(|e| SecretError::File {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(SecretError::File {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "is accessible by group or others (mode {:o}); run chmod 600 on it",
+                        mode & 0o777
+                    ),
+                });
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = path;
+        Ok(())
+    }
+
     /// The token's text as stored in a token file (the token and a newline), for handing it
     /// to another host over a channel that is already secure (an ssh session's stdin).
     pub fn file_text(&self) -> Vec<u8> {
@@ -109,20 +143,7 @@ impl ClusterSecret {
             reason,
         };
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path)
-                .map_err(|e| err(e.to_string()))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(err(format!(
-                    "is accessible by group or others (mode {:o}); run chmod 600 on it",
-                    mode & 0o777
-                )));
-            }
-        }
+        ClusterSecret::check_private(path)?;
         ClusterSecret::new(bytes).map_err(|e| err(e.to_string()))
     }
 

@@ -2,7 +2,7 @@
 //! every connecting side runs before its first message.
 
 use crate::auth::{ClientHandshake, ClientStep, ServerHandshake, ServerStep};
-use crate::handshake::{HandshakeError, Hello};
+use crate::handshake::{HandshakeError, Hello, MAX_HANDSHAKE_MESSAGE};
 use std::time::Duration;
 use taskwire_transport::{Connection, Message, TransportError};
 use tokio::time::{Instant, timeout_at};
@@ -40,6 +40,18 @@ impl AcceptError {
 /// caller answers with [`Welcome::accept`](crate::Welcome::accept) (or refuses its role); on
 /// `Err` any refusal has been sent.
 pub async fn accept(
+    conn: &mut Connection,
+    handshake: ServerHandshake,
+    limit: Duration,
+) -> Result<Hello, AcceptError> {
+    // A peer that has not authenticated may not make us buffer more than a handshake.
+    conn.receiver.cap_message(Some(MAX_HANDSHAKE_MESSAGE));
+    let r = accept_capped(conn, handshake, limit).await;
+    conn.receiver.cap_message(None);
+    r
+}
+
+async fn accept_capped(
     conn: &mut Connection,
     mut handshake: ServerHandshake,
     limit: Duration,
@@ -99,6 +111,18 @@ pub enum ConnectError {
 
 /// Run the connecting side of the handshake within `limit`; the peer's name on success.
 pub async fn connect(
+    conn: &mut Connection,
+    handshake: ClientHandshake,
+    limit: Duration,
+) -> Result<String, ConnectError> {
+    // Nor may a peer posing as a server.
+    conn.receiver.cap_message(Some(MAX_HANDSHAKE_MESSAGE));
+    let r = connect_capped(conn, handshake, limit).await;
+    conn.receiver.cap_message(None);
+    r
+}
+
+async fn connect_capped(
     conn: &mut Connection,
     mut handshake: ClientHandshake,
     limit: Duration,

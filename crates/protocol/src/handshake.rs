@@ -29,6 +29,11 @@ pub const PROTOCOL_VERSION: u32 = 2;
 /// Longest token or name accepted in a handshake.
 const MAX_FIELD: usize = 64 * 1024;
 
+/// Largest handshake message (a few fields of at most [`MAX_FIELD`] bytes each): until its
+/// handshake is done, a connection accepts no larger message and no payload frames.
+#[cfg(feature = "connection")]
+pub(crate) const MAX_HANDSHAKE_MESSAGE: usize = 4 * MAX_FIELD + 1024;
+
 /// Who is on the other end of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {

@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// Default for [`CoreConfig::max_client_tasks`]: twice the largest graph one submission may
+/// carry by default, so one client can have a full-size graph running and submit the next.
+pub const DEFAULT_MAX_CLIENT_TASKS: usize = 20_000_000;
+
 /// Scheduler core settings. `Default` gives Dask's values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CoreConfig {
@@ -24,6 +28,10 @@ pub struct CoreConfig {
     /// from the scheduler for this long gives up on it). The core only tells workers; the
     /// shell enforces it. Dask: `worker-ttl: 5 minutes`.
     pub worker_ttl: Duration,
+    /// Most tasks one client may hold in the scheduler at once, over all its submissions
+    /// (graphs and scattered keys); a submission that would take it over is rejected whole.
+    /// A task counts for the client that submitted it until the scheduler forgets it.
+    pub max_client_tasks: usize,
 }
 
 impl Default for CoreConfig {
@@ -35,6 +43,7 @@ impl Default for CoreConfig {
             transition_log_len: 100_000,
             work_stealing: true,
             worker_ttl: Duration::from_secs(30),
+            max_client_tasks: DEFAULT_MAX_CLIENT_TASKS,
         }
     }
 }

@@ -41,6 +41,8 @@ pub(crate) struct Client {
     pub(crate) out_memory: Vec<KeyInMemoryMsg>,
     pub(crate) out_erred: Vec<(String, TaskErrorMsg)>,
     pub(crate) dirty: bool,
+    /// Tasks it submitted that the scheduler still holds (see `CoreConfig::max_client_tasks`).
+    pub(crate) held: usize,
 }
 
 /// The scheduler as a state machine: it owns every task, worker and client record, takes
@@ -669,7 +671,21 @@ impl Core {
         c
     }
 
-    fn alloc_task(&mut self, key: Arc<str>, prefix: u32) -> u32 {
+    /// Why `client` may not add `n` tasks now, if it may not.
+    fn over_client_limit(&self, client: ClientId, n: usize) -> Option<String> {
+        let held = self.clients.get(&client).map_or(0, |c| c.held);
+        let limit = self.config.max_client_tasks;
+        (held.saturating_add(n) > limit).then(|| {
+            format!(
+                "this client holds {held} tasks and asks for {n} more: over the scheduler's \
+                 limit of {limit} tasks per client (--max-client-tasks); wait for results \
+                 or release keys first"
+            )
+        })
+    }
+
+    /// A new task in `Released`, counted for `owner`.
+    fn alloc_task(&mut self, key: Arc<str>, prefix: u32, owner: ClientId) -> u32 {
         let id = TaskId(self.next_task_id);
         self.next_task_id += 1;
         let slot = match self.free_tasks.pop() {
@@ -684,6 +700,10 @@ impl Core {
         t.id = id;
         t.state = TaskState::Released;
         t.prefix = prefix;
+        t.owner = owner;
+        if let Some(c) = self.clients.get_mut(&owner) {
+            c.held += 1;
+        }
         self.counts.released += 1;
         self.prefixes[prefix as usize].counts.released += 1;
         self.by_id.insert(id.0, slot);
@@ -699,6 +719,13 @@ impl Core {
         wanted: Vec<String>,
     ) {
         self.clients.entry(client).or_default();
+        if let Some(reason) = self.over_client_limit(client, specs.len()) {
+            self.out.push_back(Command::ToClient(
+                client,
+                ToClient::GraphRejected { submit_id, reason },
+            ));
+            return;
+        }
         let (resolved, offsets, wanted_at) = match self.validate_graph(&specs, &wanted) {
             Ok(r) => r,
             Err(reason) => {
@@ -713,7 +740,7 @@ impl Core {
         for spec in specs {
             let prefix = self.intern_prefix(&spec.key);
             let constraint = self.intern_constraint(&spec.resources, &spec.workers);
-            let slot = self.alloc_task(Arc::from(spec.key), prefix);
+            let slot = self.alloc_task(Arc::from(spec.key), prefix, client);
             let t = &mut self.tasks[slot as usize];
             t.kind = Some(spec.kind);
             t.constraint = constraint;
@@ -969,6 +996,9 @@ impl Core {
         if self.worker_by_id.is_empty() {
             return Err("no workers to scatter to".into());
         }
+        if let Some(reason) = self.over_client_limit(client, keys.len()) {
+            return Err(reason);
+        }
         let mut seen: FxHashSet<&str> = FxHashSet::default();
         for (k, _) in &keys {
             if k.is_empty() {
@@ -996,7 +1026,7 @@ impl Core {
         for (key, nbytes) in keys {
             let w = fixed.unwrap_or_else(|| self.next_round_robin());
             let prefix = self.intern_prefix(&key);
-            let slot = self.alloc_task(Arc::from(key.as_str()), prefix);
+            let slot = self.alloc_task(Arc::from(key.as_str()), prefix, client);
             let t = &mut self.tasks[slot as usize];
             t.flags |= F_SCATTER;
             t.nbytes = nbytes;

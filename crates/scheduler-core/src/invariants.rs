@@ -24,6 +24,8 @@ impl Core {
         ensure!(self.recs.is_empty(), "recommendations left over");
         let mut counts = StateCounts::default();
         let mut live = 0usize;
+        let mut owned: rustc_hash::FxHashMap<taskwire_protocol::ClientId, usize> =
+            Default::default();
         for (slot, t) in self.tasks.iter().enumerate() {
             let slot = slot as u32;
             let key = &t.key;
@@ -35,6 +37,7 @@ impl Core {
                 continue;
             }
             live += 1;
+            *owned.entry(t.owner).or_default() += 1;
             *counts.slot(t.state).expect("live state") += 1;
             ensure!(
                 self.by_key.get(&**key) == Some(&slot),
@@ -202,6 +205,14 @@ impl Core {
                 p.name,
                 p.counts,
                 counted
+            );
+        }
+        for (id, c) in &self.clients {
+            let n = owned.get(id).copied().unwrap_or(0);
+            ensure!(
+                c.held == n,
+                "client {id} is counted as holding {} tasks; it submitted {n} live ones",
+                c.held
             );
         }
         ensure!(

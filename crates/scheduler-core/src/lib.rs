@@ -127,7 +127,7 @@ mod task;
 mod transitions;
 mod worker;
 
-pub use crate::config::CoreConfig;
+pub use crate::config::{CoreConfig, DEFAULT_MAX_CLIENT_TASKS};
 pub use crate::core::{Core, MAX_TASK_RUNS};
 pub use crate::event::{Command, Event};
 pub use crate::lifecycle::RecoveryCounts;

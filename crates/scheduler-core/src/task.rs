@@ -62,6 +62,8 @@ pub(crate) struct Task {
     pub(crate) dependents: Vec<TaskRef>,
     pub(crate) who_has: SmallList<u32, 4>,
     pub(crate) wanted: SmallList<ClientId, 2>,
+    /// The client that submitted it, whose task count it is in ([`ClientId`] 0: none).
+    pub(crate) owner: ClientId,
     pub(crate) error: Option<Box<TaskErrorMsg>>,
 }
 
@@ -91,6 +93,7 @@ impl Task {
             dependents: Vec::new(),
             who_has: SmallList::default(),
             wanted: SmallList::default(),
+            owner: ClientId(0),
             error: None,
         }
     }

@@ -3,7 +3,7 @@
 //! functions below directly, or push recommendations that [`Core::settle`] applies until none
 //! are left (Dask's `transitions(recommendations)` loop).
 
-use taskwire_protocol::{ErrorKindMsg, TaskErrorMsg};
+use taskwire_protocol::{ClientId, ErrorKindMsg, TaskErrorMsg};
 
 use crate::core::Core;
 use crate::state::TaskState;
@@ -399,6 +399,7 @@ impl Core {
         t.dependents = Vec::new();
         t.who_has.clear();
         t.wanted.clear();
+        let owner = std::mem::replace(&mut t.owner, ClientId(0));
         t.error = None;
         t.flags = 0;
         t.waiters = 0;
@@ -407,6 +408,9 @@ impl Core {
         t.suspicious = 0;
         t.processing_on = NONE;
         t.constraint = 0;
+        if let Some(c) = self.clients.get_mut(&owner) {
+            c.held -= 1;
+        }
         self.by_key.remove(&key);
         self.by_id.remove(&id.0);
         self.log.forget(slot, generation, key);

@@ -848,3 +848,71 @@ fn stealing_timer_fires_only_when_useful() {
     assert!(out.is_empty());
     let _ = TaskState::Memory;
 }
+
+/// A client that keeps submitting without letting results go is stopped at
+/// `max_client_tasks` tasks held, counted over all its graphs (and scattered keys); another
+/// client is not affected, and the count falls as tasks are forgotten.
+#[test]
+fn tasks_held_per_client_are_capped_across_submissions() {
+    let mut env = Env::with(CoreConfig {
+        max_client_tasks: 5,
+        worker_saturation: f64::INFINITY,
+        ..Default::default()
+    });
+    let w = env.join(1, "a", 1);
+    for c in [C1, C2] {
+        env.ev(Event::ClientConnected { client: c });
+    }
+    let graph = |prefix: &str, n: usize| -> Vec<_> {
+        (0..n)
+            .map(|i| task(&format!("{prefix}-{i}"), &[]))
+            .collect()
+    };
+    let first = env.submit(C1, graph("a", 3), &["a-0", "a-1", "a-2"]);
+    assert!(matches!(
+        &first[0],
+        Command::ToClient(_, ToClient::GraphAccepted { .. })
+    ));
+    let out = env.submit(C1, graph("b", 3), &["b-0"]);
+    let [Command::ToClient(_, ToClient::GraphRejected { reason, .. })] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert!(
+        reason.contains("holds 3 tasks and asks for 3 more")
+            && reason.contains("limit of 5 tasks per client (--max-client-tasks)"),
+        "{reason}"
+    );
+    // Scattered keys count too.
+    let out = env.ev(Event::Scatter {
+        client: C1,
+        submit_id: 9,
+        keys: vec![("s-0".into(), 8), ("s-1".into(), 8), ("s-2".into(), 8)],
+        worker: None,
+    });
+    assert!(
+        matches!(&out[..], [Command::ToClient(_, ToClient::ScatterTargets { targets: Err(r), .. })] if r.contains("--max-client-tasks")),
+        "{out:?}"
+    );
+    // Another client has its own count.
+    let out = env.submit(C2, graph("c", 5), &["c-4"]);
+    assert!(matches!(
+        &out[0],
+        Command::ToClient(_, ToClient::GraphAccepted { .. })
+    ));
+    // Once C1's results are computed and released, its tasks are forgotten and it may submit
+    // again.
+    let done: Vec<TaskId> = compute_on(&first, w).into_iter().map(|(_, t)| t).collect();
+    env.finish(w, &done);
+    env.ev(Event::ReleaseKeys {
+        client: C1,
+        keys: vec!["a-0".into(), "a-1".into(), "a-2".into()],
+    });
+    let out = env.submit(C1, graph("b", 3), &["b-0"]);
+    assert!(
+        matches!(
+            &out[0],
+            Command::ToClient(_, ToClient::GraphAccepted { .. })
+        ),
+        "{out:?}"
+    );
+}

@@ -49,6 +49,14 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default largest graph one submission may carry, in tasks.
 pub const DEFAULT_MAX_GRAPH_TASKS: usize = 10_000_000;
+/// Default most tasks one client may hold at once over all its submissions.
+pub use taskwire_scheduler_core::DEFAULT_MAX_CLIENT_TASKS;
+/// Default bytes of unread messages the scheduler keeps for one client behind the transport's
+/// queue before it drops the client.
+pub const DEFAULT_MAX_CLIENT_BACKLOG: usize = 256 << 20;
+/// Default time a message that has started arriving has to arrive whole (a 64 MiB graph at
+/// about 1 MiB/s).
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the scheduler could not start.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +100,9 @@ impl Scheduler {
                 handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
                 max_graph_tasks: DEFAULT_MAX_GRAPH_TASKS,
+                max_client_tasks: DEFAULT_MAX_CLIENT_TASKS,
+                max_client_backlog: DEFAULT_MAX_CLIENT_BACKLOG,
+                message_timeout: DEFAULT_MESSAGE_TIMEOUT,
             },
         }
     }
@@ -181,7 +192,34 @@ impl SchedulerBuilder {
         self
     }
 
-    /// Write `{"address": ...}` to this file once listening, for `--scheduler-file`.
+    /// Most tasks one client may hold in the scheduler at once, over all its graphs and
+    /// scattered keys (default [`DEFAULT_MAX_CLIENT_TASKS`]); a submission that would go over
+    /// it is rejected whole, naming the limit. (A scheduler built here takes this limit from
+    /// here, not from the [`core_config`](Self::core_config) field of the same name.)
+    pub fn max_client_tasks(mut self, n: usize) -> Self {
+        self.limits.max_client_tasks = n;
+        self
+    }
+
+    /// Bytes of messages for one client that may wait unread behind the transport's queue
+    /// (default [`DEFAULT_MAX_CLIENT_BACKLOG`]); a client that falls further behind (it sends
+    /// requests and does not read the answers) is dropped, with a warning in the log.
+    pub fn max_client_backlog(mut self, bytes: usize) -> Self {
+        self.limits.max_client_backlog = bytes;
+        self
+    }
+
+    /// Once a message from an established client or worker has started arriving, the rest
+    /// must arrive within this long (default [`DEFAULT_MESSAGE_TIMEOUT`]), or the connection
+    /// is dropped: a peer that trickles bytes cannot hold it. Silence between messages is not
+    /// limited by this.
+    pub fn message_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.message_timeout = timeout;
+        self
+    }
+
+    /// Write `{"address": ...}` to this file once listening, for `--scheduler-file`; with a
+    /// cluster token, the token too (`"auth_token"`), and the file is then mode 600.
     pub fn scheduler_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.scheduler_file = Some(path.into());
         self
@@ -195,13 +233,12 @@ impl SchedulerBuilder {
         let listener = registry.listen(&self.address).await?;
         let address = taskwire_transport_tcp::contact_address(listener.local_addr());
         if let Some(path) = &self.scheduler_file {
-            let body = serde_json::json!({ "type": "Scheduler", "address": address.to_string() });
-            std::fs::write(path, format!("{body:#}\n")).map_err(|e| {
-                SchedulerError::SchedulerFile {
+            write_scheduler_file(path, &address, self.limits.secret.as_ref()).map_err(
+                |reason| SchedulerError::SchedulerFile {
                     path: path.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
+                    reason,
+                },
+            )?;
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(false);
@@ -227,7 +264,11 @@ impl SchedulerBuilder {
             });
         let worker_ttl = self.core.worker_ttl;
         let (publisher, snapshots, stream) = snapshot::Publisher::new(dashboard.is_some());
-        let core = core_thread::spawn(self.core, publisher);
+        let core_config = CoreConfig {
+            max_client_tasks: self.limits.max_client_tasks,
+            ..self.core
+        };
+        let core = core_thread::spawn(core_config, publisher);
         if let Some(listener) = dashboard {
             tokio::spawn(dashboard::serve(
                 listener,
@@ -301,6 +342,52 @@ impl Drop for SchedulerHandle {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
+}
+
+/// Write the scheduler file: `{"type", "address"}`, and the cluster token as `auth_token` when
+/// there is one, so that `--scheduler-file` alone lets a worker or client in. With a token the
+/// file is made readable by its owner only (mode 600), as a token file is; readers refuse it
+/// otherwise. Written whole to a temporary file, then renamed, so a reader polling for it
+/// never sees half of it and an old file's looser mode is not kept.
+fn write_scheduler_file(
+    path: &std::path::Path,
+    address: &Address,
+    secret: Option<&ClusterSecret>,
+) -> Result<(), String> {
+    let mut body = serde_json::json!({ "type": "Scheduler", "address": address.to_string() });
+    if let Some(secret) = secret {
+        let text = secret.expose_text().ok_or(
+            "the cluster token is not UTF-8 text, so it cannot go into the scheduler file; \
+             give workers and clients --auth-token-file instead",
+        )?;
+        body["auth_token"] = text.into();
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if secret.is_some() { 0o600 } else { 0o644 });
+    }
+    let written = options.open(&tmp).and_then(|mut f| {
+        use std::io::Write;
+        #[cfg(unix)]
+        if secret.is_some() {
+            // A leftover temporary file keeps its mode on open: make sure.
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        f.write_all(format!("{body:#}\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    });
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        e.to_string()
+    })
 }
 
 /// Bind the dashboard, falling back to a free port when the one asked for is taken.

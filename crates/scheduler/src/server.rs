@@ -11,7 +11,7 @@ use taskwire_protocol::{
     Welcome, WorkerId, decode, encode,
 };
 use taskwire_scheduler_core::Event;
-use taskwire_transport::{ConnReceiver, ConnSender, Connection, Listener, Message};
+use taskwire_transport::{ConnReceiver, ConnSender, Connection, Listener, Message, TransportError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -26,6 +26,14 @@ pub(crate) struct Limits {
     pub(crate) max_connections: usize,
     /// Most tasks in one `UpdateGraph`.
     pub(crate) max_graph_tasks: usize,
+    /// Most tasks one client holds over all its submissions (applied by the core).
+    pub(crate) max_client_tasks: usize,
+    /// Bytes of messages for one client that may wait behind the transport's queue (the
+    /// client does not read them fast enough); beyond it the client is dropped.
+    pub(crate) max_client_backlog: usize,
+    /// Once a message has started arriving on an established connection, the rest must
+    /// arrive within this long.
+    pub(crate) message_timeout: Duration,
 }
 
 /// State shared by every connection task.
@@ -112,24 +120,37 @@ pub(crate) async fn accept_loop(
 /// transport's queue when it has room and nothing is waiting ahead of it (one hand-off fewer
 /// than going through a task); otherwise into an overflow queue that a task drains with
 /// back-pressure, in order. The core thread never waits on a slow peer.
+///
+/// A client's overflow queue is bounded in bytes: a client that sends requests and does not
+/// read the answers would otherwise grow it without end. Past the bound the connection is
+/// aborted (queued messages dropped) and the client's reader sees it closed.
 #[derive(Clone)]
 pub(crate) struct Route {
     sender: ConnSender,
     overflow: mpsc::UnboundedSender<Message>,
     /// Messages in the overflow queue not yet handed to the transport.
     waiting: Arc<AtomicUsize>,
+    /// Their bytes.
+    waiting_bytes: Arc<AtomicUsize>,
+    /// The bound on `waiting_bytes` and who the peer is (for the log), for a bounded route.
+    bound: Option<Arc<(usize, String)>>,
 }
 
 impl Route {
-    pub(crate) fn new(sender: ConnSender) -> Route {
+    /// A route whose overflow queue may hold at most `max_backlog` bytes (`None`: unbounded,
+    /// for workers, whose backlog is bounded by the tasks the scheduler gives them).
+    pub(crate) fn new(sender: ConnSender, max_backlog: Option<(usize, String)>) -> Route {
         let (overflow, mut rx) = mpsc::unbounded_channel::<Message>();
         let waiting = Arc::new(AtomicUsize::new(0));
+        let waiting_bytes = Arc::new(AtomicUsize::new(0));
         let drain_sender = sender.clone();
-        let drained = waiting.clone();
+        let (drained, drained_bytes) = (waiting.clone(), waiting_bytes.clone());
         tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
+                let len = msg.len();
                 let sent = drain_sender.send(msg).await;
                 drained.fetch_sub(1, Ordering::AcqRel);
+                drained_bytes.fetch_sub(len, Ordering::AcqRel);
                 if sent.is_err() {
                     return;
                 }
@@ -139,10 +160,13 @@ impl Route {
             sender,
             overflow,
             waiting,
+            waiting_bytes,
+            bound: max_backlog.map(Arc::new),
         }
     }
 
-    /// Queue `msg` for the peer; dropped only when the connection is gone.
+    /// Queue `msg` for the peer; dropped when the connection is gone (or being dropped for
+    /// not reading).
     pub(crate) fn send(&self, msg: Message) {
         let msg = if self.waiting.load(Ordering::Acquire) == 0 {
             match self.sender.try_send(msg) {
@@ -152,9 +176,27 @@ impl Route {
         } else {
             msg
         };
+        if self.sender.is_closed() {
+            return;
+        }
+        let len = msg.len();
+        let backlog = self.waiting_bytes.fetch_add(len, Ordering::AcqRel) + len;
+        if let Some(bound) = &self.bound
+            && backlog > bound.0
+        {
+            self.waiting_bytes.fetch_sub(len, Ordering::AcqRel);
+            warn!(
+                "dropping {}: {backlog} bytes of messages for it are waiting unread, over the \
+                 limit of {} (--max-client-backlog)",
+                bound.1, bound.0
+            );
+            self.sender.abort();
+            return;
+        }
         self.waiting.fetch_add(1, Ordering::AcqRel);
         if self.overflow.send(msg).is_err() {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.waiting_bytes.fetch_sub(len, Ordering::AcqRel);
         }
     }
 }
@@ -199,15 +241,24 @@ async fn serve(
     }
 }
 
+/// The next message from a peer; `None` when it closed, the scheduler stops, or its
+/// connection can no longer send (dropped for not reading). A message that has started
+/// arriving must be complete within `limit`.
 async fn next_message(
     receiver: &mut ConnReceiver,
+    sender: &ConnSender,
     stop: &mut watch::Receiver<bool>,
+    limit: Duration,
 ) -> Option<Result<Message, String>> {
     tokio::select! {
         _ = stop.wait_for(|s| *s) => None,
-        m = receiver.recv() => match m {
+        _ = sender.closed() => None,
+        m = receiver.recv_finishing_within(limit) => match m {
             Ok(Some(m)) => Some(Ok(m)),
             Ok(None) => None,
+            Err(e @ TransportError::SlowMessage(_)) => {
+                Some(Err(format!("{e} (--message-timeout)")))
+            }
             Err(e) => Some(Err(e.to_string())),
         }
     }
@@ -221,13 +272,20 @@ async fn serve_client(
     peer_addr: String,
 ) {
     let client = ClientId(shared.next_client.fetch_add(1, Ordering::Relaxed));
-    let out = Route::new(sender);
+    let out = Route::new(
+        sender.clone(),
+        Some((
+            shared.limits.max_client_backlog,
+            format!("client {client} ({peer_addr})"),
+        )),
+    );
     let _ = shared
         .inputs
         .send(Input::Attach(Peer::Client(client), out.clone()));
     shared.event(Event::ClientConnected { client });
     debug!("client {client} connected from {peer_addr}");
-    while let Some(msg) = next_message(&mut receiver, &mut stop).await {
+    let limit = shared.limits.message_timeout;
+    while let Some(msg) = next_message(&mut receiver, &sender, &mut stop, limit).await {
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
@@ -316,7 +374,8 @@ async fn serve_worker(
     mut stop: watch::Receiver<bool>,
     peer_addr: String,
 ) {
-    let info = match next_message(&mut receiver, &mut stop).await {
+    let limit = shared.limits.message_timeout;
+    let info = match next_message(&mut receiver, &sender, &mut stop, limit).await {
         Some(Ok(msg)) => match decode::<FromWorker>(&msg.header) {
             Ok(FromWorker::Register(info)) => info,
             Ok(_) => {
@@ -332,7 +391,7 @@ async fn serve_worker(
     };
     let worker = WorkerId(shared.next_worker.fetch_add(1, Ordering::Relaxed));
     let name = info.name.clone();
-    let out = Route::new(sender);
+    let out = Route::new(sender.clone(), None);
     let _ = shared
         .inputs
         .send(Input::Attach(Peer::Worker(worker), out.clone()));
@@ -346,7 +405,8 @@ async fn serve_worker(
     let mut reason = String::from("connection closed");
     loop {
         // Anything the worker sends proves it alive; it heartbeats well within the TTL.
-        let msg = match tokio::time::timeout(ttl, next_message(&mut receiver, &mut stop)).await {
+        let next = next_message(&mut receiver, &sender, &mut stop, limit);
+        let msg = match tokio::time::timeout(ttl, next).await {
             Err(_) => {
                 reason = format!("no heartbeat for {ttl:?} (worker TTL)");
                 break;

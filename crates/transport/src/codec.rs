@@ -109,12 +109,26 @@ struct Pending {
 pub struct Decoder {
     cfg: TransportConfig,
     pending: Option<Pending>,
+    /// A tighter header limit, and no payload frames, while set (see [`Decoder::cap_message`]).
+    cap: Option<usize>,
 }
 
 impl Decoder {
     /// A decoder enforcing `cfg`'s limits.
     pub fn new(cfg: TransportConfig) -> Decoder {
-        Decoder { cfg, pending: None }
+        Decoder {
+            cfg,
+            pending: None,
+            cap: None,
+        }
+    }
+
+    /// While `Some(n)`, messages may carry at most `n` header bytes and no payload frames
+    /// (what a connection's handshake needs, so a peer that has not authenticated cannot make
+    /// the receiver buffer a large message); `None` restores the configured limits. Applies
+    /// from the next message whose prelude is read.
+    pub fn cap_message(&mut self, cap: Option<usize>) {
+        self.cap = cap;
     }
 
     /// Total bytes the message being decoded needs, once its prelude has been read.
@@ -147,16 +161,20 @@ impl Decoder {
             }
             let nframes = head.get_u32_le() as usize;
             let header_len = head.get_u64_le();
-            if nframes > self.cfg.max_frames {
+            let (max_frames, max_header) = match self.cap {
+                Some(cap) => (0, cap.min(self.cfg.max_header)),
+                None => (self.cfg.max_frames, self.cfg.max_header),
+            };
+            if nframes > max_frames {
                 return Err(TransportError::TooManyFrames {
                     count: nframes as u64,
-                    max: self.cfg.max_frames,
+                    max: max_frames,
                 });
             }
-            if header_len > self.cfg.max_header as u64 {
+            if header_len > max_header as u64 {
                 return Err(TransportError::HeaderTooLarge {
                     len: header_len,
-                    max: self.cfg.max_header,
+                    max: max_header,
                 });
             }
             let prelude = prelude_len(nframes);
@@ -349,5 +367,28 @@ mod tests {
         assert!(check_outgoing(&msg(b"", &[b"12345"]), &small).is_err());
         assert!(check_outgoing(&msg(b"", &[b"1", b"2"]), &small).is_err());
         assert!(check_outgoing(&msg(b"1234", &[b"1234"]), &small).is_ok());
+    }
+
+    /// While capped (a connection in its handshake), a large header or any payload frame is
+    /// refused at the prelude, before the body is read; uncapped, the same messages pass.
+    #[test]
+    fn a_capped_decoder_refuses_big_messages_at_the_prelude() {
+        let big = msg(&[1; 200], &[]);
+        let framed = msg(b"x", &[b"frame"]);
+        let small = msg(&[2; 100], &[]);
+        for (m, ok) in [(&big, false), (&framed, false), (&small, true)] {
+            let mut wire = BytesMut::new();
+            encode_into(m, &mut wire);
+            // The prelude alone decides.
+            let mut prelude = BytesMut::from(&wire[..prelude_len(m.frames.len())]);
+            let mut dec = Decoder::new(cfg());
+            dec.cap_message(Some(128));
+            let r = dec.decode(&mut prelude);
+            assert_eq!(r.is_ok(), ok, "{r:?}");
+            let mut dec = Decoder::new(cfg());
+            dec.cap_message(Some(128));
+            dec.cap_message(None);
+            assert_eq!(dec.decode(&mut wire).unwrap().as_ref(), Some(m));
+        }
     }
 }

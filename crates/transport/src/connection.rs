@@ -5,10 +5,12 @@ use crate::codec;
 use crate::config::TransportConfig;
 use crate::error::TransportError;
 use bytes::Bytes;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use tokio::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
 
 /// One message: an opaque header plus payload frames that are never copied into it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -44,9 +46,11 @@ impl Message {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SendShared {
     error: Mutex<Option<String>>,
+    /// Set by [`ConnSender::abort`]: the writer stops at once, dropping what is queued.
+    abort: watch::Sender<bool>,
 }
 
 /// The sending half of a connection. Cheap to clone; messages are queued (bounded, so a slow
@@ -69,7 +73,10 @@ impl ConnSender {
     /// A sender and the outbox a transport drains.
     pub fn channel(cfg: Arc<TransportConfig>) -> (ConnSender, Outbox) {
         let (tx, rx) = mpsc::channel(cfg.send_queue.max(1));
-        let shared = Arc::new(SendShared::default());
+        let shared = Arc::new(SendShared {
+            error: Mutex::new(None),
+            abort: watch::Sender::new(false),
+        });
         (
             ConnSender {
                 tx,
@@ -114,6 +121,14 @@ impl ConnSender {
     pub async fn closed(&self) {
         self.tx.closed().await
     }
+
+    /// Close the connection now, without writing what is queued: for a peer that does not
+    /// read what it is sent (a plain close would wait for it to take the queue first). The
+    /// queue is dropped and every sender fails from then on. Stream transports honour it.
+    pub fn abort(&self) {
+        *self.shared.error.lock().expect("send state") = Some("aborted by this side".into());
+        self.shared.abort.send_replace(true);
+    }
 }
 
 impl Outbox {
@@ -132,6 +147,15 @@ impl Outbox {
         self.rx.try_recv().ok()
     }
 
+    /// Resolves once a sender has called [`ConnSender::abort`]: the transport then stops
+    /// writing and drops the outbox.
+    pub fn aborted(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.shared.abort.subscribe();
+        async move {
+            let _ = rx.wait_for(|a| *a).await;
+        }
+    }
+
     /// Record why the connection failed; senders report it from then on.
     pub fn fail(mut self, reason: &TransportError) {
         *self.shared.error.lock().expect("send state") = Some(reason.to_string());
@@ -145,6 +169,19 @@ pub trait RecvHalf: Send + Sync + 'static {
     /// `Ok(Some(msg))` for a message, `Ok(None)` when the peer closed cleanly between messages,
     /// `Err` when the stream broke (then every later call returns an error too).
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Message>, TransportError>>;
+
+    /// True while part of a message has arrived and the rest has not (what
+    /// [`ConnReceiver::recv_finishing_within`] times). Transports that hand over whole
+    /// messages keep the default.
+    fn mid_message(&self) -> bool {
+        false
+    }
+
+    /// Limit the next messages to `Some(max_header)` header bytes and no payload frames (for
+    /// a handshake), or back to the configured limits (`None`); see
+    /// [`Decoder::cap_message`](crate::codec::Decoder::cap_message). Transports that do not
+    /// decode a byte stream keep the default (their messages are bounded otherwise).
+    fn cap_message(&mut self, _cap: Option<usize>) {}
 }
 
 /// The receiving half of a connection.
@@ -167,6 +204,35 @@ impl ConnReceiver {
     /// Next message; `Ok(None)` when the peer closed cleanly.
     pub async fn recv(&mut self) -> Result<Option<Message>, TransportError> {
         poll_fn(|cx| self.inner.poll_recv(cx)).await
+    }
+
+    /// See [`RecvHalf::cap_message`].
+    pub fn cap_message(&mut self, cap: Option<usize>) {
+        self.inner.cap_message(cap);
+    }
+
+    /// Next message, like [`recv`](Self::recv), but once part of a message has arrived the
+    /// rest must arrive within `limit`, or this fails with [`TransportError::SlowMessage`]
+    /// (and the connection should be dropped: the stream is mid-message). Waiting between
+    /// messages is not limited.
+    pub async fn recv_finishing_within(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Option<Message>, TransportError> {
+        let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = self.inner.poll_recv(cx) {
+                return Poll::Ready(r);
+            }
+            if self.inner.mid_message() {
+                let d = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if d.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(TransportError::SlowMessage(limit)));
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Poll for the next message.

@@ -85,6 +85,10 @@ pub enum TransportError {
     /// The connection is closed (by us, the peer, or an earlier error).
     #[error("connection closed")]
     Closed,
+    /// A message started arriving and was not finished within the receiver's time limit (a
+    /// peer trickling bytes to hold the connection).
+    #[error("a message started arriving and was not finished within {0:?}")]
+    SlowMessage(std::time::Duration),
     /// An I/O error from the operating system.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),

@@ -25,6 +25,10 @@ const MAX_BATCH_BYTES: usize = 4 << 20;
 const IOV_MAX: usize = 1024;
 /// Minimum free space before a read.
 const READ_CHUNK: usize = 64 * 1024;
+/// The first read buffer of a connection: enough for a handshake or a small message. A
+/// connection that has sent nothing yet holds no more than this (10,000 idle connections
+/// held 1 GiB of a scheduler's memory with 64 KiB read and write buffers from the start).
+const FIRST_READ: usize = 4 * 1024;
 
 /// Build a connection over a split byte stream; spawns the writer on the current tokio runtime.
 pub fn connection<R, W>(
@@ -54,14 +58,31 @@ where
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, mut outbox: Outbox) {
-    let mut batch: Vec<Message> = Vec::with_capacity(64);
-    let mut scratch = BytesMut::with_capacity(64 * 1024);
+async fn write_loop<W: AsyncWrite + Unpin>(write: W, mut outbox: Outbox) {
+    // Stop as soon as a sender aborts, even in the middle of a write the peer is not reading.
+    let aborted = outbox.aborted();
+    let failed = tokio::select! {
+        _ = aborted => None,
+        r = write_all_queued(write, &mut outbox) => r.err(),
+    };
+    if let Some(e) = failed {
+        outbox.fail(&TransportError::Io(e));
+    }
+}
+
+/// Write what is queued until every sender is gone (`Ok`) or a write fails.
+async fn write_all_queued<W: AsyncWrite + Unpin>(
+    mut write: W,
+    outbox: &mut Outbox,
+) -> std::io::Result<()> {
+    // Both grow with the first messages written; an idle connection holds neither.
+    let mut batch: Vec<Message> = Vec::new();
+    let mut scratch = BytesMut::new();
     loop {
         let Some(first) = outbox.recv().await else {
             // Every sender is gone and the queue is drained: end the stream cleanly.
             let _ = write.shutdown().await;
-            return;
+            return Ok(());
         };
         let mut bytes = codec::wire_len(&first);
         batch.push(first);
@@ -74,10 +95,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, mut outbox: Outbox) {
                 None => break,
             }
         }
-        if let Err(e) = write_batch(&mut write, &batch, &mut scratch).await {
-            outbox.fail(&TransportError::Io(e));
-            return;
-        }
+        write_batch(&mut write, &batch, &mut scratch).await?;
         batch.clear();
     }
 }
@@ -170,7 +188,12 @@ impl<R: AsyncRead + Unpin + Send + Sync + 'static> RecvHalf for StreamReader<R> 
                 .needed()
                 .map_or(0, |total| total.saturating_sub(self.buf.len()));
             if self.buf.capacity() - self.buf.len() < want.max(1024) {
-                self.buf.reserve(want.max(READ_CHUNK));
+                let chunk = if self.buf.capacity() == 0 {
+                    FIRST_READ
+                } else {
+                    READ_CHUNK
+                };
+                self.buf.reserve(want.max(chunk));
             }
             let n = match ready!(poll_read_buf(Pin::new(&mut self.read), cx, &mut self.buf)) {
                 Ok(n) => n,
@@ -193,6 +216,14 @@ impl<R: AsyncRead + Unpin + Send + Sync + 'static> RecvHalf for StreamReader<R> 
             }
         }
     }
+
+    fn mid_message(&self) -> bool {
+        self.state == ReadState::Open && self.decoder.in_message(&self.buf)
+    }
+
+    fn cap_message(&mut self, cap: Option<usize>) {
+        self.decoder.cap_message(cap);
+    }
 }
 
 fn poll_read_buf<R: AsyncRead>(
@@ -212,4 +243,112 @@ fn poll_read_buf<R: AsyncRead>(
     // SAFETY: the reader initialised `n` bytes at the start of the spare capacity.
     unsafe { buf.advance_mut(n) };
     Poll::Ready(Ok(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    fn pair() -> (Connection, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (r, w) = tokio::io::split(ours);
+        let addr: Address = "tcp://127.0.0.1:1".parse().expect("address");
+        let conn = connection(
+            r,
+            w,
+            Arc::new(TransportConfig::default()),
+            addr.clone(),
+            addr,
+        );
+        (conn, theirs)
+    }
+
+    fn wire(msg: &Message) -> BytesMut {
+        let mut b = BytesMut::new();
+        codec::encode_into(msg, &mut b);
+        b
+    }
+
+    /// A peer that sends the start of a message and then one byte now and then (holding the
+    /// connection at almost no cost to itself) is cut off after the limit.
+    #[tokio::test]
+    async fn a_trickled_message_fails_after_the_limit() {
+        let (mut conn, mut peer) = pair();
+        let bytes = wire(&Message::new(Bytes::from(vec![7u8; 64])));
+        let trickle = tokio::spawn(async move {
+            for b in bytes.iter() {
+                if peer.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Keep the stream open.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let started = std::time::Instant::now();
+        let r = conn
+            .receiver
+            .recv_finishing_within(Duration::from_millis(300))
+            .await;
+        assert!(matches!(r, Err(TransportError::SlowMessage(_))), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        trickle.abort();
+    }
+
+    /// Between messages a connection may stay silent for as long as it likes; a message that
+    /// arrives in pieces within the limit is fine.
+    #[tokio::test]
+    async fn idle_time_and_a_quick_message_are_fine() {
+        let (mut conn, mut peer) = pair();
+        let msg = Message::new(Bytes::from(vec![1u8; 1000]));
+        let bytes = wire(&msg);
+        let send = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let (a, b) = bytes.split_at(10);
+            peer.write_all(a).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            peer.write_all(b).await.expect("write");
+            peer
+        });
+        let got = conn
+            .receiver
+            .recv_finishing_within(Duration::from_millis(300))
+            .await
+            .expect("message")
+            .expect("not closed");
+        assert_eq!(got, msg);
+        drop(send.await);
+    }
+
+    /// A peer that never reads: the writer is stuck on a full pipe, and `abort` still closes
+    /// the connection at once and fails later sends.
+    #[tokio::test]
+    async fn abort_closes_a_connection_whose_peer_does_not_read() {
+        let (conn, mut peer) = pair();
+        let big = Message::new(Bytes::from(vec![0u8; 1 << 20]));
+        // The pipe holds 64 KiB: the writer blocks inside the first message.
+        conn.sender.send(big.clone()).await.expect("queued");
+        conn.sender.send(big.clone()).await.expect("queued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        conn.sender.abort();
+        tokio::time::timeout(Duration::from_secs(5), conn.sender.closed())
+            .await
+            .expect("the writer stopped");
+        assert!(conn.sender.send(big).await.is_err());
+        // Once the reading side is dropped too, the peer sees the stream end after what was
+        // written before the abort.
+        drop(conn);
+        let mut sink = Vec::new();
+        let n = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut sink),
+        )
+        .await
+        .expect("stream ended")
+        .expect("read");
+        assert!(n < 2 << 20, "{n} bytes");
+    }
 }

@@ -6,7 +6,7 @@ mod cluster;
 mod report;
 mod tasks;
 mod transport;
-mod units;
+pub(crate) mod units;
 
 /// Benchmarks.
 #[derive(Args)]

@@ -246,7 +246,12 @@ async fn run_nanny(args: &CudaWorkerArgs, plan: &Plan) -> Result<i32, String> {
         info!("GPU worker {}", w.describe());
         b = b.child_with(child_args(args, plan, w), child_options(plan, w));
     }
-    if let Some(secret) = args.nanny.auth.secret_for_nanny().await? {
+    if let Some(secret) = args
+        .nanny
+        .auth
+        .secret_for_nanny(args.scheduler_file.as_deref())
+        .await?
+    {
         b = b.control_auth_token(secret);
     }
     let nanny = b.bind().await.map_err(|e| e.to_string())?;

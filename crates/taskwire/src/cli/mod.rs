@@ -25,7 +25,7 @@ pub(crate) fn scheduler_address(
 ) -> Result<Address, String> {
     match (addr, file) {
         (Some(a), None) => a.parse().map_err(|e| format!("{e}")),
-        (None, Some(f)) => read_scheduler_file(f),
+        (None, Some(f)) => read_scheduler_file(f).map(|f| f.address),
         (Some(_), Some(_)) => {
             Err("give the scheduler address or --scheduler-file, not both".into())
         }
@@ -33,6 +33,30 @@ pub(crate) fn scheduler_address(
             Err("give the scheduler address (e.g. tcp://host:8786) or --scheduler-file".into())
         }
     }
+}
+
+/// Raise this process's open-file limit (`ulimit -n`) from its soft value to the hard one, as
+/// Go programs do at start-up: a listener needs a descriptor per connection, and the usual
+/// soft limit of 1024 is far below `--max-connections`. Returns the limit now in force.
+pub(crate) fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct we pass, nothing else.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                lim.rlim_cur = old;
+            }
+        }
+    }
+    lim.rlim_cur
 }
 
 /// Build a multi-threaded tokio runtime for a subcommand.

@@ -49,6 +49,14 @@ pub(crate) struct SchedulerArgs {
 }
 
 pub(crate) fn run(args: SchedulerArgs) -> Result<(), String> {
+    let fds = super::raise_fd_limit();
+    let wanted = args.security.max_connections() as u64 + 64;
+    if fds < wanted {
+        tracing::warn!(
+            "this process may open {fds} files (ulimit -n), fewer than --max-connections \
+             needs; connections past that are refused by the system"
+        );
+    }
     super::runtime()?.block_on(async {
         let mut builder = Scheduler::builder()
             .address(Address::Net {

@@ -4,7 +4,7 @@
 use super::parse_positive_duration;
 use clap::Args;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use taskwire::ClusterSecret;
 
@@ -27,17 +27,43 @@ impl AuthArgs {
             .transpose()
     }
 
-    /// The token for a nanny's control port, waiting up to 30 s for the file to appear (a
-    /// scheduler started at the same moment may be creating it).
-    pub(crate) async fn secret_for_nanny(&self) -> Result<Option<ClusterSecret>, String> {
-        let Some(f) = &self.auth_token_file else {
+    /// The token from `--auth-token-file`, else the one the scheduler recorded in its
+    /// `--scheduler-file` (if any): a scheduler file alone is enough to join a cluster.
+    pub(crate) fn secret_with(
+        &self,
+        scheduler_file: Option<&Path>,
+    ) -> Result<Option<ClusterSecret>, String> {
+        match (&self.auth_token_file, scheduler_file) {
+            (Some(_), _) => self.secret(),
+            (None, Some(f)) => Ok(super::read_scheduler_file(f)?.token),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The token for a nanny's control port (see [`secret_with`](Self::secret_with)),
+    /// waiting up to 30 s for the file to appear (a scheduler started at the same moment may
+    /// be creating it). A scheduler file that is still missing then leaves the control port
+    /// without a token, with a warning (its workers wait for the scheduler as before).
+    pub(crate) async fn secret_for_nanny(
+        &self,
+        scheduler_file: Option<&Path>,
+    ) -> Result<Option<ClusterSecret>, String> {
+        let Some(f) = self.auth_token_file.as_deref().or(scheduler_file) else {
             return Ok(None);
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !f.exists() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        self.secret()
+        if self.auth_token_file.is_none() && !f.exists() {
+            eprintln!(
+                "warning: scheduler file {} does not exist after 30 s; the nanny's control \
+                 port takes commands without a cluster token",
+                f.display()
+            );
+            return Ok(None);
+        }
+        self.secret_with(scheduler_file)
     }
 
     /// The token, creating the file with a fresh random one when it does not exist (for the
@@ -113,9 +139,26 @@ pub(crate) struct SchedulerSecurityArgs {
     /// Largest graph one submission may carry, in tasks; a larger one is rejected whole.
     #[arg(long, default_value_t = taskwire_scheduler::DEFAULT_MAX_GRAPH_TASKS)]
     max_graph_tasks: usize,
+    /// Most tasks one client may hold at once over all its submissions (graphs and scattered
+    /// keys, until the scheduler forgets them); a submission that would go over is rejected.
+    #[arg(long, default_value_t = taskwire_scheduler::DEFAULT_MAX_CLIENT_TASKS)]
+    max_client_tasks: usize,
+    /// Bytes of messages for one client that may wait unread (e.g. 256MiB); a client that
+    /// sends requests and does not read the answers is dropped past it.
+    #[arg(long, default_value = "256MiB", value_parser = crate::bench::units::parse_size)]
+    max_client_backlog: usize,
+    /// Once a message from a client or worker has started arriving, the rest must arrive
+    /// within this long, or the connection is dropped (silence between messages is fine).
+    #[arg(long, default_value = "60s", value_parser = parse_positive_duration)]
+    message_timeout: Duration,
 }
 
 impl SchedulerSecurityArgs {
+    /// `--max-connections`.
+    pub(crate) fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
     /// Apply to a scheduler builder (creating the token file if needed).
     pub(crate) fn apply(
         &self,
@@ -129,6 +172,9 @@ impl SchedulerSecurityArgs {
         }
         Ok(b.handshake_timeout(self.handshake_timeout)
             .max_connections(self.max_connections)
-            .max_graph_tasks(self.max_graph_tasks))
+            .max_graph_tasks(self.max_graph_tasks)
+            .max_client_tasks(self.max_client_tasks)
+            .max_client_backlog(self.max_client_backlog)
+            .message_timeout(self.message_timeout))
     }
 }

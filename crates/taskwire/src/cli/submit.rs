@@ -124,7 +124,7 @@ pub(crate) fn run(args: SubmitArgs) -> Result<(), String> {
     }
     super::runtime()?.block_on(async {
         let mut builder = Client::builder(scheduler.clone());
-        if let Some(secret) = args.auth.secret()? {
+        if let Some(secret) = args.auth.secret_with(args.scheduler_file.as_deref())? {
             builder = builder.auth_token(secret);
         }
         let client = builder.connect().await.map_err(|e| e.to_string())?;

@@ -402,7 +402,7 @@ pub(super) fn control_host(
     }
     let scheduler = match (scheduler, scheduler_file) {
         (Some(a), _) => a.parse::<Address>().ok(),
-        (None, Some(f)) => super::read_scheduler_file(f).ok(),
+        (None, Some(f)) => super::read_scheduler_file(f).ok().map(|f| f.address),
         (None, None) => None,
     };
     match scheduler {
@@ -468,7 +468,12 @@ async fn run_nanny(args: &WorkerArgs, plan: &Plan) -> Result<i32, String> {
     for i in 0..plan.nworkers {
         b = b.child(child_args(args, plan, i));
     }
-    if let Some(secret) = args.nanny.auth.secret_for_nanny().await? {
+    if let Some(secret) = args
+        .nanny
+        .auth
+        .secret_for_nanny(args.scheduler_file.as_deref())
+        .await?
+    {
         b = b.control_auth_token(secret);
     }
     let nanny = b.bind().await.map_err(|e| e.to_string())?;
@@ -551,9 +556,28 @@ async fn start_worker(
         });
         let attempt = async {
             // A missing or half-written scheduler file may be fixed by a scheduler starting.
-            let scheduler = scheduler_now(args).map_err(Ok)?;
+            let scheduler = scheduler_now(args).map_err(|e| {
+                if e.contains("chmod 600") {
+                    Err(e)
+                } else {
+                    Ok(e)
+                }
+            })?;
             // Read on every attempt too: the scheduler may be creating the token file now.
-            let secret = args.nanny.auth.secret().map_err(Ok)?;
+            // A file that others can read does not fix itself (and its token may have leaked):
+            // say so and stop; a missing or half-written one may be fixed by a scheduler
+            // starting.
+            let secret = args
+                .nanny
+                .auth
+                .secret_with(args.scheduler_file.as_deref())
+                .map_err(|e| {
+                    if e.contains("chmod 600") {
+                        Err(e)
+                    } else {
+                        Ok(e)
+                    }
+                })?;
             let b = args
                 .nanny
                 .data_port

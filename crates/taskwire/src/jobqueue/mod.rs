@@ -250,7 +250,7 @@ impl JobQueueBuilder {
                     message,
                 })?;
                 spec.scheduler = SchedulerTarget::File(f.clone());
-                (None, a.to_string(), None)
+                (None, a.address.to_string(), None)
             }
         };
         let mut cluster = JobQueueCluster {
