@@ -399,9 +399,12 @@ fn the_scheduler_file_carries_the_token() {
         f,
     ]);
     let dashboard = sched.line("dashboard at:");
+    // `http://HOST:PORT/` (with `?token=...` under a token).
     let dashboard_port = dashboard
-        .trim_end_matches('/')
         .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
         .next()
         .unwrap()
         .to_string();

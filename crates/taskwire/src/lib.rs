@@ -36,7 +36,7 @@ pub use cluster::{Cluster, ClusterError};
 pub use jobqueue::{BatchSystem, Job, JobQueueBuilder, JobQueueCluster, JobState};
 pub use local::{LocalCluster, LocalClusterBuilder, LocalClusterError, LocalTransport};
 pub use local_cuda::{LocalCudaCluster, LocalCudaClusterBuilder, LocalCudaClusterError};
-pub use scheduler_file::{read_scheduler_file, SchedulerFile};
+pub use scheduler_file::{SchedulerFile, read_scheduler_file};
 pub use ssh::{SshCluster, SshClusterBuilder};
 pub use taskwire_client::*;
 pub use taskwire_cuda_worker as cuda;

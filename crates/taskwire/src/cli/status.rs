@@ -84,7 +84,10 @@ pub(crate) fn run(args: StatusArgs) -> Result<(), String> {
     } else {
         format!("{host}:{}", args.dashboard_port)
     };
-    let credential = args.auth.secret()?.map(|s| s.http_credential());
+    let credential = args
+        .auth
+        .secret_with(args.scheduler_file.as_deref())?
+        .map(|s| s.http_credential());
     let credential = credential.as_deref();
     let totals = json(&hostport, "/api/v1/totals", credential)?;
     let workers = json(&hostport, "/api/v1/workers", credential)?;
