@@ -117,13 +117,12 @@ pub async fn order_preserved<H: Harness>(h: &H) {
 pub async fn senders_interleave<H: Harness>(h: &H) {
     let (client, mut server, _l) = pair(h).await;
     let (senders, per_sender) = (4u64, 2_000u64);
-    // Mostly small messages, some large enough to fill the socket buffers.
-    let size = |i: u64| {
-        if i % 50 == 7 {
-            200 << 10
-        } else {
-            (i % 64) as usize
-        }
+    // Mostly small messages, some large enough to fill the socket buffers (both below and above
+    // the size a byte-stream transport writes on the sender's thread).
+    let size = |i: u64| match i % 50 {
+        7 => 200 << 10,
+        3 | 23 | 43 => 48 << 10,
+        _ => (i % 64) as usize,
     };
     let tagged = move |s: u64, i: u64| {
         let mut m = numbered(i, size(i));

@@ -35,7 +35,7 @@ const MAX_BATCH_BYTES: usize = 4 << 20;
 const IOV_BATCH: usize = 64;
 /// Larger messages are always left to the writer task, so that a sender never spends long
 /// copying into the socket.
-const INLINE_MAX: usize = 256 * 1024;
+const INLINE_MAX: usize = 64 * 1024;
 /// Minimum free space before a read.
 const READ_CHUNK: usize = 64 * 1024;
 
