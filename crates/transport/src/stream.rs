@@ -18,9 +18,10 @@ use std::future::poll_fn;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
@@ -36,6 +37,10 @@ const IOV_BATCH: usize = 64;
 /// Larger messages are always left to the writer task, so that a sender never spends long
 /// copying into the socket.
 const INLINE_MAX: usize = 64 * 1024;
+/// A message sent this soon after the last write ended is queued even when the writer is idle:
+/// the sender is streaming, and the writer task turns a stream into few large writes (a
+/// request/response exchange leaves a round trip, several µs, between its sends).
+const STREAM_GAP_NS: u64 = 2_000;
 /// Minimum free space before a read.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -61,6 +66,8 @@ where
         }),
         queued: AtomicIsize::new(0),
         wake: Notify::new(),
+        epoch: Instant::now(),
+        last_write: AtomicU64::new(0),
     });
     let (sender, outbox) = ConnSender::channel(cfg.clone());
     let sender = sender.with_inline(writer.clone());
@@ -86,6 +93,10 @@ struct Writer<W> {
     queued: AtomicIsize,
     /// Wakes the writer task when an inline write left bytes the socket did not take, or failed.
     wake: Notify,
+    /// `last_write` counts nanoseconds from here.
+    epoch: Instant,
+    /// When the last write (inline or by the writer task) ended.
+    last_write: AtomicU64,
 }
 
 struct WriteState<W> {
@@ -107,6 +118,10 @@ impl<W> std::fmt::Debug for Writer<W> {
 }
 
 impl<W> Writer<W> {
+    fn nanos(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
     fn lock(&self) -> MutexGuard<'_, WriteState<W>> {
         // Every update of the state is completed before anything that can panic.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -116,6 +131,14 @@ impl<W> Writer<W> {
 impl<W: AsyncWrite + Unpin + Send + 'static> InlineWrite for Writer<W> {
     fn try_write(&self, msg: Message) -> Result<Option<Message>, TransportError> {
         if codec::wire_len(&msg) > INLINE_MAX || self.queued.load(Ordering::Acquire) != 0 {
+            return Ok(Some(msg));
+        }
+        if self
+            .nanos()
+            .saturating_sub(self.last_write.load(Ordering::Relaxed))
+            < STREAM_GAP_NS
+        {
+            // A stream of messages: one vectored write per batch beats one write per message.
             return Ok(Some(msg));
         }
         // Never wait: the writer task holds the lock only while it polls the socket.
@@ -128,7 +151,9 @@ impl<W: AsyncWrite + Unpin + Send + 'static> InlineWrite for Writer<W> {
         }
         st.encode(&msg);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match st.poll_drain(&mut cx) {
+        let drained = st.poll_drain(&mut cx);
+        self.last_write.store(self.nanos(), Ordering::Relaxed);
+        match drained {
             Poll::Ready(Ok(())) => Ok(None),
             Poll::Pending => {
                 // The socket is full: the writer task writes the rest when it can.
@@ -259,6 +284,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(writer: Arc<Writer<W>>, mut outbox: O
         }
         batch.clear();
         let drained = poll_fn(|cx| writer.lock().poll_drain(cx)).await;
+        writer.last_write.store(writer.nanos(), Ordering::Relaxed);
         if let Err(e) = drained {
             writer.lock().failed = true;
             outbox.fail(&TransportError::Io(e));
