@@ -8,7 +8,7 @@ use crate::server::Route;
 use crate::snapshot::Publisher;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use taskwire_protocol::{ClientId, ToWorker, WorkerId, encode};
 use taskwire_scheduler_core::{Command, Core, CoreConfig, Event, RecoveryCounts, TransitionRecord};
 use taskwire_transport::Message;
@@ -54,12 +54,22 @@ fn run(mut core: Core, rx: Receiver<Input>, mut publisher: Publisher) {
     let mut routes: HashMap<Peer, Route> = HashMap::new();
     // A snapshot is owed when the state changed since the last one published.
     let mut owed = true;
+    let spin = spin_window();
+    // Inputs were handled last time round: an answer (a worker's report, the client's next
+    // request) is likely to follow soon.
+    let mut busy = false;
     loop {
         let publish_at = if owed { publisher.next_due() } else { None };
         let deadline = core.poll_timeout().into_iter().chain(publish_at).min();
-        let first = match deadline {
-            Some(deadline) => rx.recv_deadline(deadline),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        let spun = if busy {
+            spin_for_input(&rx, spin, deadline)
+        } else {
+            None
+        };
+        let first = match (spun, deadline) {
+            (Some(input), _) => Ok(input),
+            (None, Some(deadline)) => rx.recv_deadline(deadline),
+            (None, None) => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         let mut next = match first {
             Ok(input) => Some(input),
@@ -106,10 +116,50 @@ fn run(mut core: Core, rx: Receiver<Input>, mut publisher: Publisher) {
         if handled > 0 {
             publisher.record_durations(&core);
         }
+        busy = handled > 0;
         owed |= handled > 0;
         if owed && publisher.maybe_publish(&core, now) {
             owed = false;
         }
+    }
+}
+
+/// How long the core thread polls for the next input before it sleeps, after it handled some.
+///
+/// On a virtual machine a sleeping vCPU is halted, and waking it for the next message costs
+/// tens of µs; a request/response exchange (submit, compute, report, answer) crosses several
+/// such wake-ups. Polling for a short while after activity keeps this vCPU awake for the answer
+/// that usually follows within it, and yields to any thread that wants the CPU meanwhile. An idle
+/// scheduler never polls: it sleeps until an input or a timer. `TASKWIRE_CORE_SPIN_US` sets
+/// another window (0: never poll), for measuring its effect.
+const SPIN: Duration = Duration::from_micros(100);
+
+fn spin_window() -> Duration {
+    std::env::var("TASKWIRE_CORE_SPIN_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(SPIN, Duration::from_micros)
+}
+
+/// Poll `rx` for up to `window` (never past `deadline`), yielding the CPU between polls.
+fn spin_for_input(
+    rx: &Receiver<Input>,
+    window: Duration,
+    deadline: Option<Instant>,
+) -> Option<Input> {
+    if window.is_zero() {
+        return None;
+    }
+    let start = Instant::now();
+    let end = deadline.map_or(start + window, |d| d.min(start + window));
+    loop {
+        if let Ok(input) = rx.try_recv() {
+            return Some(input);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::yield_now();
     }
 }
 

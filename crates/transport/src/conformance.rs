@@ -111,6 +111,70 @@ pub async fn order_preserved<H: Harness>(h: &H) {
     b.await.unwrap();
 }
 
+/// Several senders at once on one connection, from tokio tasks and from a plain thread (as the
+/// scheduler's core thread sends), while the receiver at first reads nothing so the socket
+/// fills: each sender's messages still arrive whole and in its order.
+pub async fn senders_interleave<H: Harness>(h: &H) {
+    let (client, mut server, _l) = pair(h).await;
+    let (senders, per_sender) = (4u64, 2_000u64);
+    // Mostly small messages, some large enough to fill the socket buffers (both below and above
+    // the size a byte-stream transport writes on the sender's thread).
+    let size = |i: u64| match i % 50 {
+        7 => 200 << 10,
+        3 | 23 | 43 => 48 << 10,
+        _ => (i % 64) as usize,
+    };
+    let tagged = move |s: u64, i: u64| {
+        let mut m = numbered(i, size(i));
+        m.header = Bytes::copy_from_slice(&[i.to_le_bytes(), s.to_le_bytes()].concat());
+        m
+    };
+    let mut tasks = Vec::new();
+    for s in 0..senders - 1 {
+        let tx = client.sender.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_sender {
+                tx.send(tagged(s, i)).await.expect("send");
+                if i % 97 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    let tx = client.sender.clone();
+    let last = senders - 1;
+    let thread = std::thread::spawn(move || {
+        for i in 0..per_sender {
+            let mut msg = tagged(last, i);
+            // Never blocks, like the core thread: retry while the queue is full.
+            while let Some(back) = tx.try_send(msg).expect("try_send") {
+                msg = back;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut next = vec![0u64; senders as usize];
+    for _ in 0..senders * per_sender {
+        let m = step("recv interleaved", server.recv_msg())
+            .await
+            .expect("recv");
+        let i = number_of(&m);
+        let s = u64::from_le_bytes(m.header[8..16].try_into().expect("sender tag"));
+        assert_eq!(i, next[s as usize], "sender {s}: out of order");
+        next[s as usize] += 1;
+        assert_eq!(
+            m.frames[0],
+            numbered(i, size(i)).frames[0],
+            "sender {s} message {i}"
+        );
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    thread.join().unwrap();
+}
+
 /// Empty headers, no frames, and 0-byte frames all survive.
 pub async fn empty_and_zero_byte<H: Harness>(h: &H) {
     let (client, mut server, _l) = pair(h).await;
@@ -394,7 +458,7 @@ pub async fn peer_abort<H: Harness>(h: &H) {
 macro_rules! conformance_tests {
     ($harness:expr) => {
         $crate::conformance_tests!(@cases $harness;
-            order_preserved, empty_and_zero_byte, large_payload, many_small,
+            order_preserved, senders_interleave, empty_and_zero_byte, large_payload, many_small,
             concurrent_connections, peer_close, connect_refused, oversized_send_rejected);
     };
     ($harness:expr, bytes) => {

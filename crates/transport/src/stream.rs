@@ -1,18 +1,29 @@
 //! A connection over any ordered byte stream (TCP, TLS, ...): a writer task that batches queued
 //! messages into vectored writes, and a reader that decodes frames out of one growing buffer.
+//!
+//! A message sent while nothing is queued or being written is written at once on the sender's
+//! thread (a non-blocking write; what the socket does not take goes to the writer task), which
+//! saves the hand-off to the writer task on a request/response path.
 
 use crate::address::Address;
 use crate::codec::{self, Decoder};
 use crate::config::TransportConfig;
-use crate::connection::{ConnReceiver, ConnSender, Connection, Message, Outbox, RecvHalf};
+use crate::connection::{
+    ConnReceiver, ConnSender, Connection, InlineWrite, Message, Outbox, RecvHalf,
+};
 use crate::error::TransportError;
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 
 /// Frames up to this size are copied into the write buffer next to their prelude; bigger ones
 /// are handed to the kernel where they lie (vectored write, no copy).
@@ -21,8 +32,15 @@ const COPY_BELOW: usize = 4096;
 const MAX_BATCH: usize = 1024;
 /// Stop coalescing once this many bytes are queued for one write.
 const MAX_BATCH_BYTES: usize = 4 << 20;
-/// The kernel's limit on iovecs per call.
-const IOV_MAX: usize = 1024;
+/// Slices handed to one vectored write (the kernel takes up to 1024).
+const IOV_BATCH: usize = 64;
+/// Larger messages are always left to the writer task, so that a sender never spends long
+/// copying into the socket.
+const INLINE_MAX: usize = 64 * 1024;
+/// A message sent this soon after the last write ended is queued even when the writer is idle:
+/// the sender is streaming, and the writer task turns a stream into few large writes (a
+/// request/response exchange leaves a round trip, several µs, between its sends).
+const STREAM_GAP_NS: u64 = 2_000;
 /// Minimum free space before a read.
 const READ_CHUNK: usize = 64 * 1024;
 /// The first read buffer of a connection: enough for a handshake or a small message. A
@@ -42,8 +60,24 @@ where
     R: AsyncRead + Unpin + Send + Sync + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let writer = Arc::new(Writer {
+        state: Mutex::new(WriteState {
+            write,
+            // Grows with the first message written (`cut_scratch`): an idle connection holds
+            // no write buffer.
+            scratch: BytesMut::new(),
+            out: VecDeque::new(),
+            flush_owed: false,
+            failed: false,
+        }),
+        queued: AtomicIsize::new(0),
+        wake: Notify::new(),
+        epoch: Instant::now(),
+        last_write: AtomicU64::new(0),
+    });
     let (sender, outbox) = ConnSender::channel(cfg.clone());
-    tokio::spawn(write_loop(write, outbox));
+    let sender = sender.with_inline(writer.clone());
+    tokio::spawn(write_loop(writer, outbox));
     let reader = StreamReader {
         read,
         buf: BytesMut::new(),
@@ -58,35 +92,202 @@ where
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(write: W, mut outbox: Outbox) {
+/// The write half, shared by the writer task and by senders that write inline.
+struct Writer<W> {
+    state: Mutex<WriteState<W>>,
+    /// Messages counted by senders as queued and not yet encoded into `out` by the writer task.
+    queued: AtomicIsize,
+    /// Wakes the writer task when an inline write left bytes the socket did not take, or failed.
+    wake: Notify,
+    /// `last_write` counts nanoseconds from here.
+    epoch: Instant,
+    /// When the last write (inline or by the writer task) ended.
+    last_write: AtomicU64,
+}
+
+struct WriteState<W> {
+    write: W,
+    /// Small messages and preludes are copied here and written from frozen slices of it.
+    scratch: BytesMut,
+    /// Bytes encoded and not yet written, in order (the front may be partly written).
+    out: VecDeque<Bytes>,
+    /// Bytes were written since the last flush.
+    flush_owed: bool,
+    /// A write failed: the writer task ends the connection.
+    failed: bool,
+}
+
+impl<W> std::fmt::Debug for Writer<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stream::Writer")
+    }
+}
+
+impl<W> Writer<W> {
+    fn nanos(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn lock(&self) -> MutexGuard<'_, WriteState<W>> {
+        // Every update of the state is completed before anything that can panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> InlineWrite for Writer<W> {
+    fn try_write(&self, msg: Message) -> Result<Option<Message>, TransportError> {
+        if codec::wire_len(&msg) > INLINE_MAX || self.queued.load(Ordering::Acquire) != 0 {
+            return Ok(Some(msg));
+        }
+        if self
+            .nanos()
+            .saturating_sub(self.last_write.load(Ordering::Relaxed))
+            < STREAM_GAP_NS
+        {
+            // A stream of messages: one vectored write per batch beats one write per message.
+            return Ok(Some(msg));
+        }
+        // Never wait: the writer task holds the lock only while it polls the socket.
+        let Ok(mut st) = self.state.try_lock() else {
+            return Ok(Some(msg));
+        };
+        // Checked again under the lock: the writer task lowers the count under it.
+        if st.failed || !st.out.is_empty() || self.queued.load(Ordering::Acquire) != 0 {
+            return Ok(Some(msg));
+        }
+        st.encode(&msg);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let drained = st.poll_drain(&mut cx);
+        self.last_write.store(self.nanos(), Ordering::Relaxed);
+        match drained {
+            Poll::Ready(Ok(())) => Ok(None),
+            Poll::Pending => {
+                // The socket is full: the writer task writes the rest when it can.
+                drop(st);
+                self.wake.notify_one();
+                Ok(None)
+            }
+            Poll::Ready(Err(e)) => {
+                st.failed = true;
+                drop(st);
+                self.wake.notify_one();
+                Err(TransportError::Io(e))
+            }
+        }
+    }
+
+    fn count_queued(&self, delta: isize) {
+        self.queued.fetch_add(delta, Ordering::AcqRel);
+    }
+}
+
+impl<W: AsyncWrite + Unpin> WriteState<W> {
+    /// Append `msg`'s wire bytes to `out`: small parts copied next to the prelude, large frames
+    /// by reference.
+    fn encode(&mut self, msg: &Message) {
+        codec::put_prelude(msg, &mut self.scratch);
+        for part in std::iter::once(&msg.header).chain(msg.frames.iter()) {
+            if part.len() < COPY_BELOW {
+                self.scratch.put_slice(part);
+            } else {
+                self.cut_scratch();
+                self.out.push_back(part.clone());
+            }
+        }
+        self.scratch
+            .put_slice(&codec::PADDING[..codec::trailer_len(msg)]);
+    }
+
+    /// Move what `scratch` holds to the end of `out`.
+    fn cut_scratch(&mut self) {
+        if !self.scratch.is_empty() {
+            let cut = self.scratch.split().freeze();
+            self.out.push_back(cut);
+        }
+        if self.scratch.capacity() < COPY_BELOW {
+            // Reclaims the old buffer when every slice of it has been written.
+            self.scratch.reserve(64 * 1024);
+        }
+    }
+
+    /// Write everything in `out`, then flush.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.cut_scratch();
+        loop {
+            if self.out.is_empty() {
+                if self.flush_owed {
+                    ready!(Pin::new(&mut self.write).poll_flush(cx))?;
+                    self.flush_owed = false;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let mut iov = [IoSlice::new(&[]); IOV_BATCH];
+            let mut n = 0;
+            for (slot, part) in iov.iter_mut().zip(self.out.iter()) {
+                *slot = IoSlice::new(part);
+                n += 1;
+            }
+            let mut written = ready!(Pin::new(&mut self.write).poll_write_vectored(cx, &iov[..n]))?;
+            if written == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.flush_owed = true;
+            while written > 0 {
+                let front = self.out.front_mut().expect("written bytes were queued");
+                if written >= front.len() {
+                    written -= front.len();
+                    self.out.pop_front();
+                } else {
+                    front.advance(written);
+                    written = 0;
+                }
+            }
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(writer: Arc<Writer<W>>, mut outbox: Outbox) {
     // Stop as soon as a sender aborts, even in the middle of a write the peer is not reading.
     let aborted = outbox.aborted();
     let failed = tokio::select! {
-        _ = aborted => None,
-        r = write_all_queued(write, &mut outbox) => r.err(),
+        biased;
+        () = aborted => {
+            // No inline write either from now on; senders get the abort as their error.
+            writer.lock().failed = true;
+            None
+        }
+        r = write_queued(&writer, &mut outbox) => r.err(),
     };
     if let Some(e) = failed {
+        writer.lock().failed = true;
         outbox.fail(&TransportError::Io(e));
     }
 }
 
-/// Write what is queued until every sender is gone (`Ok`) or a write fails.
-async fn write_all_queued<W: AsyncWrite + Unpin>(
-    mut write: W,
+/// Write what is queued (and what inline writes left behind) until every sender is gone
+/// (`Ok`) or a write fails.
+async fn write_queued<W: AsyncWrite + Unpin>(
+    writer: &Writer<W>,
     outbox: &mut Outbox,
 ) -> std::io::Result<()> {
-    // Both grow with the first messages written; an idle connection holds neither.
+    // Grows with the first messages written; an idle connection holds no batch.
     let mut batch: Vec<Message> = Vec::new();
-    let mut scratch = BytesMut::new();
     loop {
-        let Some(first) = outbox.recv().await else {
-            // Every sender is gone and the queue is drained: end the stream cleanly.
-            let _ = write.shutdown().await;
-            return Ok(());
+        let closed = tokio::select! {
+            biased;
+            m = outbox.recv() => match m {
+                Some(m) => {
+                    batch.push(m);
+                    false
+                }
+                // Every sender is gone and the queue is drained.
+                None => true,
+            },
+            // An inline write left bytes behind, or failed.
+            () = writer.wake.notified() => false,
         };
-        let mut bytes = codec::wire_len(&first);
-        batch.push(first);
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        let mut bytes = batch.first().map_or(0, codec::wire_len);
+        while !batch.is_empty() && batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match outbox.try_recv() {
                 Some(m) => {
                     bytes += codec::wire_len(&m);
@@ -95,60 +296,30 @@ async fn write_all_queued<W: AsyncWrite + Unpin>(
                 None => break,
             }
         }
-        write_batch(&mut write, &batch, &mut scratch).await?;
-        batch.clear();
-    }
-}
-
-enum Segment<'a> {
-    Scratch(usize, usize),
-    Slice(&'a [u8]),
-}
-
-async fn write_batch<W: AsyncWrite + Unpin>(
-    write: &mut W,
-    batch: &[Message],
-    scratch: &mut BytesMut,
-) -> std::io::Result<()> {
-    scratch.clear();
-    let mut segments: Vec<Segment<'_>> = Vec::with_capacity(8);
-    let mut start = 0;
-    let emit_slice = |segments: &mut Vec<Segment<'_>>, scratch: &BytesMut, start: &mut usize| {
-        if scratch.len() > *start {
-            segments.push(Segment::Scratch(*start, scratch.len()));
-        }
-        *start = scratch.len();
-    };
-    for msg in batch {
-        codec::put_prelude(msg, scratch);
-        for part in std::iter::once(&msg.header).chain(msg.frames.iter()) {
-            if part.len() < COPY_BELOW {
-                scratch.put_slice(part);
-            } else {
-                emit_slice(&mut segments, scratch, &mut start);
-                segments.push(Segment::Slice(part));
+        {
+            let mut st = writer.lock();
+            if st.failed {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
             }
+            for m in &batch {
+                st.encode(m);
+            }
+            // Under the lock, with the messages now in `out`: an inline write sees either the
+            // count or the bytes, and so never overtakes them.
+            writer
+                .queued
+                .fetch_sub(batch.len() as isize, Ordering::AcqRel);
         }
-        scratch.put_slice(&codec::PADDING[..codec::trailer_len(msg)]);
-    }
-    emit_slice(&mut segments, scratch, &mut start);
-    let mut slices: Vec<IoSlice<'_>> = segments
-        .iter()
-        .map(|s| match s {
-            Segment::Scratch(a, b) => IoSlice::new(&scratch[*a..*b]),
-            Segment::Slice(s) => IoSlice::new(s),
-        })
-        .collect();
-    let mut view: &mut [IoSlice<'_>] = &mut slices;
-    while !view.is_empty() {
-        let n = view.len().min(IOV_MAX);
-        let written = write.write_vectored(&view[..n]).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+        batch.clear();
+        let drained = poll_fn(|cx| writer.lock().poll_drain(cx)).await;
+        writer.last_write.store(writer.nanos(), Ordering::Relaxed);
+        drained?;
+        if closed {
+            // End the stream cleanly.
+            let _ = poll_fn(|cx| Pin::new(&mut writer.lock().write).poll_shutdown(cx)).await;
+            return Ok(());
         }
-        IoSlice::advance_slices(&mut view, written);
     }
-    write.flush().await
 }
 
 #[derive(PartialEq, Eq)]
