@@ -503,6 +503,7 @@ fn cli_adapts_jobs_to_the_work(slurm: &Slurm, logs: &Path) {
         tokio::time::timeout(SOON, client.wait(&futures))
             .await
             .expect("burst in time");
+        let done = Instant::now();
         check_command_values(&futures).await;
         let spread = client.workers().await.unwrap();
         assert!(
@@ -511,7 +512,6 @@ fn cli_adapts_jobs_to_the_work(slurm: &Slurm, logs: &Path) {
         );
 
         // Idle: back to one job, the others' workers retired and their jobs completed.
-        let t = Instant::now();
         let ws = workers_until(&client, "shrunk to 1", |ws| ws.len() == 1).await;
         let left = ws[0]
             .name
@@ -523,7 +523,7 @@ fn cli_adapts_jobs_to_the_work(slurm: &Slurm, logs: &Path) {
             assert!(Instant::now() < deadline, "jobs: {:?}", slurm.all_jobs());
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let shrink = t.elapsed();
+        let shrink = done.elapsed();
         assert_eq!(ws[0].in_memory, n as u64, "{ws:?}");
         for id in ids.iter().filter(|id| **id != left) {
             assert_eq!(
