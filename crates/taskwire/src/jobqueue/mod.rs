@@ -21,7 +21,8 @@
 //! not registered cancels its job only while it is still queued (Slurm checks that itself);
 //! a job that has started is given [`JobQueueBuilder::startup_grace`] for its worker to
 //! register, and then retires it like any other. Jobs that end by themselves (at the end of
-//! their lifetime) are replaced; after [`FAILED_JOBS_LIMIT`](JobQueueCluster::FAILED_JOBS_LIMIT) jobs in a row end before their
+//! their lifetime) are replaced; once
+//! [`FAILED_JOBS_LIMIT`](JobQueueCluster::FAILED_JOBS_LIMIT) jobs in a row ended before their
 //! worker registered, no more are submitted.
 //!
 //! With a cluster token ([`JobQueueBuilder::auth_token_file`]) the job script names the token
@@ -644,7 +645,8 @@ impl JobQueueCluster {
     }
 
     /// Jobs that ended in a row before their worker registered, as [`observe`](Self::observe)
-    /// saw them. From [`FAILED_JOBS_LIMIT`](JobQueueCluster::FAILED_JOBS_LIMIT) on, [`scale`](Self::scale) submits no more.
+    /// saw them. From [`FAILED_JOBS_LIMIT`](Self::FAILED_JOBS_LIMIT) on,
+    /// [`scale`](Self::scale) submits no more.
     pub fn failed_jobs_in_row(&self) -> usize {
         self.failed_in_row
     }
