@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{
-    BIN, Proc, SOON, all_gone_within, connect, rt, signal, tempdir, tree_over, workers_until,
+    BIN, Proc, SOON, all_gone_within, api_json, check_command_values, connect, logged_sleep, rt,
+    signal, tempdir, tree_over, workers_until,
 };
 use taskwire::{Cluster, Future, JobQueueCluster, JobState, Task};
 
@@ -289,7 +290,10 @@ fn slurm_jobs_run_workers_and_leave_nothing_behind() {
     std::fs::create_dir_all(&logs).unwrap();
 
     cli_runs_a_graph_and_ctrl_c_cancels_the_jobs(&slurm, &logs);
+    cli_adapts_jobs_to_the_work(&slurm, &logs);
+    cli_with_a_token_runs_workers_that_prove_it(&slurm, &logs, &dir);
     cluster_stops_one_worker_gracefully_and_scales(&slurm, &logs);
+    stopping_unregistered_workers(&slurm, &logs);
     workers_leave_before_the_walltime(&slurm, &logs);
     refused_jobs_quote_sbatch(&slurm, &logs);
 }
@@ -426,6 +430,262 @@ fn cluster_stops_one_worker_gracefully_and_scales(slurm: &Slurm, logs: &Path) {
         assert!(slurm.queued().is_empty(), "{:?}", slurm.queued());
         assert_eq!(slurm.state_of(&last), "CANCELLED");
         all_gone_within(&pids, Duration::from_secs(10));
+    });
+}
+
+/// The job ids of `taskwire jobqueue`'s "Submitted job ID (worker NAME)" lines among `lines`.
+fn submitted(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("Submitted job "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `taskwire jobqueue slurm --adapt 1:3`: one job at rest; a burst of sleeping command tasks
+/// makes it submit two more (no more than that, although they spend a while queued and
+/// starting before their workers register); every result is right; idle again, the two extra
+/// workers retire (their results move to the one left, nothing runs twice) and their jobs
+/// complete by themselves; Ctrl-C cancels the last job and leaves no process behind.
+fn cli_adapts_jobs_to_the_work(slurm: &Slurm, logs: &Path) {
+    let runs = logs.join("adaptive-runs.log");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["jobqueue", "slurm", "--cores", "1", "--memory", "300MB"])
+        .args([
+            "--walltime",
+            "00:10:00",
+            "--adapt",
+            "1:3",
+            "--host",
+            "127.0.0.1",
+        ])
+        .args(["--port", "0", "--dashboard-port", "0", "--log-directory"])
+        .arg(logs)
+        .env("SLURM_CONF", &slurm.conf);
+    let mut jq = Proc::start_cmd(cmd);
+    let address = jq.line("Scheduler at:");
+    let dashboard = jq.line("dashboard at:");
+    let first = submitted(&[format!("Submitted job {}", jq.line("Submitted job"))]);
+    assert_eq!(jq.line("Adaptive scaling:"), "1 to 3 jobs");
+    let (ids, grow_one, grow_all, shrink) = rt().block_on(async {
+        let client = connect(&address).await;
+        workers_until(&client, "the minimum of 1", |ws| ws.len() == 1).await;
+
+        // 30 one-second tasks are 30 s of work for one worker, far more than the 5 s target:
+        // the scheduler asks for the maximum.
+        let n = 30;
+        let tasks = (0..n)
+            .map(|i| logged_sleep("jq-burst", i, 1000, &runs))
+            .collect();
+        let t = Instant::now();
+        let futures: Vec<Future> = client.submit_graph(tasks).await.unwrap();
+        workers_until(&client, "one more job's worker", |ws| ws.len() >= 2).await;
+        let grow_one = t.elapsed();
+        let ws = workers_until(&client, "grown to 3", |ws| ws.len() == 3).await;
+        let grow_all = t.elapsed();
+        let mut ids: Vec<String> = ws
+            .iter()
+            .map(|w| {
+                w.name
+                    .strip_prefix("taskwire-worker-")
+                    .unwrap_or_else(|| panic!("not a job's worker: {}", w.name))
+                    .to_string()
+            })
+            .collect();
+        ids.sort();
+        let queued = slurm.queued();
+        for id in &ids {
+            assert!(queued.contains(id), "job {id} not in squeue: {queued:?}");
+            assert_eq!(slurm.state_of(id), "RUNNING");
+        }
+        assert!(ids.contains(&first[0]), "{ids:?} {first:?}");
+        tokio::time::timeout(SOON, client.wait(&futures))
+            .await
+            .expect("burst in time");
+        let done = Instant::now();
+        check_command_values(&futures).await;
+        let spread = client.workers().await.unwrap();
+        assert!(
+            spread.iter().filter(|w| w.in_memory > 0).count() > 1,
+            "the results should be on several workers: {spread:?}"
+        );
+
+        // Idle: back to one job, the others' workers retired and their jobs completed.
+        let ws = workers_until(&client, "shrunk to 1", |ws| ws.len() == 1).await;
+        let left = ws[0]
+            .name
+            .strip_prefix("taskwire-worker-")
+            .unwrap()
+            .to_string();
+        let deadline = Instant::now() + SOON;
+        while slurm.queued().iter().filter(|id| ids.contains(id)).count() > 1 {
+            assert!(Instant::now() < deadline, "jobs: {:?}", slurm.all_jobs());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let shrink = done.elapsed();
+        assert_eq!(ws[0].in_memory, n as u64, "{ws:?}");
+        for id in ids.iter().filter(|id| **id != left) {
+            assert_eq!(
+                slurm.state_of(id),
+                "COMPLETED",
+                "job {id}: retired, not cancelled"
+            );
+        }
+        check_command_values(&futures).await;
+        let ran = std::fs::read_to_string(&runs).unwrap();
+        assert_eq!(ran.lines().count(), n, "a task ran twice:\n{ran}");
+        // The scheduler's account: two graceful retirements, nothing lost or recomputed (the
+        // dashboard's snapshot trails the scheduler by up to its publishing interval).
+        let deadline = Instant::now() + SOON;
+        let totals = loop {
+            let totals = api_json(&dashboard, "/api/v1/totals");
+            if totals["workers"] == 1 || Instant::now() > deadline {
+                break totals;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let r = &totals["recovery"];
+        assert_eq!(r["workers_retired"], 2, "{totals}");
+        assert_eq!(r["workers_lost"], 0, "{totals}");
+        assert_eq!(r["results_recomputed"], 0, "{totals}");
+        assert_eq!(r["tasks_rescheduled"], 0, "{totals}");
+        client.close().await;
+        (ids, grow_one, grow_all, shrink)
+    });
+    let pids: Vec<u32> = ids.iter().flat_map(|id| job_pids(id)).collect();
+    assert!(pids.len() >= 2, "the last job's nanny and worker: {pids:?}");
+    signal(jq.pid(), "-INT");
+    let status = jq.exit_within(SOON);
+    assert!(status.success(), "taskwire jobqueue: {status}");
+    let lines: Vec<String> = jq.stdout.try_iter().collect();
+    // The first job plus the two the burst called for: no storm while they were queued.
+    let mut all = first;
+    all.extend(submitted(&lines));
+    all.sort();
+    assert_eq!(all, ids, "{lines:?}");
+    let queued = slurm.queued();
+    assert!(ids.iter().all(|id| !queued.contains(id)), "{queued:?}");
+    all_gone_within(&pids, Duration::from_secs(10));
+    eprintln!(
+        "jobqueue slurm --adapt 1:3: a second job's worker registered {grow_one:?} and the \
+         third's {grow_all:?} after the burst was submitted; back to one job {shrink:?} after \
+         the burst finished"
+    );
+}
+
+/// `taskwire jobqueue slurm --auth-token-file FILE`: the file is created (mode 600), the job
+/// script Slurm holds names the file and not the token, the job's worker registers with the
+/// token, a client with it runs a graph and a client without it is refused.
+fn cli_with_a_token_runs_workers_that_prove_it(slurm: &Slurm, logs: &Path, dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let token = dir.join("cluster.token");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["jobqueue", "slurm", "--cores", "1", "--memory", "300MB"])
+        .args(["--jobs", "1", "--host", "127.0.0.1", "--port", "0"])
+        .args(["--no-dashboard", "--auth-token-file"])
+        .arg(&token)
+        .arg("--log-directory")
+        .arg(logs)
+        .env("SLURM_CONF", &slurm.conf);
+    let mut jq = Proc::start_cmd(cmd);
+    assert_eq!(
+        jq.line("Created cluster token file:"),
+        format!("{} (mode 600)", token.display())
+    );
+    let address = jq.line("Scheduler at:");
+    let id = jq.line("Submitted job");
+    let id = id.split_whitespace().next().unwrap().to_string();
+    jq.line("Worker");
+    let mode = std::fs::metadata(&token).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let secret_text = std::fs::read_to_string(&token).unwrap();
+    let script = run_ok(
+        slurm
+            .cmd("scontrol")
+            .args(["write", "batch_script", &id, "-"]),
+    );
+    assert!(
+        script.contains(&format!("--auth-token-file {}", token.display())),
+        "{script}"
+    );
+    assert!(
+        !script.contains(secret_text.trim()),
+        "the token is in:\n{script}"
+    );
+    let pids = job_pids(&id);
+    rt().block_on(async {
+        let secret = taskwire::ClusterSecret::read_file(&token).unwrap();
+        let client = taskwire::Client::builder(address.parse().unwrap())
+            .auth_token(secret)
+            .connect()
+            .await
+            .unwrap();
+        let ws = workers_until(&client, "the job's worker", |ws| ws.len() == 1).await;
+        assert_eq!(ws[0].name, format!("taskwire-worker-{id}"));
+        assert_eq!(
+            tree_sum(&client, "slurm-token").await,
+            (1..=32).sum::<i64>()
+        );
+        client.close().await;
+        let Err(err) = taskwire::Client::connect(&address).await else {
+            panic!("a client without the token was accepted");
+        };
+        assert!(err.to_string().contains("authentication failed"), "{err}");
+    });
+    signal(jq.pid(), "-INT");
+    let status = jq.exit_within(SOON);
+    assert!(status.success(), "taskwire jobqueue: {status}");
+    assert_eq!(slurm.state_of(&id), "CANCELLED");
+    all_gone_within(&pids, Duration::from_secs(10));
+}
+
+/// Closing a worker that has not registered: a job still waiting in the queue is cancelled at
+/// once; a job that has started (its worker takes 3 s to come up, as on a node that loads
+/// modules first) is not cancelled under its registering worker: the worker registers, then
+/// retires, and the job completes by itself.
+fn stopping_unregistered_workers(slurm: &Slurm, logs: &Path) {
+    let builder = || {
+        JobQueueCluster::slurm()
+            .memory(300_000_000)
+            .walltime(Duration::from_secs(600))
+            .scheduler_listen("127.0.0.1", 0)
+            .dashboard_port(None)
+            .taskwire_program(BIN)
+            .log_directory(logs)
+            .command_env("SLURM_CONF", slurm.conf.display().to_string())
+    };
+    rt().block_on(async {
+        // Not eligible to start for two minutes: PENDING.
+        let mut queued = builder()
+            .job_extra("--begin=now+120")
+            .jobs(1)
+            .start()
+            .await
+            .unwrap();
+        let job = queued.jobs()[0].clone();
+        slurm.wait_state(&job.id, "PENDING", SOON);
+        let t = Instant::now();
+        queued.stop_worker(&job.worker).await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert_eq!(slurm.state_of(&job.id), "CANCELLED");
+        assert!(queued.jobs().is_empty());
+        queued.close().await.unwrap();
+
+        let mut starting = builder().prologue("sleep 3").jobs(1).start().await.unwrap();
+        let job = starting.jobs()[0].clone();
+        slurm.wait_state(&job.id, "RUNNING", SOON);
+        let client = starting.client().await.unwrap();
+        assert!(client.workers().await.unwrap().is_empty());
+        starting.stop_worker(&job.worker).await.unwrap();
+        assert_eq!(
+            slurm.state_of(&job.id),
+            "COMPLETED",
+            "the job's worker registered and retired; the job was not cancelled"
+        );
+        assert!(starting.jobs().is_empty());
+        client.close().await;
+        starting.close().await.unwrap();
     });
 }
 
@@ -647,16 +907,21 @@ exit $rc
     ),
 ];
 
-#[test]
-fn pbs_cluster_submits_tracks_and_cancels_through_the_pbs_commands() {
+/// Put the [`FAKE_PBS`] commands in `dir`; a `PATH` that finds them first.
+fn fake_pbs(dir: &Path) -> String {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempdir("fake-pbs");
     for (name, text) in FAKE_PBS {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap());
+    format!("{}:{}", dir.display(), std::env::var("PATH").unwrap())
+}
+
+#[test]
+fn pbs_cluster_submits_tracks_and_cancels_through_the_pbs_commands() {
+    let dir = tempdir("fake-pbs");
+    let path = fake_pbs(&dir);
     rt().block_on(async {
         let mut cluster = JobQueueCluster::pbs()
             .memory(300_000_000)
@@ -704,4 +969,41 @@ fn pbs_cluster_submits_tracks_and_cancels_through_the_pbs_commands() {
         let out = std::fs::read_to_string(dir.join("jobs/101.fakepbs.out")).unwrap();
         assert!(out.contains("Registered to:"), "{out}");
     });
+}
+
+/// Adaptive jobs whose worker cannot start (the taskwire path is wrong on the "compute
+/// nodes"): each job ends at once. `taskwire jobqueue --adapt` replaces the first two, then
+/// stops after the third in a row with an error saying why, instead of resubmitting a broken
+/// job every second.
+#[test]
+fn adaptive_jobs_that_keep_failing_are_not_resubmitted_forever() {
+    let dir = tempdir("fake-pbs-failing");
+    let path = fake_pbs(&dir);
+    let out = Command::new(BIN)
+        .args(["jobqueue", "pbs", "--cores", "1", "--memory", "300MB"])
+        .args([
+            "--adapt",
+            "1:2",
+            "--remote-taskwire",
+            "/nonexistent/taskwire",
+        ])
+        .args(["--host", "127.0.0.1", "--port", "0", "--no-dashboard"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("error: 3 jobs in a row ended before their worker registered"),
+        "{stderr}"
+    );
+    let ids = submitted(&stdout.lines().map(str::to_string).collect::<Vec<_>>());
+    assert_eq!(
+        ids,
+        ["101.fakepbs", "102.fakepbs", "103.fakepbs"],
+        "{stdout}"
+    );
+    let next = std::fs::read_to_string(dir.join("jobs/next")).unwrap();
+    assert_eq!(next.trim(), "103", "qsub ran more often than reported");
 }

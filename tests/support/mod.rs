@@ -313,17 +313,21 @@ pub(crate) fn logged_sleep(
     )
 }
 
-/// One JSON document from the dashboard's API (`http://host:port/`).
+/// One JSON document from the dashboard's API (`http://host:port/`; a link ending in
+/// `?token=CREDENTIAL`, as a dashboard under a cluster token has, sends the credential).
 pub(crate) fn api_json(dashboard: &str, path: &str) -> serde_json::Value {
     use std::io::{Read, Write};
-    let host = dashboard
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
+    let (link, credential) = match dashboard.split_once("?token=") {
+        Some((link, c)) => (link, Some(c)),
+        None => (dashboard, None),
+    };
+    let host = link.trim_start_matches("http://").trim_end_matches('/');
     let mut s = std::net::TcpStream::connect(host).expect("connect to the dashboard");
     s.set_read_timeout(Some(SOON)).unwrap();
+    let auth = credential.map_or(String::new(), |c| format!("Authorization: Bearer {c}\r\n"));
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut answer = String::new();

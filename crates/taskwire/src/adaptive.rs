@@ -125,6 +125,11 @@ impl<C: Cluster + Send + Sync + 'static> Adaptive<C> {
         self.cluster.lock().await.workers()
     }
 
+    /// Look at the cluster between two decisions (e.g. a batch manager's jobs).
+    pub async fn inspect<R>(&self, f: impl FnOnce(&C) -> R) -> R {
+        f(&*self.cluster.lock().await)
+    }
+
     /// A client connected to the scheduler.
     pub async fn client(&self) -> Result<Client, ClusterError> {
         self.cluster.lock().await.client().await
@@ -217,6 +222,7 @@ async fn step<C: Cluster>(
         .adaptive_target(options.target_duration, options.minimum, options.maximum)
         .await?;
     let target = rec.target as usize;
+    cluster.observe_workers(&rec.workers).await?;
     let plan = cluster.workers();
     let down = plan_down(&plan, target, &rec.workers, &rec.to_close);
     let firm = state.count(&down, options.wait_count);

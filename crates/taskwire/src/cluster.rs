@@ -87,6 +87,20 @@ pub trait Cluster {
         names: &[String],
     ) -> impl Future<Output = Result<(), ClusterError>> + Send;
 
+    /// Bring the manager's account of its workers up to date before an adaptive decision;
+    /// `registered` are the names the scheduler has registered now. Nothing by default: a
+    /// manager that starts its workers itself knows them. A batch-system manager learns
+    /// here which jobs ended by themselves (so they are replaced) and which jobs' workers
+    /// registered (a job that ends before its worker ever did is a failure, and it stops
+    /// submitting after a few in a row rather than resubmit a broken job forever).
+    fn observe_workers(
+        &mut self,
+        registered: &[String],
+    ) -> impl Future<Output = Result<(), ClusterError>> + Send {
+        let _ = registered;
+        async { Ok(()) }
+    }
+
     /// A client connected to the scheduler.
     fn client(&self) -> impl Future<Output = Result<Client, ClusterError>> + Send;
 

@@ -191,8 +191,13 @@ impl SshClusterBuilder {
         let (scheduler, lines) =
             Remote::start(&cfg, &scheduler_host, "taskwire scheduler", &args, &wanted).await?;
         let connect_host = connect_host(&scheduler_host);
+        // `tcp://host:port`, `http://host:port/`, or `http://host:port/?token=CREDENTIAL` (a
+        // dashboard under a cluster token).
         let port = |line: &str| {
-            line.trim_end_matches('/')
+            line.split('?')
+                .next()
+                .unwrap_or(line)
+                .trim_end_matches('/')
                 .rsplit(':')
                 .next()
                 .and_then(|p| p.parse::<u16>().ok())
@@ -205,10 +210,12 @@ impl SshClusterBuilder {
             });
         };
         let address = format!("tcp://{connect_host}:{sched_port}");
-        let dashboard = lines
-            .get(1)
-            .and_then(|l| port(l))
-            .map(|p| format!("http://{connect_host}:{p}/"));
+        let dashboard = lines.get(1).and_then(|l| {
+            let query = l
+                .split_once('?')
+                .map_or(String::new(), |(_, q)| format!("?{q}"));
+            port(l).map(|p| format!("http://{connect_host}:{p}/{query}"))
+        });
         let mut cluster = SshCluster {
             cfg,
             scheduler_host,

@@ -5,14 +5,10 @@ use clap::{Args, ValueEnum};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
-use taskwire::{BatchSystem, Cluster, JobQueueBuilder, JobQueueCluster};
+use taskwire::{AdaptOptions, BatchSystem, Cluster, Job, JobQueueBuilder, JobQueueCluster};
 
-/// Jobs that end in a row before their worker registered, after which no more are submitted.
-const FAILED_JOBS_LIMIT: usize = 3;
 /// How often the scheduler is asked which workers registered.
 const WORKER_POLL: Duration = Duration::from_secs(1);
-/// How often the batch system is asked about the jobs.
-const JOB_POLL: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum System {
@@ -23,8 +19,8 @@ enum System {
 }
 
 /// Run workers as batch jobs (Dask-jobqueue): start a scheduler here (or use a running one),
-/// submit `--jobs` jobs that each run one worker, keep that many in the queue, and cancel them
-/// on Ctrl-C or SIGTERM.
+/// submit `--jobs` jobs that each run one worker and keep that many in the queue (or, with
+/// `--adapt MIN:MAX`, as many as the work calls for), and cancel them on Ctrl-C or SIGTERM.
 #[derive(Args, Debug)]
 pub(crate) struct JobqueueArgs {
     /// The batch system.
@@ -40,8 +36,18 @@ pub(crate) struct JobqueueArgs {
     #[arg(long, default_value = "01:00:00")]
     walltime: String,
     /// Jobs to keep queued or running (jobs that end are replaced).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, conflicts_with = "adapt")]
     jobs: usize,
+    /// With --adapt, jobs (one worker each) are submitted when the work calls for more
+    /// workers and retired and ended when workers sit idle; a queued job counts as a worker
+    /// on its way.
+    #[command(flatten)]
+    adapt: super::AdaptArgs,
+    /// Require the cluster token in this file of every connection (a scheduler started here
+    /// creates it, mode 600, when it does not exist). The jobs' workers get this path, never
+    /// the token, so it must be on a filesystem the compute nodes share.
+    #[arg(long, value_name = "FILE")]
+    auth_token_file: Option<PathBuf>,
     /// Queue (Slurm partition).
     #[arg(long)]
     queue: Option<String>,
@@ -159,7 +165,10 @@ impl JobqueueArgs {
             .walltime(walltime)
             .lifetime_margin(margin)
             .job_name(&self.job_name)
-            .jobs(self.jobs);
+            .jobs(self.adapt.adapt.map_or(self.jobs, |(min, _)| min));
+        if let Some(f) = &self.auth_token_file {
+            b = b.auth_token_file(f);
+        }
         if let Some(q) = &self.queue {
             b = b.queue(q);
         }
@@ -208,19 +217,23 @@ pub(crate) fn run(args: JobqueueArgs) -> Result<(), String> {
         print!("{}", builder.job_script());
         return Ok(());
     }
-    let target = args.jobs;
+    let creates_token = args.scheduler.is_none()
+        && args.scheduler_file.is_none()
+        && args.auth_token_file.as_ref().is_some_and(|f| !f.exists());
     super::runtime()?.block_on(async {
-        let mut cluster = tokio::select! {
+        let cluster = tokio::select! {
             c = builder.start() => c.map_err(|e| e.to_string())?,
             _ = super::shutdown_signal() => return Err("interrupted while starting".into()),
         };
+        if let (true, Some(f)) = (creates_token, &args.auth_token_file) {
+            println!("Created cluster token file: {} (mode 600)", f.display());
+        }
         println!("Scheduler at: {}", cluster.scheduler_address());
         if let Some(link) = cluster.dashboard_link() {
             println!("dashboard at: {link}");
         }
-        for job in cluster.jobs() {
-            println!("Submitted job {} (worker {})", job.id, job.worker);
-        }
+        let mut report = Report::default();
+        report.update(cluster.jobs(), &[]);
         // The signal is only looked at between batch commands: a submission cut short could
         // leave a job in the queue that no one cancels.
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -228,82 +241,142 @@ pub(crate) fn run(args: JobqueueArgs) -> Result<(), String> {
             super::shutdown_signal().await;
             let _ = stop_tx.send(true);
         });
-        let outcome = keep_jobs(&mut cluster, target, stop).await;
-        let n = cluster.jobs().len();
-        println!("Shutting down: cancelling {n} jobs");
-        let closed = cluster.close().await.map_err(|e| e.to_string());
-        outcome.and(closed)
+        match args.adapt.options() {
+            Some(options) => run_adaptive(cluster, options, report, stop).await,
+            None => {
+                let mut cluster = cluster;
+                let outcome = keep_jobs(&mut cluster, args.jobs, report, stop).await;
+                let n = cluster.jobs().len();
+                println!("Shutting down: cancelling {n} jobs");
+                let closed = cluster.close().await.map_err(|e| e.to_string());
+                outcome.and(closed)
+            }
+        }
     })
 }
 
+/// What the user is told about the jobs: submitted, their worker registered, ended.
+#[derive(Default)]
+struct Report {
+    jobs: Vec<Job>,
+    registered: BTreeSet<String>,
+}
+
+impl Report {
+    /// Print what changed since the last look: the manager's `jobs` and the worker names
+    /// the scheduler has `registered`.
+    fn update(&mut self, jobs: &[Job], registered: &[String]) {
+        for job in jobs {
+            if !self.jobs.iter().any(|j| j.id == job.id) {
+                println!("Submitted job {} (worker {})", job.id, job.worker);
+            }
+        }
+        for job in jobs {
+            if registered.contains(&job.worker) && self.registered.insert(job.worker.clone()) {
+                println!("Worker {} registered (job {})", job.worker, job.id);
+            }
+        }
+        for job in &self.jobs {
+            if !jobs.iter().any(|j| j.id == job.id) {
+                println!("Job {} ended (worker {})", job.id, job.worker);
+                self.registered.remove(&job.worker);
+            }
+        }
+        self.jobs = jobs.to_vec();
+    }
+}
+
+/// The error once [`JobQueueCluster::FAILED_JOBS_LIMIT`] jobs in a row ended before their
+/// worker registered.
+fn failing_jobs(failed: usize, address: &str) -> Result<(), String> {
+    if failed < JobQueueCluster::FAILED_JOBS_LIMIT {
+        return Ok(());
+    }
+    Err(format!(
+        "{failed} jobs in a row ended before their worker registered; not submitting more \
+         (see the jobs' output, and check that the compute nodes can run the taskwire binary \
+         and reach {address})"
+    ))
+}
+
+/// The names of the registered workers.
+async fn registered(client: &taskwire::Client) -> Result<Vec<String>, String> {
+    let ws = client.workers().await.map_err(|e| e.to_string())?;
+    Ok(ws.into_iter().map(|w| w.name).collect())
+}
+
 /// Report workers as they register and jobs as they end, and submit replacements for ended
-/// jobs, until `stop`; returns an error once [`FAILED_JOBS_LIMIT`] jobs in a row ended before
-/// their worker registered.
+/// jobs, until `stop`; returns an error once too many jobs in a row ended before their worker
+/// registered.
 async fn keep_jobs(
     cluster: &mut JobQueueCluster,
     target: usize,
+    mut report: Report,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
     let client = cluster.client().await.map_err(|e| e.to_string())?;
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    let mut failed_in_row = 0;
-    let mut last_refresh = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(WORKER_POLL) => {}
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
-        let registered = client.workers().await.map_err(|e| e.to_string())?;
-        for job in cluster.jobs() {
-            if registered.iter().any(|w| w.name == job.worker) && seen.insert(job.worker.clone()) {
-                println!("Worker {} registered (job {})", job.worker, job.id);
-                failed_in_row = 0;
-            }
+        let names = registered(&client).await?;
+        // Asks the batch system every few seconds only.
+        if let Err(e) = cluster.observe(&names).await {
+            eprintln!("warning: {e}");
         }
-        if last_refresh.elapsed() < JOB_POLL {
-            continue;
-        }
-        last_refresh = tokio::time::Instant::now();
-        let ended = match cluster.refresh().await {
-            Ok(e) => e,
-            Err(e) => {
-                eprintln!("warning: {e}");
-                continue;
-            }
-        };
-        for job in ended {
-            let ok = seen.remove(&job.worker);
-            println!("Job {} ended (worker {})", job.id, job.worker);
-            if !ok {
-                failed_in_row += 1;
-            }
-        }
-        if failed_in_row >= FAILED_JOBS_LIMIT {
-            return Err(format!(
-                "{failed_in_row} jobs in a row ended before their worker registered; not \
-                 submitting more (see the jobs' output, and check that the compute nodes can \
-                 run the taskwire binary and reach {})",
-                cluster.scheduler_address()
-            ));
-        }
+        report.update(cluster.jobs(), &names);
+        failing_jobs(cluster.failed_jobs_in_row(), &cluster.scheduler_address())?;
         let missing = target.saturating_sub(cluster.jobs().len());
         if missing > 0 {
-            match cluster.submit_jobs(missing).await {
-                Ok(ids) => {
-                    for id in ids {
-                        let worker = cluster
-                            .jobs()
-                            .iter()
-                            .find(|j| j.id == id)
-                            .map(|j| j.worker.clone())
-                            .unwrap_or_default();
-                        println!("Submitted job {id} (worker {worker})");
-                    }
-                }
-                Err(e) => eprintln!("warning: {e}"),
+            if let Err(e) = cluster.submit_jobs(missing).await {
+                eprintln!("warning: {e}");
             }
+            report.update(cluster.jobs(), &names);
         }
     }
+}
+
+/// Scale adaptively (`--adapt`), reporting the jobs, until `stop`, until the scheduler cannot
+/// be reached, or until too many jobs in a row failed; then cancel every job.
+async fn run_adaptive(
+    cluster: JobQueueCluster,
+    options: AdaptOptions,
+    mut report: Report,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let (min, max) = (options.minimum(), options.maximum());
+    let address = cluster.scheduler_address();
+    let adaptive = cluster.adapt_with(options).map_err(|e| e.to_string())?;
+    println!("Adaptive scaling: {min} to {max} jobs");
+    let outcome = async {
+        let client = adaptive.client().await.map_err(|e| e.to_string())?;
+        let result = loop {
+            tokio::select! {
+                _ = tokio::time::sleep(WORKER_POLL) => {}
+                _ = stop.wait_for(|s| *s) => break Ok(()),
+            }
+            let names = match registered(&client).await {
+                Ok(n) => n,
+                Err(e) => break Err(format!("lost the scheduler: {e}")),
+            };
+            let (jobs, failed) = adaptive
+                .inspect(|c| (c.jobs().to_vec(), c.failed_jobs_in_row()))
+                .await;
+            report.update(&jobs, &names);
+            if let Err(e) = failing_jobs(failed, &address) {
+                break Err(e);
+            }
+        };
+        client.close().await;
+        result
+    }
+    .await;
+    // Stops after the decision in progress, so no batch command is cut short.
+    let cluster = adaptive.stop().await;
+    println!("Shutting down: cancelling {} jobs", cluster.jobs().len());
+    let closed = cluster.close().await.map_err(|e| e.to_string());
+    outcome.and(closed)
 }
 
 #[cfg(test)]

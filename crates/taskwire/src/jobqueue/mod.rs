@@ -15,6 +15,19 @@
 //! Scaling counts jobs. Unlike the other managers, [`Cluster::scale`] resolves once the new
 //! jobs are submitted, not once their workers registered: a job may wait in the queue for
 //! hours. [`JobQueueCluster::wait_for_workers`] waits for registrations.
+//!
+//! Adaptive scaling ([`Cluster::adapt`]) counts a queued job as a worker on its way, so the
+//! loop does not submit more while earlier jobs wait in the queue. Closing a worker that has
+//! not registered cancels its job only while it is still queued (Slurm checks that itself);
+//! a job that has started is given [`JobQueueBuilder::startup_grace`] for its worker to
+//! register, and then retires it like any other. Jobs that end by themselves (at the end of
+//! their lifetime) are replaced; once
+//! [`FAILED_JOBS_LIMIT`](JobQueueCluster::FAILED_JOBS_LIMIT) jobs in a row ended before their
+//! worker registered, no more are submitted.
+//!
+//! With a cluster token ([`JobQueueBuilder::auth_token_file`]) the job script names the token
+//! file, never the token: the file must be on a filesystem the compute nodes share, readable
+//! by its owner only.
 
 mod script;
 mod system;
@@ -24,7 +37,7 @@ use script::{JobSpec, SchedulerTarget};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
-use taskwire_client::Client;
+use taskwire_client::{Client, ClusterSecret};
 use taskwire_scheduler::{Scheduler, SchedulerHandle};
 use taskwire_transport::Address;
 use tokio::time::Instant;
@@ -33,6 +46,10 @@ pub use system::{BatchSystem, JobState};
 
 /// How often job states are polled while waiting for jobs to end.
 const POLL: Duration = Duration::from_millis(500);
+
+/// How often adaptive scaling asks the batch system about the jobs (it decides every second;
+/// batch systems' administrators frown on a `squeue` a second).
+const JOB_POLL: Duration = Duration::from_secs(5);
 
 /// Where the scheduler comes from.
 #[derive(Debug, Clone)]
@@ -57,6 +74,8 @@ pub struct JobQueueBuilder {
     env: Vec<(String, String)>,
     jobs: usize,
     stop_timeout: Duration,
+    startup_grace: Duration,
+    auth_token_file: Option<PathBuf>,
 }
 
 impl JobQueueBuilder {
@@ -201,11 +220,33 @@ impl JobQueueBuilder {
         self
     }
 
+    /// How long a worker being stopped before it registered may take to register when its
+    /// job has already started (default 30 s): it is then retired gracefully instead of
+    /// having its job cancelled in the middle of registering. A job still queued is
+    /// cancelled at once.
+    pub fn startup_grace(mut self, t: Duration) -> Self {
+        self.startup_grace = t;
+        self
+    }
+
+    /// Use the cluster token in this file: a scheduler started here requires it (the file is
+    /// created, mode 600, when it does not exist), the jobs' workers get `--auth-token-file`
+    /// with this path, and this manager's clients prove it. The workers read the file on
+    /// the compute nodes, so it must be on a filesystem they share (e.g. the home
+    /// directory), readable by its owner only; the token itself never enters the job
+    /// script. A relative path is made absolute.
+    pub fn auth_token_file(mut self, path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        self.auth_token_file = Some(std::path::absolute(&path).unwrap_or(path));
+        self
+    }
+
     /// The job script as it would be submitted (for `--dry-run`). With a scheduler to be
     /// started here, the address is the one it would get; the job id is the system's
     /// variable, expanded in the job.
     pub fn job_script(&self) -> String {
         let mut spec = self.spec.clone();
+        spec.auth_token_file = self.auth_token_file.clone();
         spec.scheduler = match &self.scheduler {
             SchedulerChoice::Start { host, port, .. } => {
                 let a = taskwire_transport_tcp::contact_address(&Address::tcp(host.clone(), *port));
@@ -221,6 +262,22 @@ impl JobQueueBuilder {
     /// already started is stopped and submitted jobs are cancelled.
     pub async fn start(self) -> Result<JobQueueCluster, ClusterError> {
         let mut spec = self.spec;
+        let token_error = |message: String| ClusterError::Batch {
+            command: "taskwire jobqueue".into(),
+            message,
+        };
+        let secret = match (&self.auth_token_file, &self.scheduler) {
+            (None, _) => None,
+            (Some(f), SchedulerChoice::Start { .. }) => Some(
+                ClusterSecret::read_or_create(f)
+                    .map_err(|e| token_error(e.to_string()))?
+                    .0,
+            ),
+            (Some(f), _) => {
+                Some(ClusterSecret::read_file(f).map_err(|e| token_error(e.to_string()))?)
+            }
+        };
+        spec.auth_token_file = self.auth_token_file.clone();
         let (scheduler, address, dashboard) = match &self.scheduler {
             SchedulerChoice::Start {
                 host,
@@ -230,6 +287,9 @@ impl JobQueueBuilder {
                 let mut b = Scheduler::builder().address(Address::tcp(host.clone(), *port));
                 if let Some(p) = dashboard_port {
                     b = b.dashboard(host, *p);
+                }
+                if let Some(s) = &secret {
+                    b = b.auth_token(s.clone());
                 }
                 let s = b.start().await.map_err(|e| ClusterError::Batch {
                     command: "taskwire scheduler".into(),
@@ -261,6 +321,11 @@ impl JobQueueBuilder {
             dashboard,
             jobs: Vec::new(),
             stop_timeout: self.stop_timeout,
+            startup_grace: self.startup_grace,
+            secret,
+            registered_once: BTreeSet::new(),
+            failed_in_row: 0,
+            last_poll: None,
         };
         if let Err(e) = cluster.scale(self.jobs).await {
             let _ = cluster.close().await;
@@ -281,6 +346,16 @@ pub struct Job {
     pub state: JobState,
 }
 
+/// The names of the workers registered with the scheduler.
+async fn names(client: &Client) -> Result<BTreeSet<String>, ClusterError> {
+    Ok(client
+        .workers()
+        .await?
+        .into_iter()
+        .map(|w| w.name)
+        .collect())
+}
+
 /// Workers as batch jobs on Slurm or PBS. Dropping it cancels its jobs (blocking, best
 /// effort) and stops a scheduler it started; [`close`](Self::close) does that and waits until
 /// the jobs have left the queue.
@@ -294,9 +369,22 @@ pub struct JobQueueCluster {
     /// In submission order.
     jobs: Vec<Job>,
     stop_timeout: Duration,
+    startup_grace: Duration,
+    secret: Option<ClusterSecret>,
+    /// Workers of live jobs seen registered (by [`Cluster::observe_workers`] or a stop).
+    registered_once: BTreeSet<String>,
+    /// Jobs that ended in a row before their worker was seen registered.
+    failed_in_row: usize,
+    /// When [`Cluster::observe_workers`] last asked the batch system.
+    last_poll: Option<Instant>,
 }
 
 impl JobQueueCluster {
+    /// Jobs that end in a row before their worker registered, after which
+    /// [`scale`](Self::scale) submits no more (a broken script or an unreachable scheduler
+    /// would otherwise be resubmitted forever).
+    pub const FAILED_JOBS_LIMIT: usize = 3;
+
     /// A builder for `system`.
     pub fn builder(system: BatchSystem) -> JobQueueBuilder {
         JobQueueBuilder {
@@ -318,6 +406,7 @@ impl JobQueueCluster {
                 scheduler: SchedulerTarget::Address(String::new()),
                 lifetime_margin: Duration::from_secs(300),
                 worker_extra: Vec::new(),
+                auth_token_file: None,
             },
             scheduler: SchedulerChoice::Start {
                 host: "0.0.0.0".into(),
@@ -327,6 +416,8 @@ impl JobQueueCluster {
             env: Vec::new(),
             jobs: 0,
             stop_timeout: Duration::from_secs(60),
+            startup_grace: Duration::from_secs(30),
+            auth_token_file: None,
         }
     }
 
@@ -418,63 +509,152 @@ impl JobQueueCluster {
     /// Stop the jobs `ids` as [`stop_worker`](Self::stop_worker) does.
     async fn stop_jobs(&mut self, ids: &[String]) -> Result<(), ClusterError> {
         self.refresh().await?;
+        let queued: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|j| ids.contains(&j.id) && j.state == JobState::Pending)
+            .map(|j| j.id.clone())
+            .collect();
+        if !queued.is_empty() {
+            // Only while still queued: a job that has just started joins the running ones.
+            self.spec.system.cancel_pending(&self.env, &queued).await?;
+            self.refresh().await?;
+        }
         let leaving: Vec<Job> = self
             .jobs
             .iter()
             .filter(|j| ids.contains(&j.id))
             .cloned()
             .collect();
-        let registered: BTreeSet<String> = if leaving.iter().any(|j| j.state == JobState::Running) {
-            self.registered().await?
-        } else {
-            BTreeSet::new()
-        };
-        let (retiring, cancelling): (Vec<Job>, Vec<Job>) = leaving
+        let (running, other): (Vec<Job>, Vec<Job>) = leaving
             .into_iter()
-            .partition(|j| j.state == JobState::Running && registered.contains(&j.worker));
-        let mut cancel: Vec<String> = cancelling.into_iter().map(|j| j.id).collect();
-        if !retiring.is_empty() {
-            let names: Vec<&str> = retiring.iter().map(|j| j.worker.as_str()).collect();
-            let client = Client::connect(&self.address).await?;
-            let retired =
-                tokio::time::timeout(self.stop_timeout, client.retire_workers(&names)).await;
-            client.close().await;
-            let ids: Vec<String> = retiring.iter().map(|j| j.id.clone()).collect();
-            match retired {
-                // The workers are gone; their nannies and jobs end by themselves.
-                Ok(Ok(_)) => {
-                    if self.wait_gone(&ids, self.stop_timeout).await.is_err() {
+            .partition(|j| j.state == JobState::Running);
+        // Ending jobs are waited for; one still queued after a PBS `qdel` is cancelled again.
+        let (ending, queued): (Vec<Job>, Vec<Job>) =
+            other.into_iter().partition(|j| j.state == JobState::Ending);
+        let mut cancel: Vec<String> = queued.into_iter().map(|j| j.id).collect();
+        let mut gone: Vec<String> = ending.into_iter().map(|j| j.id).collect();
+        if !running.is_empty() {
+            let client = self.connect().await?;
+            let mut registered = names(&client).await?;
+            // A job that has started but whose worker never registered is given the grace
+            // to register: cancelling it now could kill a worker in the middle of joining
+            // (and of taking tasks).
+            let deadline = Instant::now() + self.startup_grace;
+            while running.iter().any(|j| self.starting(j, &registered)) && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                registered = names(&client).await?;
+            }
+            let mut retire: Vec<Job> = Vec::new();
+            for j in running {
+                if registered.contains(&j.worker) {
+                    self.registered_once.insert(j.worker.clone());
+                    retire.push(j);
+                } else if self.registered_once.contains(&j.worker) {
+                    // Retired already (by adaptive scaling) or lost: its job is ending.
+                    gone.push(j.id);
+                } else {
+                    tracing::warn!(
+                        "job {}: its worker {} did not register within {:?}; cancelling it",
+                        j.id,
+                        j.worker,
+                        self.startup_grace
+                    );
+                    cancel.push(j.id);
+                }
+            }
+            if !retire.is_empty() {
+                let names: Vec<&str> = retire.iter().map(|j| j.worker.as_str()).collect();
+                let retired =
+                    tokio::time::timeout(self.stop_timeout, client.retire_workers(&names)).await;
+                let ids = retire.iter().map(|j| j.id.clone());
+                match retired {
+                    // The workers are gone; their nannies and jobs end by themselves.
+                    Ok(Ok(_)) => gone.extend(ids),
+                    // Refused (e.g. no worker would be left for their results) or too slow:
+                    // the jobs are cancelled, and what only they held is recomputed.
+                    Ok(Err(e)) => {
+                        tracing::warn!("retiring {names:?} failed ({e}); cancelling their jobs");
                         cancel.extend(ids);
                     }
+                    Err(_) => cancel.extend(ids),
                 }
-                // Refused (e.g. no worker would be left for their results) or too slow:
-                // the jobs are cancelled, and what only they held is recomputed.
-                Ok(Err(e)) => {
-                    tracing::warn!("retiring {names:?} failed ({e}); cancelling their jobs");
-                    cancel.extend(ids);
-                }
-                Err(_) => cancel.extend(ids),
             }
+            client.close().await;
+        }
+        if !gone.is_empty() && self.wait_gone(&gone, self.stop_timeout).await.is_err() {
+            cancel.extend(gone);
         }
         if !cancel.is_empty() {
             self.cancel_jobs(&cancel).await?;
         }
-        self.jobs.retain(|j| !ids.contains(&j.id));
+        self.forget(ids);
         Ok(())
     }
 
-    /// Names of the workers registered with the scheduler.
-    async fn registered(&self) -> Result<BTreeSet<String>, ClusterError> {
-        let client = Client::connect(&self.address).await?;
-        let ws = client.workers().await;
-        client.close().await;
-        Ok(ws?.into_iter().map(|w| w.name).collect())
+    /// Whether `job`'s worker was never seen registered.
+    fn starting(&self, job: &Job, registered: &BTreeSet<String>) -> bool {
+        !registered.contains(&job.worker) && !self.registered_once.contains(&job.worker)
+    }
+
+    /// Drop the jobs `ids` from the account.
+    fn forget(&mut self, ids: &[String]) {
+        for j in self.jobs.iter().filter(|j| ids.contains(&j.id)) {
+            self.registered_once.remove(&j.worker);
+        }
+        self.jobs.retain(|j| !ids.contains(&j.id));
+    }
+
+    /// A client of the scheduler, with the cluster token if there is one.
+    async fn connect(&self) -> Result<Client, ClusterError> {
+        let address = self
+            .address
+            .parse()
+            .map_err(|e| ClusterError::Client(taskwire_client::ClientError::Address(e)))?;
+        let mut b = Client::builder(address);
+        if let Some(s) = &self.secret {
+            b = b.auth_token(s.clone());
+        }
+        Ok(b.connect().await?)
+    }
+
+    /// Take note of the workers the scheduler has `registered` now, and (at most every 5 s)
+    /// ask the batch system which jobs ended, as [`refresh`](Self::refresh) does, returning
+    /// them. A job that ended before its worker was ever seen registered counts as failed
+    /// (see [`failed_jobs_in_row`](Self::failed_jobs_in_row)); a registration resets the
+    /// count. Adaptive scaling calls this before every decision (through
+    /// [`Cluster::observe_workers`]).
+    pub async fn observe(&mut self, registered: &[String]) -> Result<Vec<Job>, ClusterError> {
+        for j in &self.jobs {
+            if registered.contains(&j.worker) && self.registered_once.insert(j.worker.clone()) {
+                self.failed_in_row = 0;
+            }
+        }
+        if self.last_poll.is_some_and(|t| t.elapsed() < JOB_POLL) {
+            return Ok(Vec::new());
+        }
+        self.last_poll = Some(Instant::now());
+        let ended = self.refresh().await?;
+        for j in &ended {
+            if !self.registered_once.remove(&j.worker) {
+                self.failed_in_row += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Jobs that ended in a row before their worker registered, as [`observe`](Self::observe)
+    /// saw them. From [`FAILED_JOBS_LIMIT`](Self::FAILED_JOBS_LIMIT) on,
+    /// [`scale`](Self::scale) submits no more.
+    pub fn failed_jobs_in_row(&self) -> usize {
+        self.failed_in_row
     }
 
     /// Wait until `n` workers of this cluster's jobs are registered, at most `timeout`.
     pub async fn wait_for_workers(&self, n: usize, timeout: Duration) -> Result<(), ClusterError> {
         let deadline = Instant::now() + timeout;
-        let client = Client::connect(&self.address).await?;
+        let client = self.connect().await?;
         let mine: BTreeSet<&str> = self.jobs.iter().map(|j| j.worker.as_str()).collect();
         let result = loop {
             let ws = match client.workers().await {
@@ -531,6 +711,17 @@ impl JobQueueCluster {
         self.refresh().await?;
         let have = self.jobs.len();
         if n > have {
+            if self.failed_in_row >= Self::FAILED_JOBS_LIMIT {
+                return Err(ClusterError::Scale {
+                    requested: n,
+                    reason: format!(
+                        "{} jobs in a row ended before their worker registered; not submitting \
+                         more (see the jobs' output, and check that the compute nodes can run \
+                         {} and reach {})",
+                        self.failed_in_row, self.spec.taskwire, self.address
+                    ),
+                });
+            }
             self.submit_jobs(n - have).await?;
         } else if n < have {
             let mut order: Vec<&Job> = self.jobs.iter().rev().collect();
@@ -546,9 +737,9 @@ impl JobQueueCluster {
         Ok(())
     }
 
-    /// A client connected to the scheduler.
+    /// A client connected to the scheduler (with the cluster token, if there is one).
     pub async fn client(&self) -> Result<Client, ClusterError> {
-        Ok(Client::connect(&self.address).await?)
+        self.connect().await
     }
 
     /// Cancel every job, wait until they have left the queue, then stop a scheduler started
@@ -558,6 +749,7 @@ impl JobQueueCluster {
         let cancelled = self.cancel_jobs(&ids).await;
         if cancelled.is_ok() {
             self.jobs.clear();
+            self.registered_once.clear();
         }
         if let Some(s) = self.scheduler.take() {
             s.close().await;
@@ -603,6 +795,12 @@ impl Cluster for JobQueueCluster {
             return Ok(());
         }
         self.stop_jobs(&ids).await
+    }
+
+    /// [`observe`](JobQueueCluster::observe): jobs that ended by themselves leave the
+    /// account (adaptive scaling then replaces them if the work calls for it).
+    async fn observe_workers(&mut self, registered: &[String]) -> Result<(), ClusterError> {
+        self.observe(registered).await.map(drop)
     }
 
     async fn client(&self) -> Result<Client, ClusterError> {

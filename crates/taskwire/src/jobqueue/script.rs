@@ -44,6 +44,9 @@ pub(crate) struct JobSpec {
     pub(crate) lifetime_margin: Duration,
     /// More `taskwire worker` flags.
     pub(crate) worker_extra: Vec<String>,
+    /// The cluster token file the worker reads (its path only: the token never enters the
+    /// script).
+    pub(crate) auth_token_file: Option<PathBuf>,
 }
 
 impl JobSpec {
@@ -159,6 +162,10 @@ impl JobSpec {
         w.push("--lifetime-stagger".into());
         w.push(format!("{}s", stagger.as_secs()));
         w.push("--no-lifetime-restart".into());
+        if let Some(f) = &self.auth_token_file {
+            w.push("--auth-token-file".into());
+            w.push(quote(&f.display().to_string()));
+        }
         if let Some(d) = &self.local_directory {
             w.push("--local-directory".into());
             w.push(expanding_quote(&d.display().to_string()));
@@ -220,6 +227,7 @@ mod tests {
             scheduler: SchedulerTarget::Address("tcp://10.0.0.5:8786".into()),
             lifetime_margin: Duration::from_secs(300),
             worker_extra: vec![],
+            auth_token_file: None,
         }
     }
 
@@ -254,6 +262,7 @@ mod tests {
         j.job_extra = vec!["-l place=excl".into()];
         j.scheduler = SchedulerTarget::File("/shared/my scheduler.json".into());
         j.local_directory = None;
+        j.auth_token_file = Some("/shared/taskwire.token".into());
         let s = j.script();
         let want = "#!/usr/bin/env bash\n\
             #PBS -N taskwire-worker\n\
@@ -269,7 +278,8 @@ mod tests {
             module load gcc\n\
             exec /opt/taskwire/bin/taskwire worker --scheduler-file '/shared/my scheduler.json' \
             --name taskwire-worker-\"${PBS_JOBID}\" --nthreads 8 --memory-limit 16000000000 \
-            --lifetime 6900s --lifetime-stagger 75s --no-lifetime-restart\n";
+            --lifetime 6900s --lifetime-stagger 75s --no-lifetime-restart \
+            --auth-token-file /shared/taskwire.token\n";
         assert_eq!(s, want);
     }
 

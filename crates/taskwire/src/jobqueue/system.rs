@@ -154,11 +154,39 @@ impl BatchSystem {
         env: &[(String, String)],
         ids: &[String],
     ) -> Result<(), ClusterError> {
+        self.cancel_with(env, &[], ids).await
+    }
+
+    /// Cancel those of `ids` that are still waiting in the queue. Slurm checks the state
+    /// itself (`scancel --state=PENDING`), so a job that has just started is left alone;
+    /// PBS's `qdel` has no such check and cancels them whatever their state.
+    pub(crate) async fn cancel_pending(
+        self,
+        env: &[(String, String)],
+        ids: &[String],
+    ) -> Result<(), ClusterError> {
+        let only_pending: &[&str] = match self {
+            BatchSystem::Slurm => &["--state=PENDING"],
+            BatchSystem::Pbs => &[],
+        };
+        self.cancel_with(env, only_pending, ids).await
+    }
+
+    async fn cancel_with(
+        self,
+        env: &[(String, String)],
+        options: &[&str],
+        ids: &[String],
+    ) -> Result<(), ClusterError> {
         if ids.is_empty() {
             return Ok(());
         }
         let program = self.cancel_command();
-        let args: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let args: Vec<&str> = options
+            .iter()
+            .copied()
+            .chain(ids.iter().map(String::as_str))
+            .collect();
         let out = run(program, &args, env, None).await?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         let finished = stderr.contains("Invalid job id")
