@@ -32,8 +32,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Sends posted but not completed, per connection, before its send task waits.
 const MAX_INFLIGHT: usize = 256;
-/// Bytes posted but not completed, per connection, before its send task waits (one larger
-/// message is always allowed when nothing is in flight).
+/// Bytes posted but not completed, per connection, before its send task waits. Two messages
+/// are always allowed in flight whatever their size, so that the rendezvous hand-shake of the
+/// next large message overlaps the transfer of the current one.
 const MAX_INFLIGHT_BYTES: usize = 32 << 20;
 /// Messages taken off a send queue per wake-up before the driver is kicked.
 const SEND_BATCH: usize = 64;
@@ -476,9 +477,9 @@ impl Engine {
     }
 
     /// Progress the worker and let the engine's tasks (send queues, timers) run for up to
-    /// `window`, returning as soon as anything happens. Each round yields to the runtime,
-    /// which also polls its I/O driver without blocking, so a message queued by another thread
-    /// is picked up without a wake-up.
+    /// `window`, returning as soon as anything happens. Each round yields the CPU to other
+    /// threads and then to the runtime, which also polls its I/O driver without blocking, so a
+    /// message queued by another thread is picked up without a wake-up.
     async fn spin(&self, window: Duration, cmd_rx: &mut mpsc::UnboundedReceiver<Cmd>) -> Spin {
         if window.is_zero() {
             return Spin::Idle;
@@ -487,6 +488,10 @@ impl Engine {
         let start = std::time::Instant::now();
         loop {
             let seen = st.activity.get();
+            // Give the CPU away for a moment: on a machine with more busy threads than cores,
+            // the thread we just woke (a receiver, the peer process) may be waiting for this
+            // very core, and spinning through its time slice would delay the reply we wait for.
+            std::thread::yield_now();
             tokio::task::yield_now().await;
             match cmd_rx.try_recv() {
                 Ok(cmd) => {
@@ -1037,7 +1042,7 @@ async fn send_loop(st: Rc<State>, conn: Rc<Conn>, mut outbox: Outbox) {
             return;
         }
         if conn.inflight.get() >= MAX_INFLIGHT
-            || (conn.inflight.get() > 0 && conn.inflight_bytes.get() >= MAX_INFLIGHT_BYTES)
+            || (conn.inflight.get() >= 2 && conn.inflight_bytes.get() >= MAX_INFLIGHT_BYTES)
         {
             conn.sender_wake.notified().await;
             continue;
