@@ -44,6 +44,17 @@ pub enum FabricError {
         /// How to ask for UCX in this command.
         how: String,
     },
+    /// Connections would be set up by `rdmacm` alone on a machine without an RDMA device
+    /// (UCX 1.13 aborts on an assertion then).
+    #[error(
+        "UCX_SOCKADDR_TLS_PRIORITY={priority} leaves only rdmacm to set up connections, and this \
+         machine has no RDMA device (/sys/class/infiniband is empty): drop --enable-rdmacm or add \
+         tcp to UCX_SOCKADDR_TLS_PRIORITY"
+    )]
+    NoRdmaDevice {
+        /// The effective priority list.
+        priority: String,
+    },
     /// `--interface` names no usable interface.
     #[error("--interface {name}: {msg}")]
     Interface {
@@ -195,6 +206,37 @@ pub fn ucx_environment(
         }
     }
     Ok(env)
+}
+
+impl UcxEnv {
+    /// The value this process will run with for `name`: set here or inherited.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.set
+            .iter()
+            .chain(&self.inherited)
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Refuse a connection set-up that can only fail: `rdmacm` as the only connection manager
+    /// while `rdma_devices` (the entries of `/sys/class/infiniband`) is 0.
+    pub fn check_connection_manager(&self, rdma_devices: usize) -> Result<(), FabricError> {
+        let Some(priority) = self.value("UCX_SOCKADDR_TLS_PRIORITY") else {
+            return Ok(());
+        };
+        let only_rdmacm = priority.split(',').all(|cm| cm.trim() == "rdmacm");
+        if only_rdmacm && rdma_devices == 0 {
+            return Err(FabricError::NoRdmaDevice {
+                priority: priority.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// How many RDMA devices the kernel lists (`/sys/class/infiniband`; 0 when there is none).
+pub fn rdma_device_count() -> usize {
+    std::fs::read_dir("/sys/class/infiniband").map_or(0, |d| d.count())
 }
 
 /// The address of network interface `name` (`--interface ib0`): its first IPv4 address, else
@@ -393,6 +435,28 @@ mod tests {
                 .warnings
                 .is_empty()
         );
+    }
+
+    /// `--enable-rdmacm` on a laptop: a clear error instead of UCX's assertion failure.
+    #[test]
+    fn rdmacm_without_an_rdma_device_is_refused() {
+        let rdmacm = Fabric {
+            infiniband: true,
+            rdmacm: true,
+            ..Fabric::default()
+        };
+        let env = ucx_environment(&rdmacm, true, "", true, none).unwrap();
+        let e = env.check_connection_manager(0).unwrap_err().to_string();
+        assert!(
+            e.contains("no RDMA device") && e.contains("--enable-rdmacm"),
+            "{e}"
+        );
+        assert!(env.check_connection_manager(1).is_ok());
+        let with_tcp = |k: &str| (k == "UCX_SOCKADDR_TLS_PRIORITY").then(|| "rdmacm,tcp".into());
+        let env = ucx_environment(&Fabric::default(), true, "", true, with_tcp).unwrap();
+        assert!(env.check_connection_manager(0).is_ok());
+        let auto = ucx_environment(&Fabric::default(), true, "", true, none).unwrap();
+        assert!(auto.check_connection_manager(0).is_ok());
     }
 
     #[test]

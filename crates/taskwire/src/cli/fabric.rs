@@ -3,7 +3,9 @@
 //! result to the process.
 
 use clap::Args;
-use taskwire_transport::fabric::{Fabric, UcxEnv, interface_address, ucx_environment};
+use taskwire_transport::fabric::{
+    Fabric, UcxEnv, interface_address, rdma_device_count, ucx_environment,
+};
 use tracing::warn;
 
 /// Whether this binary has the UCX transport.
@@ -61,6 +63,10 @@ impl FabricArgs {
             std::env::var(k).ok()
         })
         .map_err(|e| e.to_string())?;
+        if uses_ucx {
+            env.check_connection_manager(rdma_device_count())
+                .map_err(|e| e.to_string())?;
+        }
         for w in &env.warnings {
             warn!("{w}");
         }
