@@ -6,7 +6,9 @@
 #
 # Needs a `--features ucx` release build (TASKWIRE_BIN, default target/release/taskwire) and
 # ucx-utils. Prints one line per measurement (tab-separated: round, test, who, value, unit) and
-# the medians at the end. Bandwidth is GB/s (1e9 B/s; ucx_perftest's MB/s are MiB/s and are
+# the medians at the end. `perftest` is ucx_perftest as it comes (no error handling: sysv and
+# cma on one host), `perftest-e` with peer error handling (`-e`, what Taskwire uses), `ucx-nospin`
+# Taskwire with TASKWIRE_UCX_SPIN_US=0. Bandwidth is GB/s (1e9 B/s; ucx_perftest's MB/s are MiB/s and are
 # converted); latency is a round trip in µs (ucx_perftest's one-way figure doubled).
 set -euo pipefail
 ROUNDS=${1:-5}
@@ -45,13 +47,17 @@ for r in $(seq "$ROUNDS"); do
         f=$(perftest tag_bw $size $n -e)
         row "$r" "bw_$size" perftest-e "$(echo "$f" | awk '{printf "%.3f", $6 * 1048576 / 1e9}')" GB/s
         row "$r" "bw_$size" ucx "$(ours ucx bandwidth $size $n)" GB/s
+        row "$r" "bw_$size" ucx-nospin "$(TASKWIRE_UCX_SPIN_US=0 ours ucx bandwidth $size $n)" GB/s
         row "$r" "bw_$size" tcp "$(ours tcp bandwidth $size $n)" GB/s
     done
     f=$(perftest tag_lat 8 100000)
     row "$r" pingpong_8 perftest "$(echo "$f" | awk '{printf "%.2f", 2 * $2}')" us
+    f=$(perftest tag_lat 8 100000 -e)
+    row "$r" pingpong_8 perftest-e "$(echo "$f" | awk '{printf "%.2f", 2 * $2}')" us
     f=$(perftest tag_lat 8 100000 -E sleep -I)
     row "$r" pingpong_8 perftest-sleep "$(echo "$f" | awk '{printf "%.2f", 2 * $2}')" us
     row "$r" pingpong_8 ucx "$(ours ucx pingpong 8 20000)" us
+    row "$r" pingpong_8 ucx-nospin "$(TASKWIRE_UCX_SPIN_US=0 ours ucx pingpong 8 20000)" us
     row "$r" pingpong_8 tcp "$(ours tcp pingpong 8 20000)" us
 done
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
