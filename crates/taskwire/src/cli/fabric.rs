@@ -89,3 +89,52 @@ impl FabricArgs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        f: FabricArgs,
+    }
+
+    #[test]
+    fn flags_parse_into_a_fabric_and_need_ucx() {
+        let f = Cli::parse_from([
+            "taskwire",
+            "--interface",
+            "lo",
+            "--enable-tcp-over-ucx",
+            "--enable-rdmacm",
+        ])
+        .f;
+        assert_eq!(
+            f.fabric(),
+            Fabric {
+                tcp_over_ucx: true,
+                rdmacm: true,
+                interface: Some("lo".into()),
+                ..Fabric::default()
+            }
+        );
+        assert_eq!(f.interface_host().unwrap().as_deref(), Some("127.0.0.1"));
+        let e = f.ucx_env(false, "--transport ucx").unwrap_err();
+        if UCX_BUILT {
+            assert!(
+                e.contains("needs the UCX transport (--transport ucx)"),
+                "{e}"
+            );
+        } else {
+            assert!(
+                e.contains("rebuild with `cargo build --release --features ucx`"),
+                "{e}"
+            );
+        }
+        // No flags on a TCP cluster: nothing to do, whatever the build.
+        let none = Cli::parse_from(["taskwire"]).f;
+        assert!(none.ucx_env(false, "").unwrap().set.is_empty());
+    }
+}
