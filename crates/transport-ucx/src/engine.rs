@@ -6,8 +6,9 @@
 //! crate's [`Outbox`]) drained by a task on the engine thread. UCX callbacks run inside
 //! `ucp_worker_progress` on this thread; they only record work (deliveries, deferred
 //! [`Action`]s) and never call progress themselves. The driver loop progresses until idle, runs
-//! deferred actions, arms the worker and then sleeps on the worker's event fd (through
-//! `AsyncFd`), a command, or a kick from a task that posted work: no busy polling when idle.
+//! deferred actions, spins for a bounded window (progress, then let tasks run), arms the worker
+//! and then sleeps on the worker's event fd (through `AsyncFd`), a command, or a kick from a
+//! task that posted work: no busy polling when idle.
 
 use crate::status::{Status, StatusPtr, UcxError};
 use crate::sys;
