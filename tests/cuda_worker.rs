@@ -190,18 +190,24 @@ fn no_gpu_and_no_cuda_visible_devices_is_a_clear_error() {
         !status.success() && stderr.contains("no NVIDIA GPU found"),
         "{stderr}"
     );
-    // UCX is not in this build: said plainly, before looking for GPUs.
-    let (status, stderr) = run(&["--transport", "ucx", "--enable-nvlink"], Some("0"));
-    assert!(!status.success());
-    assert!(
-        stderr.contains("this build has no UCX support: rebuild with --features ucx"),
-        "{stderr}"
-    );
-    let (status, stderr) = run(&["--enable-infiniband"], Some("0"));
-    assert!(
-        !status.success() && stderr.contains("needs --transport ucx"),
-        "{stderr}"
-    );
+    // UCX is not in this build: said plainly, before looking for GPUs, for --transport ucx
+    // and for a fabric flag alike.
+    if !cfg!(feature = "ucx") {
+        for args in [
+            &["--transport", "ucx", "--enable-nvlink"][..],
+            &["--enable-infiniband"],
+        ] {
+            let (status, stderr) = run(args, Some("0"));
+            assert!(!status.success());
+            assert!(
+                stderr.contains(
+                    "this build has no UCX support: rebuild with `cargo build --release \
+                     --features ucx`"
+                ),
+                "{stderr}"
+            );
+        }
+    }
     let (status, stderr) = run(&[], Some("0,0"));
     assert!(
         !status.success() && stderr.contains("listed twice"),

@@ -15,9 +15,9 @@
 //!   memory limit (default 80% of the GPU's memory; recorded and shown by `gpu-info`, not
 //!   enforced), is pinned to its GPU's CPUs, and is named `PREFIX-gpu3` (`PREFIX` is `--name`,
 //!   else the host name; `gpu-8a1c2f3e` for a GPU given by UUID, `mig-...` for MIG).
-//! - **Fabric** ([`transport_env`]): `--transport ucx` and dask-cuda's `--enable-nvlink`,
-//!   `--enable-infiniband`, `--enable-rdmacm` mapped to UCX variables; a clear error where the
-//!   binary has no UCX.
+//! - **Fabric**: `--transport ucx` and dask-cuda's `--enable-nvlink`, `--enable-infiniband`,
+//!   `--enable-rdmacm` map to UCX variables in `taskwire_transport::fabric`, which every command
+//!   with these flags shares; the nanny hands the result to each worker's environment.
 //! - **GPU memory** ([`DeviceMemoryReader`]): a worker's GPU memory use through NVML, for
 //!   heartbeats (not wired into them yet: the heartbeat message has no field for it).
 //! - **GPU functions** ([`register_gpu_functions`]): `gpu-info` and `gpu-saxpy` (hand-written PTX
@@ -30,7 +30,6 @@
 mod affinity;
 mod devices;
 mod discover;
-mod fabric;
 mod functions;
 mod memory;
 mod plan;
@@ -40,7 +39,6 @@ pub use devices::{DeviceId, join, parse_visible_devices, rotate};
 pub use discover::{
     Discovery, Gpu, NvmlGpu, NvmlProbe, VisibleSpec, discover, probe_nvml, proc_gpu_count,
 };
-pub use fabric::{EnvAndWarnings, Fabric, Transport, interface_address, transport_env};
 pub use functions::{
     GpuSelector, SAXPY_DEFAULT_N, SAXPY_MAX_N, register_gpu_functions, saxpy_checksum_cpu,
     worker_functions,
@@ -82,20 +80,6 @@ pub enum CudaWorkerError {
     /// NVML is there but failed, and no device list says which GPUs to use.
     #[error("NVML failed: {0}; set CUDA_VISIBLE_DEVICES to name the GPUs to use")]
     Nvml(String),
-    /// `--transport ucx` in a binary without UCX.
-    #[error("this build has no UCX support: rebuild with --features ucx")]
-    NoUcx,
-    /// `--interface` names no usable interface.
-    #[error("--interface {name}: {msg}")]
-    Interface {
-        /// The interface.
-        name: String,
-        /// What is wrong.
-        msg: String,
-    },
-    /// Flags that do not go together.
-    #[error("{0}")]
-    Usage(String),
 }
 
 /// Discover the GPUs of this machine: NVML, then `selected` (`--cuda-visible-devices`) or this

@@ -6,8 +6,9 @@
 //! crate's [`Outbox`]) drained by a task on the engine thread. UCX callbacks run inside
 //! `ucp_worker_progress` on this thread; they only record work (deliveries, deferred
 //! [`Action`]s) and never call progress themselves. The driver loop progresses until idle, runs
-//! deferred actions, arms the worker and then sleeps on the worker's event fd (through
-//! `AsyncFd`), a command, or a kick from a task that posted work: no busy polling when idle.
+//! deferred actions, spins for a bounded window (progress, then let tasks run), arms the worker
+//! and then sleeps on the worker's event fd (through `AsyncFd`), a command, or a kick from a
+//! task that posted work: no busy polling when idle.
 
 use crate::status::{Status, StatusPtr, UcxError};
 use crate::sys;
@@ -32,16 +33,25 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Sends posted but not completed, per connection, before its send task waits.
 const MAX_INFLIGHT: usize = 256;
-/// Bytes posted but not completed, per connection, before its send task waits (one larger
-/// message is always allowed when nothing is in flight).
+/// Bytes posted but not completed, per connection, before its send task waits. Two messages
+/// are always allowed in flight whatever their size, so that the rendezvous hand-shake of the
+/// next large message overlaps the transfer of the current one.
 const MAX_INFLIGHT_BYTES: usize = 32 << 20;
 /// Messages taken off a send queue per wake-up before the driver is kicked.
 const SEND_BATCH: usize = 64;
 /// While operations are outstanding the driver also wakes this often, whatever the event fd
 /// says: UCX does not promise an event for every internal state change (a send parked in a
 /// transport's pending queue, for one), and a missed one must cost a little latency, not a
-/// hang. An idle engine (nothing outstanding) sleeps on the event fd alone.
-const OUTSTANDING_TICK: Duration = Duration::from_millis(5);
+/// hang. An idle engine (nothing outstanding) sleeps on the event fd alone. The bounded spin
+/// below is what keeps traffic moving; this is only a safety net (`TASKWIRE_UCX_DEBUG=1`
+/// prints how often it found work).
+const OUTSTANDING_TICK: Duration = Duration::from_millis(1);
+/// After the last sign of work, the driver keeps progressing the worker (and running the
+/// send tasks) for this long before it arms the event fd and sleeps. A reply that comes back
+/// within the window costs no wake-up on either side: sleeping on the event fd and being woken
+/// costs tens of microseconds on a busy machine, more than a whole shared-memory round trip.
+/// `TASKWIRE_UCX_SPIN_US` overrides it (0: never spin). An idle engine spins once, then sleeps.
+const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// How long shutdown waits for endpoints to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -298,6 +308,9 @@ struct State {
     outstanding: Cell<usize>,
     /// Wake-ups by [`OUTSTANDING_TICK`] that found work the event fd had not announced.
     tick_finds: Cell<u64>,
+    /// Bumped by every send posted and command handled: the spin watches it to tell whether
+    /// a task did something while the driver yielded.
+    activity: Cell<u64>,
     /// Weak, so that the engine's own reference does not keep it running.
     cmd: mpsc::WeakUnboundedSender<Cmd>,
 }
@@ -311,6 +324,10 @@ impl State {
 
     fn push(&self, a: Action) {
         self.actions.borrow_mut().push(a);
+    }
+
+    fn bump(&self) {
+        self.activity.set(self.activity.get().wrapping_add(1));
     }
 
     fn conn_by_ep(&self, ep: sys::ucp_ep_h) -> Option<Rc<Conn>> {
@@ -347,6 +364,7 @@ impl Engine {
             next_id: Cell::new(1),
             outstanding: Cell::new(0),
             tick_finds: Cell::new(0),
+            activity: Cell::new(0),
             cmd: weak,
         });
         let arg = Rc::as_ptr(&state) as *mut c_void;
@@ -393,13 +411,20 @@ impl Engine {
             }
         };
         let st = self.state.clone();
+        let spin = spin_window();
         loop {
             self.progress_until_idle();
+            // Stay awake a little while: the next message usually follows soon.
+            match self.spin(spin, &mut cmd_rx).await {
+                Spin::Work => continue,
+                Spin::Stop => break,
+                Spin::Idle => {}
+            }
             match self.worker.arm() {
-                Ok(Armed::Busy) => {
-                    tokio::task::yield_now().await;
-                    continue;
-                }
+                // Events are pending that progress has not seen yet: progress again. Arming
+                // only when UCX says nothing is pending is what makes sleeping on the event
+                // fd safe: every later event is announced on it.
+                Ok(Armed::Busy) => continue,
                 Ok(Armed::Sleep) => {}
                 Err(e) => {
                     // Cannot sleep on the fd: fall back to a short timer rather than spin.
@@ -423,6 +448,8 @@ impl Engine {
                 }
             };
             tokio::select! {
+                // Biased, so that a tick that finds work really means the fd did not say so.
+                biased;
                 guard = afd.readable() => {
                     if let Ok(mut g) = guard {
                         g.clear_ready();
@@ -448,6 +475,43 @@ impl Engine {
             );
         }
         drop(afd);
+    }
+
+    /// Progress the worker and let the engine's tasks (send queues, timers) run for up to
+    /// `window`, returning as soon as anything happens. Each round yields the CPU to other
+    /// threads and then to the runtime, which also polls its I/O driver without blocking, so a
+    /// message queued by another thread is picked up without a wake-up.
+    async fn spin(&self, window: Duration, cmd_rx: &mut mpsc::UnboundedReceiver<Cmd>) -> Spin {
+        if window.is_zero() {
+            return Spin::Idle;
+        }
+        let st = &self.state;
+        let start = std::time::Instant::now();
+        loop {
+            let seen = st.activity.get();
+            // Give the CPU away for a moment: on a machine with more busy threads than cores,
+            // the thread we just woke (a receiver, the peer process) may be waiting for this
+            // very core, and spinning through its time slice would delay the reply we wait for.
+            std::thread::yield_now();
+            tokio::task::yield_now().await;
+            match cmd_rx.try_recv() {
+                Ok(cmd) => {
+                    self.handle(cmd);
+                    return Spin::Work;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return Spin::Stop,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            if self.worker.progress() != 0
+                || st.activity.get() != seen
+                || !st.actions.borrow().is_empty()
+            {
+                return Spin::Work;
+            }
+            if start.elapsed() >= window {
+                return Spin::Idle;
+            }
+        }
     }
 
     fn progress_until_idle(&self) {
@@ -482,6 +546,7 @@ impl Engine {
     }
 
     fn handle(&self, cmd: Cmd) {
+        self.state.bump();
         match cmd {
             Cmd::Listen { addr, cfg, reply } => {
                 let _ = reply.send(self.listen(addr, cfg));
@@ -798,6 +863,24 @@ impl Engine {
     }
 }
 
+/// What a spin found.
+enum Spin {
+    /// Something happened: go round again.
+    Work,
+    /// Nothing happened within the window: arm and sleep.
+    Idle,
+    /// Every handle on the engine is gone.
+    Stop,
+}
+
+/// The spin window: [`DEFAULT_SPIN`], or `TASKWIRE_UCX_SPIN_US` microseconds.
+fn spin_window() -> Duration {
+    std::env::var("TASKWIRE_UCX_SPIN_US")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_SPIN, Duration::from_micros)
+}
+
 fn tracing_free_warn(e: &UcxError) {
     eprintln!("taskwire-transport-ucx: {e}; polling every millisecond instead");
 }
@@ -845,6 +928,7 @@ fn post(
     am_header: Vec<u8>,
     out: Option<wire::Outgoing>,
 ) -> Result<(), UcxError> {
+    st.bump();
     let Some(ep) = conn.ep.get() else {
         return Err(UcxError {
             op: "ucp_am_send_nbx",
@@ -959,7 +1043,7 @@ async fn send_loop(st: Rc<State>, conn: Rc<Conn>, mut outbox: Outbox) {
             return;
         }
         if conn.inflight.get() >= MAX_INFLIGHT
-            || (conn.inflight.get() > 0 && conn.inflight_bytes.get() >= MAX_INFLIGHT_BYTES)
+            || (conn.inflight.get() >= 2 && conn.inflight_bytes.get() >= MAX_INFLIGHT_BYTES)
         {
             conn.sender_wake.notified().await;
             continue;

@@ -25,9 +25,12 @@
 //!   accepted connections and received messages out, and each connection's send queue drained
 //!   by a task on that thread. UCX callbacks run inside `ucp_worker_progress` on the engine
 //!   thread and only record work.
-//! - **Waiting.** The engine progresses the worker until idle, then arms it
-//!   (`ucp_worker_arm`) and sleeps on its event fd (`ucp_worker_get_efd` through tokio's
-//!   `AsyncFd`) or on a command: an idle transport uses no CPU.
+//! - **Waiting.** The engine progresses the worker until idle, keeps progressing it (and
+//!   running its send tasks, yielding the CPU each round) for a short window in case the next
+//!   message follows soon (`TASKWIRE_UCX_SPIN_US`, 50 µs by default), then arms it
+//!   (`ucp_worker_arm`; `BUSY` means progress again) and sleeps on its event fd
+//!   (`ucp_worker_get_efd` through tokio's `AsyncFd`) or on a command: an idle transport uses
+//!   no CPU.
 //! - **Errors.** UCX status codes become [`UcxError`]s carrying UCX's own text
 //!   (`ucs_status_string`), and reach users as
 //!   [`TransportError`](taskwire_transport::TransportError)s.

@@ -16,6 +16,8 @@
 //!   that closes only that connection;
 //! - [`Registry`]: picks the transport from an address's scheme;
 //! - [`mem`]: an in-memory transport for tests and in-process clusters;
+//! - [`fabric`]: dask-cuda's fabric flags (`--enable-infiniband`, ...) mapped to the UCX
+//!   environment, shared by every command that takes them (needs no UCX);
 //! - `conformance` (feature `conformance`): the test suite every transport must pass.
 //!
 //! It does not know what the messages mean (that is `taskwire-protocol`) and holds no sockets
@@ -26,6 +28,7 @@ pub mod codec;
 mod config;
 mod connection;
 mod error;
+pub mod fabric;
 pub mod mem;
 mod registry;
 pub mod stream;

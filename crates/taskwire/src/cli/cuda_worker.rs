@@ -14,16 +14,20 @@ use clap::Args;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use taskwire_cuda_worker::{
-    DeviceMemoryLimit, Fabric, GpuWorkerPlan, Transport, WorkerOptions, allowed_cpus, find_gpus,
-    interface_address, plan_workers, transport_env,
+    DeviceMemoryLimit, GpuWorkerPlan, WorkerOptions, allowed_cpus, find_gpus, plan_workers,
 };
 use taskwire_transport::Address;
 use taskwire_worker::{ChildOptions, Nanny, NannyOutcome};
 use tracing::{info, warn};
 
-/// Whether this binary has the UCX transport. The UCX transport is built on another branch;
-/// when it is merged this becomes `cfg!(feature = "ucx")` and the children get the transport.
-const UCX_BUILT: bool = cfg!(feature = "ucx");
+/// `--transport`: how workers talk to each other and to the scheduler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    /// TCP, built in.
+    Tcp,
+    /// UCX (NVLink, InfiniBand, shared memory, TCP), when the binary was built with it.
+    Ucx,
+}
 
 /// Start one worker per GPU (dask-cuda's `dask cuda worker`).
 #[derive(Args, Debug)]
@@ -56,9 +60,6 @@ pub(crate) struct CudaWorkerArgs {
     /// Address the workers' data servers and the nanny listen on.
     #[arg(long, conflicts_with = "interface")]
     host: Option<String>,
-    /// Network interface to listen on, e.g. ib0 (its address is used).
-    #[arg(long)]
-    interface: Option<String>,
     /// Port of worker 0's data server; worker i uses the port + i (default: free ports).
     #[arg(long)]
     worker_port: Option<u16>,
@@ -71,17 +72,10 @@ pub(crate) struct CudaWorkerArgs {
     #[arg(long)]
     no_cpu_affinity: bool,
     /// Transport between workers: tcp, or ucx (NVLink, InfiniBand) where built with UCX.
-    #[arg(long, default_value = "tcp")]
+    #[arg(long, value_enum, default_value = "tcp")]
     transport: Transport,
-    /// UCX: copy between GPUs over NVLink (UCX_TLS gets cuda_copy,cuda_ipc).
-    #[arg(long)]
-    enable_nvlink: bool,
-    /// UCX: use InfiniBand (UCX_TLS gets rc).
-    #[arg(long)]
-    enable_infiniband: bool,
-    /// UCX: connect through the RDMA connection manager (UCX_SOCKADDR_TLS_PRIORITY=rdmacm).
-    #[arg(long)]
-    enable_rdmacm: bool,
+    #[command(flatten)]
+    fabric: super::fabric::FabricArgs,
 }
 
 /// Everything decided before anything starts.
@@ -111,26 +105,23 @@ fn plan(args: &CudaWorkerArgs) -> Result<Plan, String> {
         return Err("--nthreads must be at least 1".into());
     }
     // Flags first: a typo should not wait for GPU discovery, nor hide behind "no GPU".
-    let fabric = Fabric {
-        nvlink: args.enable_nvlink,
-        infiniband: args.enable_infiniband,
-        rdmacm: args.enable_rdmacm,
-    };
-    let (ucx_env, ucx_warnings) =
-        transport_env(args.transport, fabric, UCX_BUILT, |k| std::env::var(k).ok())
-            .map_err(|e| e.to_string())?;
+    let uses_ucx = args.transport == Transport::Ucx;
+    let ucx = args.fabric.ucx_env(uses_ucx, "--transport ucx")?;
+    if uses_ucx {
+        info!("{}", ucx.describe(&args.fabric.fabric()));
+    }
+    let ucx_env = ucx.set;
     let device_memory_limit =
         DeviceMemoryLimit::parse(&args.device_memory_limit, |s| parse_memory(s, 1))?;
     let extra_resources = parse_resources(&args.resources)?;
     let lifetime = args.nanny.lifetime()?;
-    let host = match (&args.host, &args.interface) {
-        (Some(h), _) => Some(h.clone()),
-        (None, Some(i)) => Some(interface_address(i).map_err(|e| e.to_string())?.to_string()),
-        (None, None) => None,
+    let host = match &args.host {
+        Some(h) => Some(h.clone()),
+        None => args.fabric.interface_host()?,
     };
 
     let discovery = find_gpus(args.cuda_visible_devices.as_deref()).map_err(|e| e.to_string())?;
-    for w in discovery.warnings.iter().chain(&ucx_warnings) {
+    for w in &discovery.warnings {
         warn!("{w}");
     }
     let n = discovery.gpus.len();
@@ -305,6 +296,8 @@ mod tests {
         Cli::parse_from(std::iter::once("cuda-worker").chain(line.iter().copied())).a
     }
 
+    use super::super::fabric::UCX_BUILT;
+
     fn plan_err(line: &[&str]) -> String {
         match plan(&args(line)) {
             Ok(_) => panic!("{line:?} was accepted"),
@@ -315,22 +308,33 @@ mod tests {
     #[test]
     fn flags_are_checked_before_gpus_are_looked_for() {
         let a = "tcp://127.0.0.1:8786";
-        assert_eq!(
-            plan_err(&[a, "--transport", "ucx"]),
-            "this build has no UCX support: rebuild with --features ucx"
-        );
-        assert_eq!(
-            plan_err(&[
-                a,
-                "--transport",
-                "ucx",
-                "--enable-nvlink",
-                "--enable-infiniband"
-            ]),
-            "this build has no UCX support: rebuild with --features ucx"
-        );
-        assert!(plan_err(&[a, "--enable-nvlink"]).contains("needs --transport ucx"));
-        assert!(plan_err(&[a, "--enable-rdmacm"]).contains("--enable-rdmacm"));
+        let nv_ib = [
+            a,
+            "--transport",
+            "ucx",
+            "--enable-nvlink",
+            "--enable-infiniband",
+        ];
+        if UCX_BUILT {
+            // Fabric flags on a TCP cuda-worker name the flags and the way to UCX.
+            let e = plan_err(&[a, "--enable-nvlink", "--enable-rdmacm"]);
+            assert!(
+                e.contains("--enable-nvlink, --enable-rdmacm needs the UCX transport"),
+                "{e}"
+            );
+        } else {
+            for line in [
+                &[a, "--transport", "ucx"][..],
+                &nv_ib,
+                &[a, "--enable-nvlink"],
+            ] {
+                let e = plan_err(line);
+                assert!(
+                    e.contains("rebuild with `cargo build --release --features ucx`"),
+                    "{line:?}: {e}"
+                );
+            }
+        }
         assert!(plan_err(&[a, "--nthreads", "0"]).contains("--nthreads"));
         assert!(plan_err(&[a, "--device-memory-limit", "lots"]).contains("--device-memory-limit"));
         assert!(plan_err(&[a, "--interface", "nosuch0"]).contains("no such interface"));

@@ -1,6 +1,7 @@
 //! Subcommands of the `taskwire` binary.
 
 pub(crate) mod cuda_worker;
+pub(crate) mod fabric;
 pub(crate) mod jobqueue;
 pub(crate) mod local;
 pub(crate) mod retire;

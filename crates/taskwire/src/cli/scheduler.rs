@@ -10,11 +10,7 @@ fn parse_transport(s: &str) -> Result<Scheme, String> {
     match s {
         "tcp" => Ok(Scheme::Tcp),
         "ucx" if cfg!(feature = "ucx") => Ok(Scheme::Ucx),
-        "ucx" => Err(
-            "this build has no UCX support: rebuild with `cargo build --release --features ucx` \
-             against libucx-dev (docs/ucx.md)"
-                .into(),
-        ),
+        "ucx" => Err(taskwire_transport::fabric::NO_UCX.into()),
         other => Err(format!("unknown transport '{other}': use tcp or ucx")),
     }
 }
@@ -22,8 +18,8 @@ fn parse_transport(s: &str) -> Result<Scheme, String> {
 /// Start a scheduler.
 #[derive(Args, Debug)]
 pub(crate) struct SchedulerArgs {
-    /// Interface to listen on (default: all interfaces).
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Address to listen on (default: all interfaces).
+    #[arg(long, default_value = "0.0.0.0", conflicts_with = "interface")]
     host: String,
     /// Port to listen on; 0 picks a free port.
     #[arg(long, default_value_t = taskwire_scheduler::DEFAULT_PORT)]
@@ -43,12 +39,17 @@ pub(crate) struct SchedulerArgs {
     #[arg(long, default_value = "tcp", value_parser = parse_transport)]
     transport: Scheme,
     #[command(flatten)]
+    fabric: super::fabric::FabricArgs,
+    #[command(flatten)]
     policy: super::PolicyArgs,
     #[command(flatten)]
     security: super::security::SchedulerSecurityArgs,
 }
 
 pub(crate) fn run(args: SchedulerArgs) -> Result<(), String> {
+    let host = args.fabric.interface_host()?.unwrap_or(args.host.clone());
+    args.fabric
+        .apply(args.transport == Scheme::Ucx, "--transport ucx")?;
     let fds = super::raise_fd_limit();
     let wanted = args.security.max_connections() as u64 + 64;
     if fds < wanted {
@@ -61,7 +62,7 @@ pub(crate) fn run(args: SchedulerArgs) -> Result<(), String> {
         let mut builder = Scheduler::builder()
             .address(Address::Net {
                 scheme: args.transport,
-                host: args.host.clone(),
+                host: host.clone(),
                 port: args.port,
             })
             .core_config(args.policy.core_config());
@@ -69,7 +70,7 @@ pub(crate) fn run(args: SchedulerArgs) -> Result<(), String> {
             builder = builder.scheduler_file(f);
         }
         if !args.no_dashboard {
-            builder = builder.dashboard(&args.host, args.dashboard_port);
+            builder = builder.dashboard(&host, args.dashboard_port);
         }
         builder = args.security.apply(builder)?;
         let scheduler = builder.start().await.map_err(|e| e.to_string())?;

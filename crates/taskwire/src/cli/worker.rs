@@ -51,9 +51,9 @@ pub(crate) struct WorkerArgs {
     /// Port for the worker's data server (default: a free port; with --nworkers, consecutive).
     #[arg(long)]
     worker_port: Option<u16>,
-    /// Interface the data server and the nanny listen on (default: derived from the scheduler
+    /// Address the data server and the nanny listen on (default: derived from the scheduler
     /// address).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "interface")]
     host: Option<String>,
     /// Resources offered, e.g. "GPU=1,MEM=4e9".
     #[arg(long, default_value = "")]
@@ -73,6 +73,8 @@ pub(crate) struct WorkerArgs {
     no_nanny: bool,
     #[command(flatten)]
     pub(crate) nanny: NannyArgs,
+    #[command(flatten)]
+    fabric: super::fabric::FabricArgs,
     /// Times a nanny restarted this worker (set by the nanny, reported to the scheduler).
     #[arg(long, hide = true, default_value_t = 0)]
     restarts: u32,
@@ -332,8 +334,18 @@ fn plan(args: &WorkerArgs) -> Result<Plan, String> {
     })
 }
 
-pub(crate) fn run(args: WorkerArgs) -> Result<(), String> {
+pub(crate) fn run(mut args: WorkerArgs) -> Result<(), String> {
     let plan = plan(&args)?;
+    // The worker speaks what its scheduler speaks; a scheduler file that is not written yet
+    // counts as UCX when fabric flags ask for it.
+    let uses_ucx = match scheduler_now(&args) {
+        Ok(a) => a.scheme() == taskwire_transport::Scheme::Ucx,
+        Err(_) => !args.fabric.fabric().is_automatic(),
+    };
+    args.fabric.apply(uses_ucx, "a ucx:// scheduler address")?;
+    if let Some(host) = args.fabric.interface_host()? {
+        args.host = Some(host);
+    }
     let code = if args.no_nanny {
         super::runtime()?.block_on(run_workers(&args, &plan))?
     } else {
