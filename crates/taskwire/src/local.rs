@@ -2,7 +2,7 @@
 //! users (Dask's `LocalCluster`, built from the same library objects a program can start itself).
 
 use crate::cluster::{Cluster, ClusterError};
-use taskwire_client::{Client, ClientError, ClusterSecret};
+use taskwire_client::{Client, ClientError, ClusterSecret, Security};
 use taskwire_scheduler::{Scheduler, SchedulerError, SchedulerHandle};
 use taskwire_scheduler_core::CoreConfig;
 use taskwire_transport::{Address, mem};
@@ -38,6 +38,7 @@ pub struct LocalClusterBuilder {
     resources: Vec<(String, f64)>,
     core: CoreConfig,
     secret: Option<ClusterSecret>,
+    security: Security,
 }
 
 impl LocalClusterBuilder {
@@ -78,6 +79,13 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// TLS and encryption rules for the scheduler, the workers and [`LocalCluster::client`]
+    /// (see [`Security`]); with TLS, the loopback transport is `tls://`.
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
+    }
+
     /// A resource every worker offers, e.g. `("GPU", 1.0)`.
     pub fn resource(mut self, name: &str, amount: f64) -> Self {
         self.resources.push((name.to_string(), amount));
@@ -90,7 +98,10 @@ impl LocalClusterBuilder {
             LocalTransport::Inproc => mem::unique_address("scheduler"),
             LocalTransport::Tcp => Address::tcp("127.0.0.1", 0),
         };
-        let mut scheduler = Scheduler::builder().address(address).core_config(self.core);
+        let mut scheduler = Scheduler::builder()
+            .address(address)
+            .core_config(self.core)
+            .security(self.security.clone());
         if let Some(s) = &self.secret {
             scheduler = scheduler.auth_token(s.clone());
         }
@@ -106,6 +117,7 @@ impl LocalClusterBuilder {
             spec,
             started: 0,
             secret: self.secret,
+            security: self.security,
         };
         for _ in 0..self.workers {
             cluster.start_worker().await?;
@@ -131,6 +143,7 @@ pub struct LocalCluster {
     /// Workers started so far (names are never reused).
     started: usize,
     secret: Option<ClusterSecret>,
+    security: Security,
 }
 
 impl LocalCluster {
@@ -144,6 +157,7 @@ impl LocalCluster {
             resources: Vec::new(),
             core: CoreConfig::default(),
             secret: None,
+            security: Security::new(),
         }
     }
 
@@ -159,7 +173,8 @@ impl LocalCluster {
 
     /// A client connected to this cluster.
     pub async fn client(&self) -> Result<Client, ClientError> {
-        let mut b = Client::builder(self.scheduler.address().clone());
+        let mut b =
+            Client::builder(self.scheduler.address().clone()).security(self.security.clone());
         if let Some(s) = &self.secret {
             b = b.auth_token(s.clone());
         }
@@ -171,7 +186,8 @@ impl LocalCluster {
     async fn start_worker(&mut self) -> Result<(), LocalClusterError> {
         let mut b = Worker::builder(self.scheduler.address().clone())
             .nthreads(self.spec.threads)
-            .name(format!("local-worker-{}", self.started));
+            .name(format!("local-worker-{}", self.started))
+            .security(self.security.clone());
         if let Some(f) = &self.spec.functions {
             b = b.functions(f.clone());
         }

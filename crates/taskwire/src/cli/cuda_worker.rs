@@ -123,6 +123,8 @@ fn plan(args: &CudaWorkerArgs) -> Result<Plan, String> {
         DeviceMemoryLimit::parse(&args.device_memory_limit, |s| parse_memory(s, 1))?;
     let extra_resources = parse_resources(&args.resources)?;
     let lifetime = args.nanny.lifetime()?;
+    // Each worker child loads the certificates itself; a bad file is one error here instead.
+    args.nanny.tls.security()?;
     let host = match (&args.host, &args.interface) {
         (Some(h), _) => Some(h.clone()),
         (None, Some(i)) => Some(interface_address(i).map_err(|e| e.to_string())?.to_string()),
@@ -181,7 +183,7 @@ fn child_args(args: &CudaWorkerArgs, plan: &Plan, w: &GpuWorkerPlan) -> Vec<OsSt
         port: args.worker_port.map(|p| usize::from(p) + w.index),
         host: plan.host.as_deref(),
         local_directory: args.local_directory.as_deref(),
-        security: super::security::child_args(&args.nanny.auth, &args.nanny.data_port),
+        security: super::security::child_args(&args.nanny),
     }
     .args();
     a.push("--name".into());

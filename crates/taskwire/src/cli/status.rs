@@ -25,6 +25,10 @@ pub(crate) struct StatusArgs {
     /// Print the three JSON documents instead of tables.
     #[arg(long)]
     json: bool,
+    /// Accepted so one set of flags serves every command. The dashboard answers plain HTTP,
+    /// so with --require-encryption only a dashboard on this host (loopback) is read.
+    #[command(flatten)]
+    tls: super::security::TlsArgs,
 }
 
 /// `GET path` from `host:port`; the body of a 200 answer.
@@ -74,6 +78,15 @@ pub(crate) fn run(args: StatusArgs) -> Result<(), String> {
         Address::Net { host, .. } => host.clone(),
         Address::Inproc(_) => return Err("an inproc:// scheduler has no dashboard".into()),
     };
+    if args.tls.security()?.requires_encryption()
+        && !taskwire_transport_tcp::is_loopback_host(&host)
+    {
+        return Err(format!(
+            "the dashboard at {host}:{} answers plain HTTP, which --require-encryption refuses \
+             off this host; run `taskwire status` on the scheduler's host",
+            args.dashboard_port
+        ));
+    }
     let hostport = if host.contains(':') {
         format!("[{host}]:{}", args.dashboard_port)
     } else {

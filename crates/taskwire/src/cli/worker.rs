@@ -118,6 +118,8 @@ pub(crate) struct NannyArgs {
     pub(crate) auth: super::security::AuthArgs,
     #[command(flatten)]
     pub(crate) data_port: super::security::DataPortArgs,
+    #[command(flatten)]
+    pub(crate) tls: super::security::TlsArgs,
 }
 
 impl NannyArgs {
@@ -260,6 +262,8 @@ struct Plan {
     resources: Vec<(String, f64)>,
     death_timeout: Option<Duration>,
     lifetime: Option<(Duration, Duration)>,
+    /// TLS, loaded and checked here so that a bad file is one error, not a restart loop.
+    security: taskwire::Security,
 }
 
 fn plan(args: &WorkerArgs) -> Result<Plan, String> {
@@ -292,7 +296,9 @@ fn plan(args: &WorkerArgs) -> Result<Plan, String> {
         _ => {}
     }
     let lifetime = args.nanny.lifetime()?;
+    let security = args.nanny.tls.security()?;
     Ok(Plan {
+        security,
         nworkers: args.nworkers,
         nthreads: args
             .nthreads
@@ -399,7 +405,7 @@ fn child_args(args: &WorkerArgs, plan: &Plan, i: usize) -> Vec<OsString> {
         port: args.worker_port.map(|p| usize::from(p) + i),
         host: args.host.as_deref(),
         local_directory: args.local_directory.as_deref(),
-        security: super::security::child_args(&args.nanny.auth, &args.nanny.data_port),
+        security: super::security::child_args(&args.nanny),
     }
     .args();
     let mut opt = |flag: &str, value: String| {
@@ -536,6 +542,8 @@ async fn start_worker(
                 {
                     Err(Err(e.to_string()))
                 }
+                // Nor does a certificate the other side refuses, or a scheme that does not fit.
+                Ok(Err(e)) if tls_mismatch(&e.to_string()) => Err(Err(e.to_string())),
                 Ok(Err(e)) => Err(Ok(e.to_string())),
                 Err(_) => Err(Ok(format!("no answer within {attempt_timeout:?}"))),
             }
@@ -566,6 +574,23 @@ async fn start_worker(
     }
 }
 
+/// Whether a failure to reach the scheduler is a TLS mismatch that retrying cannot fix: a
+/// certificate refused either way, TLS against plain TCP, or an unencrypted address under
+/// `--require-encryption`.
+fn tls_mismatch(error: &str) -> bool {
+    [
+        "not signed by the cluster CA",
+        "refused our certificate",
+        "presented no certificate",
+        "speaks TLS",
+        "does not speak TLS",
+        "--require-encryption",
+        "has no TLS certificates",
+    ]
+    .iter()
+    .any(|m| error.contains(m))
+}
+
 fn builder(
     args: &WorkerArgs,
     plan: &Plan,
@@ -578,6 +603,7 @@ fn builder(
         Address::Inproc(_) => taskwire_transport::Scheme::Tcp,
     };
     let mut b = Worker::builder(scheduler)
+        .security(plan.security.clone())
         // The stock functions and the GPU ones (`gpu-info`, `gpu-saxpy`) on CUDA device 0, which
         // a cuda-worker child's rotated CUDA_VISIBLE_DEVICES makes its own GPU.
         .functions(taskwire_cuda_worker::worker_functions())

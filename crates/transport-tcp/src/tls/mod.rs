@@ -114,7 +114,15 @@ impl<R: AsyncRead + Unpin> AsyncRead for Explained<R> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf).map_err(explain)
+        match Pin::new(&mut self.0).poll_read(cx, buf) {
+            // A peer that went away without TLS's close_notify (a killed process): an end of
+            // stream, as over TCP. Truncation cannot hide behind it: the framing decoder
+            // reports a message cut short whatever ended the stream.
+            Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Poll::Ready(Ok(()))
+            }
+            other => other.map_err(explain),
+        }
     }
 }
 
