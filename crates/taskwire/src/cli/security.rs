@@ -336,3 +336,45 @@ fn generate(args: GenerateArgs) -> Result<(), String> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{SecurityConfig, TlsArgs};
+    use std::path::PathBuf;
+
+    #[test]
+    fn security_config_resolves_paths_and_refuses_typos() {
+        let dir = std::env::temp_dir().join(format!("taskwire-seccfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("security.json");
+        std::fs::write(
+            &f,
+            r#"{"tls_ca_file": "ca.pem", "tls_cert": "/abs/c.pem", "tls_key": "k.pem",
+                "require_encryption": true}"#,
+        )
+        .unwrap();
+        let c = SecurityConfig::read(&f).unwrap();
+        assert_eq!(c.tls_ca_file, Some(dir.join("ca.pem")));
+        assert_eq!(c.tls_cert, Some(PathBuf::from("/abs/c.pem")));
+        assert!(c.require_encryption);
+        // Flags win over the file; a missing file is named with the flag that gave it.
+        let args = TlsArgs {
+            tls_key: Some("/nonexistent/key.pem".into()),
+            security_config: Some(f.clone()),
+            ..TlsArgs::default()
+        };
+        let e = args.security().unwrap_err();
+        assert!(e.contains("ca.pem") && e.contains("--tls-ca-file"), "{e}");
+        std::fs::write(&f, r#"{"tls_ca": "ca.pem"}"#).unwrap();
+        let e = SecurityConfig::read(&f).unwrap_err();
+        assert!(e.contains("unknown field `tls_ca`"), "{e}");
+        let e = TlsArgs {
+            require_encryption: true,
+            ..TlsArgs::default()
+        }
+        .security()
+        .unwrap_err();
+        assert!(e.contains("needs TLS certificates"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
