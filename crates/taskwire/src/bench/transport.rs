@@ -212,8 +212,7 @@ async fn run_async(mut args: TransportArgs) -> Result<(), String> {
     let mut _identity = None;
     let tls = &args.tls;
     let no_files = tls.tls_ca_file.is_none() && tls.security_config.is_none();
-    if args.transport == TransportKind::Tls && no_files && !args.server && args.connect.is_none()
-    {
+    if args.transport == TransportKind::Tls && no_files && !args.server && args.connect.is_none() {
         let dir = std::env::temp_dir().join(format!("taskwire-bench-tls-{}", std::process::id()));
         let g = taskwire_transport_tcp::tls::generate(&dir, &Default::default())
             .map_err(|e| e.to_string())?;
