@@ -316,3 +316,32 @@ async fn require_encryption_refuses_plain_tcp() {
     c.unwrap();
     s.unwrap();
 }
+
+/// A peer that connects to a TLS port and says nothing (a port scanner, a stuck client) holds
+/// up no one, and is dropped once the connect timeout has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peer_is_dropped_and_blocks_no_one() {
+    use tokio::io::AsyncReadExt;
+    let cfg = TransportConfig {
+        connect_timeout: Duration::from_millis(500),
+        ..TransportConfig::default()
+    };
+    let reg = Security::new().tls(ours().clone()).registry(cfg);
+    let mut l = reg
+        .listen(&"tls://127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = l.local_addr().clone();
+    let mut silent = TcpStream::connect(addr.socket_str().unwrap())
+        .await
+        .unwrap();
+    // A member gets in while the silent peer waits.
+    let (c, s) = tokio::join!(reg.connect(&addr), l.accept());
+    c.unwrap();
+    s.unwrap();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(20), silent.read(&mut buf))
+        .await
+        .expect("the listener drops a silent peer");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+}
