@@ -19,6 +19,7 @@ use taskwire_protocol::{
     encode_with_capacity,
 };
 use taskwire_transport::{Address, ConnReceiver, ConnSender, Message, Registry, TransportConfig};
+use taskwire_transport_tcp::Security;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 
@@ -207,6 +208,7 @@ pub struct Client {
 pub struct ClientBuilder {
     addr: Address,
     registry: Option<Registry>,
+    security: Security,
     name: Option<String>,
     secret: Option<ClusterSecret>,
 }
@@ -215,6 +217,13 @@ impl ClientBuilder {
     /// Use these transports (and their limits) for the scheduler and the workers.
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = Some(registry);
+        self
+    }
+
+    /// TLS and encryption rules (see [`Security`]) for the scheduler and the workers: with
+    /// TLS, `tls://` addresses work, presenting this client's certificate.
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = security;
         self
     }
 
@@ -267,6 +276,7 @@ impl Client {
         ClientBuilder {
             addr,
             registry: None,
+            security: Security::new(),
             name: None,
             secret: None,
         }
@@ -274,9 +284,9 @@ impl Client {
 
     async fn open(b: ClientBuilder) -> Result<Client, ClientError> {
         let addr = &b.addr;
-        let registry = b.registry.unwrap_or_else(|| {
+        let registry = b.security.apply(b.registry.unwrap_or_else(|| {
             taskwire_transport_tcp::standard_registry(TransportConfig::default())
-        });
+        }));
         let name = b
             .name
             .unwrap_or_else(|| format!("client-{}", std::process::id()));

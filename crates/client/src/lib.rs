@@ -89,3 +89,4 @@ pub use taskwire_protocol::{
     AdaptiveTargetMsg, ClusterSecret, CommandOutputMsg, ErrorKindMsg, TaskErrorMsg, WorkerInfoMsg,
 };
 pub use taskwire_transport::{Address, Registry};
+pub use taskwire_transport_tcp::{Security, TlsConfig, TlsError, TlsFiles};

@@ -36,6 +36,7 @@ use std::time::Duration;
 use taskwire_protocol::ClusterSecret;
 use taskwire_scheduler_core::CoreConfig;
 use taskwire_transport::{Address, Registry, TransportConfig, TransportError};
+use taskwire_transport_tcp::Security;
 use tokio::sync::watch;
 
 /// Default scheduler port, as Dask's.
@@ -92,6 +93,7 @@ impl Scheduler {
         SchedulerBuilder {
             address: Address::tcp("0.0.0.0", DEFAULT_PORT),
             registry: None,
+            security: Security::new(),
             core: CoreConfig::default(),
             scheduler_file: None,
             dashboard: None,
@@ -113,6 +115,7 @@ impl Scheduler {
 pub struct SchedulerBuilder {
     address: Address,
     registry: Option<Registry>,
+    security: Security,
     core: CoreConfig,
     scheduler_file: Option<PathBuf>,
     dashboard: Option<(String, u16)>,
@@ -147,6 +150,13 @@ impl SchedulerBuilder {
     /// Use these transports and limits.
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = Some(registry);
+        self
+    }
+
+    /// TLS and encryption rules (see [`Security`]). With TLS, a `tcp://` listen address
+    /// becomes `tls://`, and the address printed and written to the scheduler file says so.
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = security;
         self
     }
 
@@ -227,10 +237,18 @@ impl SchedulerBuilder {
 
     /// Start listening and scheduling. Returns once the listener is bound.
     pub async fn start(self) -> Result<SchedulerHandle, SchedulerError> {
-        let registry = self.registry.unwrap_or_else(|| {
+        let registry = self.security.apply(self.registry.unwrap_or_else(|| {
             taskwire_transport_tcp::standard_registry(TransportConfig::default())
-        });
-        let listener = registry.listen(&self.address).await?;
+        }));
+        let address = match self.address {
+            Address::Net { scheme, host, port } => Address::Net {
+                scheme: self.security.listen_scheme(scheme),
+                host,
+                port,
+            },
+            other => other,
+        };
+        let listener = registry.listen(&address).await?;
         let address = taskwire_transport_tcp::contact_address(listener.local_addr());
         if let Some(path) = &self.scheduler_file {
             write_scheduler_file(path, &address, self.limits.secret.as_ref()).map_err(

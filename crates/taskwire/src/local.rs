@@ -5,7 +5,7 @@ use crate::cluster::{Cluster, ClusterError};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
-use taskwire_client::{Client, ClientError, ClusterSecret};
+use taskwire_client::{Client, ClientError, ClusterSecret, Security};
 use taskwire_scheduler::{Scheduler, SchedulerError, SchedulerHandle};
 use taskwire_scheduler_core::CoreConfig;
 use taskwire_transport::{Address, mem};
@@ -53,6 +53,7 @@ pub struct LocalClusterBuilder {
     secret: Option<ClusterSecret>,
     dashboard: Option<u16>,
     processes: Option<PathBuf>,
+    security: Security,
 }
 
 impl LocalClusterBuilder {
@@ -109,6 +110,13 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// TLS and encryption rules for the scheduler, the workers and [`LocalCluster::client`]
+    /// (see [`Security`]); with TLS, the loopback transport is `tls://`.
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
+    }
+
     /// A resource every worker offers, e.g. `("GPU", 1.0)`.
     pub fn resource(mut self, name: &str, amount: f64) -> Self {
         self.resources.push((name.to_string(), amount));
@@ -123,6 +131,14 @@ impl LocalClusterBuilder {
                     "worker processes need TCP, not the in-memory transport".into(),
                 ));
             }
+            if self.security.tls_config().is_some() || self.security.requires_encryption() {
+                return Err(LocalClusterError::Process(
+                    "worker processes do not take TLS settings from a local cluster yet: run \
+                     the workers in this process, or start them with `taskwire worker \
+                     --tls-ca-file ... --tls-cert ... --tls-key ...`"
+                        .into(),
+                ));
+            }
             if self.functions.is_some() {
                 return Err(LocalClusterError::Process(
                     "worker processes run their binary's functions: give a binary built with \
@@ -135,7 +151,10 @@ impl LocalClusterBuilder {
             LocalTransport::Inproc => mem::unique_address("scheduler"),
             LocalTransport::Tcp => Address::tcp("127.0.0.1", 0),
         };
-        let mut scheduler = Scheduler::builder().address(address).core_config(self.core);
+        let mut scheduler = Scheduler::builder()
+            .address(address)
+            .core_config(self.core)
+            .security(self.security.clone());
         if let Some(port) = self.dashboard {
             scheduler = scheduler.dashboard("127.0.0.1", port);
         }
@@ -169,6 +188,7 @@ impl LocalClusterBuilder {
             started: 0,
             secret: self.secret,
             processes,
+            security: self.security,
         };
         for _ in 0..self.workers {
             cluster.start_worker().await?;
@@ -194,6 +214,7 @@ pub struct LocalCluster {
     /// Workers started so far (names are never reused).
     started: usize,
     secret: Option<ClusterSecret>,
+    security: Security,
     /// Worker processes, when the workers run as processes (`workers` is empty then).
     processes: Option<Processes>,
 }
@@ -269,6 +290,7 @@ impl LocalCluster {
             secret: None,
             dashboard: None,
             processes: None,
+            security: Security::new(),
         }
     }
 
@@ -306,7 +328,8 @@ impl LocalCluster {
 
     /// A client connected to this cluster.
     pub async fn client(&self) -> Result<Client, ClientError> {
-        let mut b = Client::builder(self.scheduler.address().clone());
+        let mut b =
+            Client::builder(self.scheduler.address().clone()).security(self.security.clone());
         if let Some(s) = &self.secret {
             b = b.auth_token(s.clone());
         }
@@ -326,7 +349,8 @@ impl LocalCluster {
         }
         let mut b = Worker::builder(self.scheduler.address().clone())
             .nthreads(self.spec.threads)
-            .name(name);
+            .name(name)
+            .security(self.security.clone());
         if let Some(f) = &self.spec.functions {
             b = b.functions(f.clone());
         }

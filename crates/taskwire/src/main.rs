@@ -33,6 +33,9 @@ enum Command {
     Retire(cli::retire::RetireArgs),
     /// The cluster's overview (tasks by state, task groups, workers) from the dashboard's API.
     Status(cli::status::StatusArgs),
+    /// Cluster certificates for TLS: `taskwire security generate DIR`.
+    #[command(subcommand)]
+    Security(cli::security::SecurityCommand),
     /// Start a scheduler and workers over SSH (the first host runs the scheduler).
     Ssh(cli::ssh::SshArgs),
     /// Run workers as Slurm or PBS batch jobs (`taskwire jobqueue slurm --cores 8 ...`).
@@ -95,6 +98,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => cli::status::run(args),
         Command::Ssh(args) => cli::ssh::run(args),
         Command::Jobqueue(args) => cli::jobqueue::run(args),
+        Command::Security(cmd) => cli::security::run(cmd),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -1,4 +1,5 @@
-//! Taskwire's TCP transport (`tcp://host:port`).
+//! Taskwire's TCP transports: `tcp://host:port`, and TLS over TCP (`tls://host:port`, see
+//! [`tls`]).
 //!
 //! Built on tokio: `TCP_NODELAY` on every socket, a listen backlog from the config (2048 by
 //! default), a connect timeout, and the shared byte-stream connection of
@@ -11,8 +12,14 @@
 //!
 //! [`http`] is the small HTTP server the scheduler (dashboard, JSON API) and the worker
 //! (`/metrics`) share: plain TCP too, and here so that neither depends on the other.
+//! [`Security`] adds TLS to the registry and can refuse the unencrypted transports.
 
 pub mod http;
+mod security;
+pub mod tls;
+
+pub use security::Security;
+pub use tls::{TlsConfig, TlsError, TlsFiles, TlsTransport};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,18 +42,27 @@ pub fn standard_registry(cfg: TransportConfig) -> Registry {
     registry
 }
 
-fn socket_addr_of(addr: &Address) -> Result<String, TransportError> {
+/// `host:port` of a network address of `scheme`.
+pub(crate) fn socket_addr_of(addr: &Address, scheme: Scheme) -> Result<String, TransportError> {
     match addr {
-        Address::Net {
-            scheme: Scheme::Tcp,
-            ..
-        } => Ok(addr.socket_str().expect("net address")),
+        Address::Net { scheme: s, .. } if *s == scheme => {
+            Ok(addr.socket_str().expect("net address"))
+        }
         _ => Err(TransportError::WrongAddress(addr.to_string())),
     }
 }
 
+/// A socket address as an address of `scheme`.
+pub(crate) fn net_address(scheme: Scheme, sa: std::net::SocketAddr) -> Address {
+    Address::Net {
+        scheme,
+        host: sa.ip().to_string(),
+        port: sa.port(),
+    }
+}
+
 fn to_address(sa: std::net::SocketAddr) -> Address {
-    Address::tcp(sa.ip().to_string(), sa.port())
+    net_address(Scheme::Tcp, sa)
 }
 
 fn wrap(stream: TcpStream, cfg: Arc<TransportConfig>) -> Result<Connection, TransportError> {
@@ -59,12 +75,17 @@ fn wrap(stream: TcpStream, cfg: Arc<TransportConfig>) -> Result<Connection, Tran
     ))
 }
 
-async fn bind(addr: &Address, cfg: &TransportConfig) -> Result<TcpListener, TransportError> {
+/// A listening socket for `addr` (of `scheme`) with `cfg`'s backlog and `SO_REUSEADDR`.
+pub(crate) async fn bind(
+    addr: &Address,
+    scheme: Scheme,
+    cfg: &TransportConfig,
+) -> Result<TcpListener, TransportError> {
     let listen_err = |reason: String| TransportError::Listen {
         addr: addr.to_string(),
         reason,
     };
-    let target = socket_addr_of(addr)?;
+    let target = socket_addr_of(addr, scheme)?;
     let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&target)
         .await
         .map_err(|e| listen_err(format!("cannot resolve: {e}")))?
@@ -99,7 +120,7 @@ impl Transport for TcpTransport {
         cfg: Arc<TransportConfig>,
     ) -> BoxFuture<'a, Result<Listener, TransportError>> {
         Box::pin(async move {
-            let listener = bind(addr, &cfg).await?;
+            let listener = bind(addr, Scheme::Tcp, &cfg).await?;
             let local = to_address(listener.local_addr()?);
             let (tx, rx) = mpsc::channel(cfg.backlog.max(1) as usize);
             tokio::spawn(async move {
@@ -132,7 +153,7 @@ impl Transport for TcpTransport {
         cfg: Arc<TransportConfig>,
     ) -> BoxFuture<'a, Result<Connection, TransportError>> {
         Box::pin(async move {
-            let target = socket_addr_of(addr)?;
+            let target = socket_addr_of(addr, Scheme::Tcp)?;
             let attempt =
                 tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&target)).await;
             match attempt {

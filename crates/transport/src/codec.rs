@@ -95,6 +95,16 @@ pub fn encode_into(msg: &Message, out: &mut BytesMut) {
     out.put_slice(&PADDING[..trailer_len(msg)]);
 }
 
+/// The error for a stream that does not start with [`MAGIC`]: a TLS record (content type
+/// 20-23, version 3.x) means a TLS peer on a plain connection, which deserves its own words.
+fn bad_magic(buf: &[u8], found: u32) -> TransportError {
+    if matches!(buf, [0x14..=0x17, 0x03, 0x00..=0x04, ..]) {
+        TransportError::PeerSpeaksTls
+    } else {
+        TransportError::BadMagic { found }
+    }
+}
+
 #[derive(Debug)]
 struct Pending {
     prelude: usize,
@@ -149,7 +159,7 @@ impl Decoder {
                 if buf.len() >= 4 {
                     let magic = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes"));
                     if magic != MAGIC {
-                        return Err(TransportError::BadMagic { found: magic });
+                        return Err(bad_magic(buf, magic));
                     }
                 }
                 return Ok(None);
@@ -157,7 +167,7 @@ impl Decoder {
             let mut head = &buf[..16];
             let magic = head.get_u32_le();
             if magic != MAGIC {
-                return Err(TransportError::BadMagic { found: magic });
+                return Err(bad_magic(buf, magic));
             }
             let nframes = head.get_u32_le() as usize;
             let header_len = head.get_u64_le();
@@ -338,6 +348,17 @@ mod tests {
             Decoder::new(cfg()).decode(&mut early),
             Err(TransportError::BadMagic { .. })
         ));
+        // A TLS alert (what a tls:// listener answers a plain peer) and a ClientHello's first
+        // bytes (a TLS client at a plain listener) are named as TLS.
+        for tls in [
+            &[0x15u8, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a][..],
+            &[0x16, 0x03, 0x01, 0x02],
+        ] {
+            let mut buf = BytesMut::from(tls);
+            let e = Decoder::new(cfg()).decode(&mut buf).unwrap_err();
+            assert!(matches!(e, TransportError::PeerSpeaksTls), "{e}");
+            assert!(e.to_string().contains("tls://"), "{e}");
+        }
     }
 
     #[test]

@@ -50,6 +50,13 @@ pub enum TransportError {
         /// What was there instead.
         found: u32,
     },
+    /// The peer answered with TLS records: a `tls://` endpoint reached with plain `tcp://`, or
+    /// a TLS client at a plain listener.
+    #[error(
+        "the peer speaks TLS: use its tls:// address, with the cluster's certificates \
+         (--tls-ca-file, --tls-cert, --tls-key)"
+    )]
+    PeerSpeaksTls,
     /// A header longer than allowed.
     #[error("message header of {len} bytes exceeds the limit of {max} bytes")]
     HeaderTooLarge {

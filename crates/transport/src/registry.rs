@@ -81,7 +81,9 @@ impl Registry {
                 Scheme::Ucx => {
                     " (this build has no UCX support: rebuild with `cargo build --release --features ucx` against libucx-dev)"
                 }
-                Scheme::Tls => " (TLS is not available in this build)",
+                Scheme::Tls => {
+                    " (this process has no TLS certificates: give it --tls-ca-file, --tls-cert and --tls-key, or --security-config)"
+                }
                 _ => "",
             };
             TransportError::UnsupportedScheme { scheme, hint: hint.to_string() }

@@ -21,6 +21,7 @@ use taskwire_protocol::{
 use taskwire_transport::{
     Address, ConnReceiver, ConnSender, Message, Registry, TransportConfig, TransportError,
 };
+use taskwire_transport_tcp::Security;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -98,6 +99,7 @@ impl Worker {
             resources: Vec::new(),
             listen: None,
             transports: None,
+            security: Security::new(),
             functions: Functions::stock(),
             local_directory: None,
             zero_worker: false,
@@ -121,6 +123,7 @@ pub struct WorkerBuilder {
     resources: Vec<(String, f64)>,
     listen: Option<Address>,
     transports: Option<Registry>,
+    security: Security,
     functions: Functions,
     local_directory: Option<PathBuf>,
     zero_worker: bool,
@@ -177,6 +180,13 @@ impl WorkerBuilder {
     /// Transports and limits.
     pub fn transports(mut self, registry: Registry) -> Self {
         self.transports = Some(registry);
+        self
+    }
+
+    /// TLS and encryption rules (see [`Security`]), for the connection to the scheduler, the
+    /// data port and peer transfers alike. With TLS, a `tcp://` data port becomes `tls://`.
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = security;
         self
     }
 
@@ -269,12 +279,20 @@ impl WorkerBuilder {
 
     /// Listen, connect, register; returns once the scheduler has accepted the worker.
     pub async fn start(self) -> Result<WorkerHandle, WorkerError> {
-        let transports = self.transports.unwrap_or_else(|| {
+        let transports = self.security.apply(self.transports.unwrap_or_else(|| {
             taskwire_transport_tcp::standard_registry(TransportConfig::default())
-        });
-        let listen = self
+        }));
+        let listen = match self
             .listen
-            .unwrap_or_else(|| default_listen(&self.scheduler));
+            .unwrap_or_else(|| default_listen(&self.scheduler))
+        {
+            Address::Net { scheme, host, port } => Address::Net {
+                scheme: self.security.listen_scheme(scheme),
+                host,
+                port,
+            },
+            other => other,
+        };
         let listener = transports.listen(&listen).await?;
         let address = taskwire_transport_tcp::contact_address(listener.local_addr());
         let name = self.name.unwrap_or_else(|| address.to_string());

@@ -41,6 +41,8 @@ const BW_WINDOW_BYTES: usize = 256 << 20;
 enum TransportKind {
     /// TCP (`tcp://`).
     Tcp,
+    /// TLS over TCP (`tls://`), with the --tls-* certificates or a temporary cluster identity.
+    Tls,
     /// In-memory channels (`inproc://`), in one process only.
     Mem,
     /// UCX (`ucx://`), when the build has it.
@@ -51,6 +53,7 @@ impl TransportKind {
     fn name(self) -> &'static str {
         match self {
             TransportKind::Tcp => "tcp",
+            TransportKind::Tls => "tls",
             TransportKind::Mem => "mem",
             TransportKind::Ucx => "ucx",
         }
@@ -59,6 +62,7 @@ impl TransportKind {
     fn default_listen(self) -> Address {
         let s = match self {
             TransportKind::Tcp => "tcp://127.0.0.1:0",
+            TransportKind::Tls => "tls://127.0.0.1:0",
             TransportKind::Mem => "inproc://0",
             TransportKind::Ucx => "ucx://127.0.0.1:0",
         };
@@ -128,7 +132,8 @@ pub(crate) struct TransportArgs {
     /// Run only the server: listen on --listen, print the address, serve until killed.
     #[arg(long)]
     server: bool,
-    /// Address to listen on [default: tcp://127.0.0.1:0, inproc://0 for mem].
+    /// Address to listen on [default: tcp://127.0.0.1:0, tls://127.0.0.1:0 for tls, inproc://0
+    /// for mem].
     #[arg(long)]
     listen: Option<Address>,
     /// Run only the client, against a `--server` at this address.
@@ -143,6 +148,10 @@ pub(crate) struct TransportArgs {
     /// Tokio worker threads [default: one per core].
     #[arg(long)]
     threads: Option<usize>,
+    /// Certificates for `--transport tls` (default: a temporary cluster identity, made for
+    /// this run and removed after it).
+    #[command(flatten)]
+    tls: crate::cli::security::TlsArgs,
 }
 
 /// How long one run goes on.
@@ -190,12 +199,30 @@ pub(crate) fn run(args: TransportArgs) -> Result<(), String> {
     rt.block_on(run_async(args))
 }
 
-fn registry() -> Registry {
-    taskwire_transport_tcp::standard_registry(TransportConfig::default())
+/// A temporary cluster identity for `--transport tls` without certificates; removed on drop.
+struct TempIdentity(std::path::PathBuf);
+
+impl Drop for TempIdentity {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
-async fn run_async(args: TransportArgs) -> Result<(), String> {
-    let registry = registry();
+async fn run_async(mut args: TransportArgs) -> Result<(), String> {
+    let mut _identity = None;
+    let tls = &args.tls;
+    let no_files = tls.tls_ca_file.is_none() && tls.security_config.is_none();
+    if args.transport == TransportKind::Tls && no_files && !args.server && args.connect.is_none() {
+        let dir = std::env::temp_dir().join(format!("taskwire-bench-tls-{}", std::process::id()));
+        let g = taskwire_transport_tcp::tls::generate(&dir, &Default::default())
+            .map_err(|e| e.to_string())?;
+        _identity = Some(TempIdentity(dir));
+        args.tls.tls_ca_file = Some(g.ca_file);
+        args.tls.tls_cert = Some(g.cluster.cert);
+        args.tls.tls_key = Some(g.cluster.key);
+    }
+    let args = args;
+    let registry = args.tls.security()?.registry(TransportConfig::default());
     let listen = args
         .listen
         .clone()
@@ -248,6 +275,7 @@ fn spawn_server(args: &TransportArgs, listen: &Address) -> Result<(ChildGuard, A
     if let Some(n) = args.threads {
         cmd.arg("--threads").arg(n.to_string());
     }
+    cmd.args(args.tls.child_args());
     let mut child = ChildGuard(
         cmd.spawn()
             .map_err(|e| format!("cannot start the server: {e}"))?,

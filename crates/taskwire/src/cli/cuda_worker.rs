@@ -115,6 +115,8 @@ fn plan(args: &CudaWorkerArgs) -> Result<Plan, String> {
         DeviceMemoryLimit::parse(&args.device_memory_limit, |s| parse_memory(s, 1))?;
     let extra_resources = parse_resources(&args.resources)?;
     let lifetime = args.nanny.lifetime()?;
+    // Each worker child loads the certificates itself; a bad file is one error here instead.
+    args.nanny.tls.security()?;
     let host = match &args.host {
         Some(h) => Some(h.clone()),
         None => args.fabric.interface_host()?,
@@ -174,7 +176,7 @@ fn child_args(args: &CudaWorkerArgs, plan: &Plan, w: &GpuWorkerPlan) -> Vec<OsSt
         host: plan.host.as_deref(),
         local_directory: args.local_directory.as_deref(),
         dashboard_port: args.nanny.dashboard_port(w.index).ok().flatten(),
-        security: super::security::child_args(&args.nanny.auth, &args.nanny.data_port),
+        security: super::security::child_args(&args.nanny),
     }
     .args();
     a.push("--name".into());

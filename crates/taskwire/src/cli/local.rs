@@ -40,6 +40,10 @@ pub(crate) struct LocalArgs {
     /// connects, e.g. `taskwire submit` against a `--keep-running` cluster.
     #[command(flatten)]
     auth: super::security::AuthArgs,
+    /// With TLS, the loopback cluster speaks tls:// (for a `--keep-running` cluster that
+    /// others join).
+    #[command(flatten)]
+    tls: super::security::TlsArgs,
 }
 
 pub(crate) fn run(args: LocalArgs) -> Result<(), String> {
@@ -50,7 +54,7 @@ pub(crate) fn run(args: LocalArgs) -> Result<(), String> {
         } else {
             LocalTransport::Tcp
         };
-        let mut builder = LocalCluster::builder();
+        let mut builder = LocalCluster::builder().security(args.tls.security()?);
         if let Some(secret) = args.auth.secret_or_create()? {
             builder = builder.auth_token(secret);
         }

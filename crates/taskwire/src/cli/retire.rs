@@ -16,6 +16,8 @@ pub(crate) struct RetireArgs {
     scheduler_file: Option<PathBuf>,
     #[command(flatten)]
     auth: super::security::AuthArgs,
+    #[command(flatten)]
+    tls: super::security::TlsArgs,
     /// Worker names or data addresses.
     #[arg(required = true)]
     workers: Vec<String>,
@@ -25,7 +27,7 @@ pub(crate) fn run(args: RetireArgs) -> Result<(), String> {
     let scheduler =
         super::scheduler_address(args.scheduler.as_deref(), args.scheduler_file.as_deref())?;
     super::runtime()?.block_on(async {
-        let mut builder = Client::builder(scheduler.clone());
+        let mut builder = Client::builder(scheduler.clone()).security(args.tls.security()?);
         if let Some(secret) = args.auth.secret_with(args.scheduler_file.as_deref())? {
             builder = builder.auth_token(secret);
         }

@@ -36,6 +36,7 @@ pub(crate) struct SchedulerArgs {
     no_dashboard: bool,
     /// Transport for clients and workers: tcp, or ucx (shared memory, InfiniBand, NVLink) in a
     /// build with `--features ucx`. Workers and clients then use the `ucx://` address printed.
+    /// With the --tls-* flags, tcp means TLS over TCP (tls://).
     #[arg(long, default_value = "tcp", value_parser = parse_transport)]
     transport: Scheme,
     #[command(flatten)]
@@ -44,6 +45,8 @@ pub(crate) struct SchedulerArgs {
     policy: super::PolicyArgs,
     #[command(flatten)]
     security: super::security::SchedulerSecurityArgs,
+    #[command(flatten)]
+    tls: super::security::TlsArgs,
 }
 
 pub(crate) fn run(args: SchedulerArgs) -> Result<(), String> {
@@ -72,7 +75,8 @@ pub(crate) fn run(args: SchedulerArgs) -> Result<(), String> {
         if !args.no_dashboard {
             builder = builder.dashboard(&host, args.dashboard_port);
         }
-        builder = args.security.apply(builder)?;
+        // With TLS, the tcp:// listener becomes tls:// (and the address printed says so).
+        builder = args.security.apply(builder)?.security(args.tls.security()?);
         let scheduler = builder.start().await.map_err(|e| e.to_string())?;
         println!("Scheduler at: {}", scheduler.address());
         if let Some(link) = scheduler.dashboard_link() {

@@ -1,5 +1,6 @@
-//! Security flags: the cluster token (`--auth-token-file`) and the limits a listener puts on
-//! its peers. See docs/security.md.
+//! Security flags: the cluster token (`--auth-token-file`), TLS (`--tls-*`,
+//! `--require-encryption`, `--security-config`), the limits a listener puts on its peers, and
+//! `taskwire security generate`. See docs/security.md.
 
 use super::parse_positive_duration;
 use clap::Args;
@@ -7,6 +8,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use taskwire::ClusterSecret;
+use taskwire::{Security, TlsConfig, TlsFiles};
+use taskwire_transport_tcp::tls;
 
 /// `--auth-token-file` for processes that connect to a cluster (workers, submit, retire).
 #[derive(Args, Debug, Clone, Default)]
@@ -107,9 +110,10 @@ impl DataPortArgs {
     }
 }
 
-/// The security flags a nanny passes on to its worker children.
-pub(crate) fn child_args(auth: &AuthArgs, data: &DataPortArgs) -> Vec<OsString> {
-    let mut a: Vec<OsString> = Vec::new();
+/// The security flags a nanny passes on to its worker children: token, data-port limits, TLS.
+pub(crate) fn child_args(nanny: &super::worker::NannyArgs) -> Vec<OsString> {
+    let (auth, data) = (&nanny.auth, &nanny.data_port);
+    let mut a: Vec<OsString> = nanny.tls.child_args();
     if let Some(f) = &auth.auth_token_file {
         a.push("--auth-token-file".into());
         a.push(f.clone().into());
@@ -176,5 +180,247 @@ impl SchedulerSecurityArgs {
             .max_client_tasks(self.max_client_tasks)
             .max_client_backlog(self.max_client_backlog)
             .message_timeout(self.message_timeout))
+    }
+}
+
+/// TLS flags, on every command that listens or connects: `--tls-ca-file`, `--tls-cert`,
+/// `--tls-key`, `--require-encryption`, or the same from a `--security-config` file.
+#[derive(Args, Debug, Clone, Default)]
+pub(crate) struct TlsArgs {
+    /// The cluster CA's certificate (PEM): peers must present a certificate it signed. With
+    /// --tls-cert and --tls-key, this process speaks TLS (tls:// addresses) with mutual
+    /// authentication; `taskwire security generate DIR` makes all three.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tls_ca_file: Option<PathBuf>,
+    /// This process's certificate (PEM), signed by the cluster CA.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Refuse to listen on or connect to unencrypted addresses (tcp://, ucx://); needs TLS.
+    #[arg(long)]
+    pub(crate) require_encryption: bool,
+    /// Read the TLS settings from this JSON file ({"tls_ca_file", "tls_cert", "tls_key",
+    /// "require_encryption"}; relative paths are relative to the file), as `taskwire security
+    /// generate` writes it. Flags given as well take precedence.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) security_config: Option<PathBuf>,
+}
+
+/// The settings of a `--security-config` file.
+#[derive(serde::Deserialize, serde::Serialize, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SecurityConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_ca_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) require_encryption: bool,
+}
+
+impl SecurityConfig {
+    /// Read `path`; relative paths inside are taken relative to its directory.
+    pub(crate) fn read(path: &std::path::Path) -> Result<SecurityConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read security config {}: {e}", path.display()))?;
+        let mut c: SecurityConfig = serde_json::from_str(&text)
+            .map_err(|e| format!("security config {}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        for p in [&mut c.tls_ca_file, &mut c.tls_cert, &mut c.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(c)
+    }
+}
+
+impl TlsArgs {
+    /// The TLS files (flags over the config file) and whether encryption is required.
+    fn resolved(&self) -> Result<(Option<TlsFiles>, bool), String> {
+        let file = match &self.security_config {
+            Some(p) => SecurityConfig::read(p)?,
+            None => SecurityConfig::default(),
+        };
+        let files = TlsFiles::from_parts(
+            self.tls_ca_file.clone().or(file.tls_ca_file),
+            self.tls_cert.clone().or(file.tls_cert),
+            self.tls_key.clone().or(file.tls_key),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok((files, self.require_encryption || file.require_encryption))
+    }
+
+    /// The process's transport security: certificates loaded and checked, or a one-line error
+    /// naming the file and flag at fault.
+    pub(crate) fn security(&self) -> Result<Security, String> {
+        let (files, require) = self.resolved()?;
+        let mut s = Security::new().require_encryption(require);
+        match files {
+            Some(f) => s = s.tls(TlsConfig::load(&f).map_err(|e| e.to_string())?),
+            None if require => {
+                return Err(
+                    "--require-encryption needs TLS certificates: give --tls-ca-file, \
+                     --tls-cert and --tls-key (or --security-config); `taskwire security \
+                     generate DIR` makes them"
+                        .into(),
+                );
+            }
+            None => {}
+        }
+        Ok(s)
+    }
+
+    /// The same flags for a nanny's child, as given.
+    pub(crate) fn child_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        for (flag, v) in [
+            ("--tls-ca-file", &self.tls_ca_file),
+            ("--tls-cert", &self.tls_cert),
+            ("--tls-key", &self.tls_key),
+            ("--security-config", &self.security_config),
+        ] {
+            if let Some(p) = v {
+                a.push(flag.into());
+                a.push(p.clone().into());
+            }
+        }
+        if self.require_encryption {
+            a.push("--require-encryption".into());
+        }
+        a
+    }
+}
+
+/// `taskwire security ...`.
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum SecurityCommand {
+    /// Create a cluster CA and a certificate and key that the scheduler, the workers and the
+    /// clients can all use (and, with --per-role, one per role), plus a security config file;
+    /// prints the flags to use.
+    Generate(GenerateArgs),
+}
+
+/// `taskwire security generate DIR`.
+#[derive(Args, Debug)]
+pub(crate) struct GenerateArgs {
+    /// Directory to write into (created with mode 700; existing files are not overwritten).
+    dir: PathBuf,
+    /// Days the certificates are valid.
+    #[arg(long, default_value_t = 365)]
+    days: u32,
+    /// Also write scheduler.pem, worker.pem and client.pem with their keys.
+    #[arg(long)]
+    per_role: bool,
+    /// Write `"require_encryption": true` into the security config file.
+    #[arg(long)]
+    require_encryption: bool,
+}
+
+pub(crate) fn run(cmd: SecurityCommand) -> Result<(), String> {
+    match cmd {
+        SecurityCommand::Generate(args) => generate(args),
+    }
+}
+
+fn generate(args: GenerateArgs) -> Result<(), String> {
+    let config_path = args.dir.join("security.json");
+    if config_path.exists() {
+        return Err(format!(
+            "{} already exists (remove the old files or choose another directory)",
+            config_path.display()
+        ));
+    }
+    let g = tls::generate(
+        &args.dir,
+        &tls::GenerateOptions {
+            days: args.days,
+            per_role: args.per_role,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    // Absolute paths, so the flags printed work from any directory.
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let config = SecurityConfig {
+        tls_ca_file: Some(abs(&g.ca_file)),
+        tls_cert: Some(abs(&g.cluster.cert)),
+        tls_key: Some(abs(&g.cluster.key)),
+        require_encryption: args.require_encryption,
+    };
+    let body = serde_json::to_string_pretty(&config).expect("plain data");
+    std::fs::write(&config_path, format!("{body}\n"))
+        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    println!("CA certificate:  {}", abs(&g.ca_file).display());
+    for f in std::iter::once(&g.cluster).chain(&g.roles) {
+        println!(
+            "{:<16} {} (key {}, mode 600)",
+            format!("{} cert:", f.role),
+            abs(&f.cert).display(),
+            abs(&f.key).display()
+        );
+    }
+    println!("Security config: {}", abs(&config_path).display());
+    println!(
+        "\nGive the scheduler, every worker and every client these flags:\n  \
+         --tls-ca-file {} --tls-cert {} --tls-key {}\nor: --security-config {}",
+        abs(&g.ca_file).display(),
+        abs(&g.cluster.cert).display(),
+        abs(&g.cluster.key).display(),
+        abs(&config_path).display()
+    );
+    println!(
+        "The scheduler then listens on tls:// and prints its tls:// address. Certificates are \
+         valid for {} days and for any host; keep the key files private.",
+        args.days
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SecurityConfig, TlsArgs};
+    use std::path::PathBuf;
+
+    #[test]
+    fn security_config_resolves_paths_and_refuses_typos() {
+        let dir = std::env::temp_dir().join(format!("taskwire-seccfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("security.json");
+        std::fs::write(
+            &f,
+            r#"{"tls_ca_file": "ca.pem", "tls_cert": "/abs/c.pem", "tls_key": "k.pem",
+                "require_encryption": true}"#,
+        )
+        .unwrap();
+        let c = SecurityConfig::read(&f).unwrap();
+        assert_eq!(c.tls_ca_file, Some(dir.join("ca.pem")));
+        assert_eq!(c.tls_cert, Some(PathBuf::from("/abs/c.pem")));
+        assert!(c.require_encryption);
+        // Flags win over the file; a missing file is named with the flag that gave it.
+        let args = TlsArgs {
+            tls_key: Some("/nonexistent/key.pem".into()),
+            security_config: Some(f.clone()),
+            ..TlsArgs::default()
+        };
+        let e = args.security().unwrap_err();
+        assert!(e.contains("ca.pem") && e.contains("--tls-ca-file"), "{e}");
+        std::fs::write(&f, r#"{"tls_ca": "ca.pem"}"#).unwrap();
+        let e = SecurityConfig::read(&f).unwrap_err();
+        assert!(e.contains("unknown field `tls_ca`"), "{e}");
+        let e = TlsArgs {
+            require_encryption: true,
+            ..TlsArgs::default()
+        }
+        .security()
+        .unwrap_err();
+        assert!(e.contains("needs TLS certificates"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -28,6 +28,10 @@ pub(crate) struct StatusArgs {
     /// With a cluster token, the dashboard needs the credential derived from it.
     #[command(flatten)]
     auth: super::security::AuthArgs,
+    /// Accepted so one set of flags serves every command. The dashboard answers plain HTTP,
+    /// so with --require-encryption only a dashboard on this host (loopback) is read.
+    #[command(flatten)]
+    tls: super::security::TlsArgs,
 }
 
 /// `GET path` from `host:port` (with `Authorization: Bearer` when the cluster has a token);
@@ -79,6 +83,15 @@ pub(crate) fn run(args: StatusArgs) -> Result<(), String> {
         Address::Net { host, .. } => host.clone(),
         Address::Inproc(_) => return Err("an inproc:// scheduler has no dashboard".into()),
     };
+    if args.tls.security()?.requires_encryption()
+        && !taskwire_transport_tcp::is_loopback_host(&host)
+    {
+        return Err(format!(
+            "the dashboard at {host}:{} answers plain HTTP, which --require-encryption refuses \
+             off this host; run `taskwire status` on the scheduler's host",
+            args.dashboard_port
+        ));
+    }
     let hostport = if host.contains(':') {
         format!("[{host}]:{}", args.dashboard_port)
     } else {

@@ -16,6 +16,8 @@ pub(crate) struct SubmitArgs {
     scheduler_file: Option<PathBuf>,
     #[command(flatten)]
     auth: super::security::AuthArgs,
+    #[command(flatten)]
+    tls: super::security::TlsArgs,
     /// Run one task per index, e.g. 1-1000 or 1-10,20,30; `{i}` in the command becomes the index.
     #[arg(long)]
     array: Option<String>,
@@ -123,7 +125,7 @@ pub(crate) fn run(args: SubmitArgs) -> Result<(), String> {
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     super::runtime()?.block_on(async {
-        let mut builder = Client::builder(scheduler.clone());
+        let mut builder = Client::builder(scheduler.clone()).security(args.tls.security()?);
         if let Some(secret) = args.auth.secret_with(args.scheduler_file.as_deref())? {
             builder = builder.auth_token(secret);
         }

@@ -129,6 +129,8 @@ pub(crate) struct NannyArgs {
     /// unless given.
     #[arg(long, value_name = "PORT")]
     pub(crate) dashboard_port: Option<u16>,
+    #[command(flatten)]
+    pub(crate) tls: super::security::TlsArgs,
 }
 
 impl NannyArgs {
@@ -289,6 +291,8 @@ struct Plan {
     resources: Vec<(String, f64)>,
     death_timeout: Option<Duration>,
     lifetime: Option<(Duration, Duration)>,
+    /// TLS, loaded and checked here so that a bad file is one error, not a restart loop.
+    security: taskwire::Security,
 }
 
 fn plan(args: &WorkerArgs) -> Result<Plan, String> {
@@ -322,7 +326,9 @@ fn plan(args: &WorkerArgs) -> Result<Plan, String> {
     }
     let lifetime = args.nanny.lifetime()?;
     args.nanny.dashboard_port(args.nworkers - 1)?;
+    let security = args.nanny.tls.security()?;
     Ok(Plan {
+        security,
         nworkers: args.nworkers,
         nthreads: args
             .nthreads
@@ -440,7 +446,7 @@ fn child_args(args: &WorkerArgs, plan: &Plan, i: usize) -> Vec<OsString> {
         host: args.host.as_deref(),
         local_directory: args.local_directory.as_deref(),
         dashboard_port: args.nanny.dashboard_port(i).ok().flatten(),
-        security: super::security::child_args(&args.nanny.auth, &args.nanny.data_port),
+        security: super::security::child_args(&args.nanny),
     }
     .args();
     let mut opt = |flag: &str, value: String| {
@@ -603,6 +609,8 @@ async fn start_worker(
                 {
                     Err(Err(e.to_string()))
                 }
+                // Nor does a certificate the other side refuses, or a scheme that does not fit.
+                Ok(Err(e)) if tls_mismatch(&e.to_string()) => Err(Err(e.to_string())),
                 Ok(Err(e)) => Err(Ok(e.to_string())),
                 Err(_) => Err(Ok(format!("no answer within {attempt_timeout:?}"))),
             }
@@ -633,6 +641,23 @@ async fn start_worker(
     }
 }
 
+/// Whether a failure to reach the scheduler is a TLS mismatch that retrying cannot fix: a
+/// certificate refused either way, TLS against plain TCP, or an unencrypted address under
+/// `--require-encryption`.
+fn tls_mismatch(error: &str) -> bool {
+    [
+        "not signed by the cluster CA",
+        "refused our certificate",
+        "presented no certificate",
+        "speaks TLS",
+        "does not speak TLS",
+        "--require-encryption",
+        "has no TLS certificates",
+    ]
+    .iter()
+    .any(|m| error.contains(m))
+}
+
 fn builder(
     args: &WorkerArgs,
     plan: &Plan,
@@ -645,6 +670,7 @@ fn builder(
         Address::Inproc(_) => taskwire_transport::Scheme::Tcp,
     };
     let mut b = Worker::builder(scheduler)
+        .security(plan.security.clone())
         // The stock functions and the GPU ones (`gpu-info`, `gpu-saxpy`) on CUDA device 0, which
         // a cuda-worker child's rotated CUDA_VISIBLE_DEVICES makes its own GPU.
         .functions(taskwire_cuda_worker::worker_functions())
