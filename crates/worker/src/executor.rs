@@ -98,6 +98,7 @@ pub(crate) type DirectReport = Arc<dyn Fn(JobOutcome, bool) -> Option<JobOutcome
 /// that panics becomes an outcome of kind [`ErrorKindMsg::Panicked`]; the thread carries on.
 pub struct Executor {
     shared: Arc<Shared>,
+    env: Arc<Env>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -154,7 +155,39 @@ impl Executor {
                     .expect("spawning an executor thread")
             })
             .collect();
-        Executor { shared, threads }
+        Executor {
+            shared,
+            env,
+            threads,
+        }
+    }
+
+    /// Run `job` now on the calling thread, as thread 0, when its function was registered as
+    /// quick ([`Registry::register_quick`]) and no job is queued or running (so it overtakes
+    /// none, and thread 0's index is free); otherwise hand it back. A panic is caught as on
+    /// the executor's threads.
+    pub(crate) fn run_here(&self, job: Job) -> Result<JobOutcome, Job> {
+        let quick = match &job.kind {
+            TaskKindMsg::Function { name, .. } => self.env.registry.is_quick(name),
+            TaskKindMsg::Command(_) => false,
+        };
+        if !quick {
+            return Err(job);
+        }
+        {
+            let q = self.shared.lock();
+            // Only this thread submits jobs, so none can start while the quick one runs.
+            if q.paused || q.shutdown || !q.jobs.is_empty() || self.executing() > 0 {
+                return Err(job);
+            }
+        }
+        let start = Instant::now();
+        let result = run_job(0, &self.env, &job);
+        Ok(JobOutcome {
+            task: job.task,
+            result,
+            duration: start.elapsed(),
+        })
     }
 
     /// Queue `job`; never blocks on running jobs.
@@ -593,6 +626,80 @@ mod tests {
         assert_eq!((ex.queued(), ex.executing()), (0, 0));
         ex.shutdown();
         assert!(rx.blocking_recv().is_none());
+    }
+
+    #[test]
+    fn quick_functions_run_here_only_on_an_idle_executor() {
+        let (reg, gate) = gated();
+        let (ex, mut rx) = start(1, reg);
+        // Quick and idle: runs on this thread, as thread 0; nothing goes to the channel.
+        let o = ex.run_here(func(1, "inc", &encode_i64(1), vec![])).unwrap();
+        assert_eq!(
+            (o.task, decode_i64(&o.result.unwrap()).unwrap()),
+            (TaskId(1), 2)
+        );
+        // A panic is caught here too.
+        let e = ex.run_here(func(2, "panic", b"boom", vec![])).unwrap();
+        assert_eq!(
+            e.result.unwrap_err(),
+            TaskErrorMsg {
+                kind: ErrorKindMsg::Panicked,
+                message: "task panicked: boom".into()
+            }
+        );
+        // Not quick: handed back.
+        assert_eq!(
+            ex.run_here(func(3, "sleep", &[], vec![])).unwrap_err().task,
+            TaskId(3)
+        );
+        // A job running: handed back, so the quick one overtakes nothing.
+        ex.submit(func(4, "wait", &[], vec![]));
+        while ex.executing() == 0 {
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            ex.run_here(func(5, "inc", &[], vec![])).unwrap_err().task,
+            TaskId(5)
+        );
+        open(&gate);
+        assert_eq!(rx.blocking_recv().unwrap().task, TaskId(4));
+        // Paused: handed back.
+        ex.set_paused(true);
+        assert!(ex.run_here(func(6, "noop", &[], vec![])).is_err());
+        ex.set_paused(false);
+        assert!(ex.run_here(func(7, "noop", &[], vec![])).is_ok());
+        ex.shutdown();
+        assert!(rx.blocking_recv().is_none(), "nothing else reported");
+    }
+
+    #[test]
+    fn direct_report_takes_outcomes_and_can_hand_them_back() {
+        let (tx, mut rx) = unbounded_channel();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let direct: DirectReport = {
+            let seen = seen.clone();
+            // Takes task 1, hands task 2 back to the channel.
+            Arc::new(move |o: JobOutcome, queued| {
+                seen.lock().unwrap().push((o.task, queued));
+                (o.task != TaskId(1)).then_some(o)
+            })
+        };
+        let ex = Executor::start_reporting(
+            1,
+            Registry::stock(),
+            "w1".into(),
+            std::env::temp_dir(),
+            tx,
+            Some(direct),
+        );
+        ex.submit(func(1, "noop", &[], vec![]));
+        ex.submit(func(2, "noop", &[], vec![]));
+        assert_eq!(rx.blocking_recv().unwrap().task, TaskId(2));
+        ex.shutdown();
+        assert!(rx.blocking_recv().is_none());
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1], (TaskId(2), false));
     }
 
     #[test]

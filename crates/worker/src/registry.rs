@@ -29,7 +29,14 @@ pub type TaskFn = dyn Fn(&TaskContext<'_>, &[u8], &[Bytes]) -> TaskResult + Send
 /// clone handed to an executor never changes under it.
 #[derive(Clone, Default)]
 pub struct Registry {
-    fns: Arc<HashMap<String, Arc<TaskFn>>>,
+    fns: Arc<HashMap<String, Entry>>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    f: Arc<TaskFn>,
+    /// Registered with [`Registry::register_quick`].
+    quick: bool,
 }
 
 impl Registry {
@@ -50,13 +57,35 @@ impl Registry {
     where
         F: Fn(&TaskContext<'_>, &[u8], &[Bytes]) -> TaskResult + Send + Sync + 'static,
     {
-        Arc::make_mut(&mut self.fns).insert(name.to_owned(), Arc::new(f));
+        self.insert(name, Arc::new(f), false)
+    }
+
+    /// Register a function that returns within microseconds and never blocks (no I/O, no
+    /// locks held by other tasks, no sleeping). When the worker's threads are all idle, it may
+    /// run such a task at once on the thread that received it, as executor thread 0, instead
+    /// of waking an executor thread for it: one thread hand-off less per task. A panic is
+    /// still caught and reported; a slow function registered here holds up the worker's
+    /// messages while it runs, so register anything doubtful with [`Registry::register`].
+    pub fn register_quick<F>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        F: Fn(&TaskContext<'_>, &[u8], &[Bytes]) -> TaskResult + Send + Sync + 'static,
+    {
+        self.insert(name, Arc::new(f), true)
+    }
+
+    fn insert(&mut self, name: &str, f: Arc<TaskFn>, quick: bool) -> &mut Self {
+        Arc::make_mut(&mut self.fns).insert(name.to_owned(), Entry { f, quick });
         self
+    }
+
+    /// Whether `name` was registered with [`Registry::register_quick`].
+    pub fn is_quick(&self, name: &str) -> bool {
+        self.fns.get(name).is_some_and(|e| e.quick)
     }
 
     /// The function registered under `name`.
     pub fn get(&self, name: &str) -> Option<&TaskFn> {
-        self.fns.get(name).map(|f| &**f)
+        self.fns.get(name).map(|e| &*e.f)
     }
 
     /// Registered names, sorted.

@@ -869,6 +869,14 @@ impl State {
                     }
                 }
                 self.flush_fetches();
+                if jobs.len() == 1 {
+                    // A lone quick task on an idle worker runs here, without waking a thread.
+                    match self.executor.run_here(jobs.pop().expect("one job")) {
+                        // Reported by the flush that follows this message.
+                        Ok(outcome) => self.finish(outcome),
+                        Err(job) => jobs.push(job),
+                    }
+                }
                 self.executor.submit_all(jobs);
             }
             ToWorker::Free(tasks) => {
