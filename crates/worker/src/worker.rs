@@ -409,6 +409,8 @@ impl WorkerBuilder {
         let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
         let reporter = Arc::new(Reporter {
             running: Mutex::new(HashSet::new()),
+            held: Mutex::new(Vec::new()),
+            held_ready: tokio::sync::Notify::new(),
             store: store.clone(),
             counters: counters.clone(),
             sender: sender.clone(),
@@ -648,12 +650,19 @@ struct Fetch {
 /// What an executor thread needs to report a task it finished itself, with no hand-off to the
 /// worker loop: when the result is small (it travels inline with the report) and the worker is
 /// not busy (a busy worker's reports are held and batched by the loop, see [`REPORT_DELAY`]).
-/// Errors, large results and outcomes of a busy worker go through the loop as before.
+/// Errors and large results go through the loop's channel as before; outcomes of a busy worker
+/// wait in `held` for the loop's next report, which wakes the loop once per report rather than
+/// once per task.
 struct Reporter {
     /// Tasks handed to the executor and not finished. Its lock also makes "still wanted?
     /// then store the result" (here) atomic with "forget the task" (the loop's `Free`): a
     /// result never lands in the store after its task was freed.
     running: Mutex<HashSet<TaskId>>,
+    /// Outcomes of a busy worker, for the loop's next report.
+    held: Mutex<Vec<JobOutcome>>,
+    /// Told when `held` gets its first outcome (the loop then times the report) and when it
+    /// reaches [`MAX_HELD_REPORTS`] (the loop then reports at once).
+    held_ready: tokio::sync::Notify,
     store: Arc<Store>,
     counters: Arc<Counters>,
     sender: ConnSender,
@@ -667,10 +676,19 @@ impl Reporter {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Report `outcome` now from this executor thread, or hand it back to go to the loop.
+    /// Report `outcome` now from this executor thread, hold it for the loop's next report
+    /// (`queued`: the worker is busy), or hand it back to go to the loop.
     fn report(&self, outcome: JobOutcome, queued: bool) -> Option<JobOutcome> {
+        if queued {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            held.push(outcome);
+            if held.len() == 1 || held.len() == MAX_HELD_REPORTS {
+                self.held_ready.notify_one();
+            }
+            return None;
+        }
         let small = matches!(&outcome.result, Ok(v) if v.len() <= MAX_INLINE_RESULT);
-        if queued || !small {
+        if !small {
             return Some(outcome);
         }
         let Ok(value) = outcome.result else {
@@ -759,7 +777,10 @@ impl State {
         // REPORT_DELAY: the scheduler already gave this worker its next tasks, so an earlier
         // report changes nothing but costs a message (and wake-ups) per task on every hop.
         let mut report_at: Option<tokio::time::Instant> = None;
+        let reporter = self.reporter.clone();
         let reason = loop {
+            // Report the held outcomes now rather than at `report_at`.
+            let mut report_now = false;
             let deferred = async {
                 match report_at {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -795,6 +816,13 @@ impl State {
                         self.finish(outcome);
                     }
                 }
+                () = reporter.held_ready.notified() => {
+                    if reporter.held.lock().map_or(true, |h| h.len() >= MAX_HELD_REPORTS) {
+                        report_now = true;
+                    } else if report_at.is_none() {
+                        report_at = Some(tokio::time::Instant::now() + REPORT_DELAY);
+                    }
+                }
                 Some(f) = fetches.recv() => self.fetched(f),
                 Ok(()) = self.paused.changed() => {
                     let paused = *self.paused.borrow_and_update();
@@ -823,7 +851,8 @@ impl State {
             {
                 report_at = Some(tokio::time::Instant::now() + REPORT_DELAY);
             }
-            if report_at.is_some_and(|at| at > tokio::time::Instant::now())
+            if !report_now
+                && report_at.is_some_and(|at| at > tokio::time::Instant::now())
                 && self.finished.len() < MAX_HELD_REPORTS
             {
                 // Only the finished-task report waits; everything else goes out now.
@@ -838,6 +867,11 @@ impl State {
                 continue;
             }
             report_at = None;
+            let held =
+                std::mem::take(&mut *reporter.held.lock().unwrap_or_else(|p| p.into_inner()));
+            for outcome in held {
+                self.finish(outcome);
+            }
             if self.flush().await.is_err() {
                 break StopReason::LostScheduler("the connection failed while reporting".into());
             }
