@@ -156,6 +156,21 @@ mod tests {
     }
 
     #[test]
+    fn quick_is_per_name_and_replaced_with_the_function() {
+        let mut r = Registry::new();
+        r.register_quick("q", |_, _, _| Ok(Bytes::new()))
+            .register("slow", |_, _, _| Ok(Bytes::new()));
+        assert!(r.is_quick("q"));
+        assert!(!r.is_quick("slow"));
+        assert!(!r.is_quick("missing"));
+        r.register("q", |_, _, _| Ok(Bytes::new()));
+        assert!(!r.is_quick("q"), "re-registered as not quick");
+        let stock = Registry::stock();
+        assert!(stock.is_quick("inc") && stock.is_quick("panic"));
+        assert!(!stock.is_quick("sleep") && !stock.is_quick("make-bytes"));
+    }
+
+    #[test]
     fn registry_is_send_and_sync() {
         fn check<T: Send + Sync + Clone>() {}
         check::<Registry>();
