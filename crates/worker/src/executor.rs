@@ -164,26 +164,26 @@ impl Executor {
 
     /// Run `job` now on the calling thread, as thread 0, when its function was registered as
     /// quick ([`Registry::register_quick`]) and no job is queued or running (so it overtakes
-    /// none, and thread 0's index is free); otherwise hand it back. A panic is caught as on
-    /// the executor's threads.
-    pub(crate) fn run_here(&self, job: Job) -> Result<JobOutcome, Job> {
+    /// none, and thread 0's index is free); `None` when it did not run. A panic is caught as
+    /// on the executor's threads.
+    pub(crate) fn run_here(&self, job: &Job) -> Option<JobOutcome> {
         let quick = match &job.kind {
             TaskKindMsg::Function { name, .. } => self.env.registry.is_quick(name),
             TaskKindMsg::Command(_) => false,
         };
         if !quick {
-            return Err(job);
+            return None;
         }
         {
             let q = self.shared.lock();
             // Only this thread submits jobs, so none can start while the quick one runs.
             if q.paused || q.shutdown || !q.jobs.is_empty() || self.executing() > 0 {
-                return Err(job);
+                return None;
             }
         }
         let start = Instant::now();
-        let result = run_job(0, &self.env, &job);
-        Ok(JobOutcome {
+        let result = run_job(0, &self.env, job);
+        Some(JobOutcome {
             task: job.task,
             result,
             duration: start.elapsed(),
@@ -633,13 +633,15 @@ mod tests {
         let (reg, gate) = gated();
         let (ex, mut rx) = start(1, reg);
         // Quick and idle: runs on this thread, as thread 0; nothing goes to the channel.
-        let o = ex.run_here(func(1, "inc", &encode_i64(1), vec![])).unwrap();
+        let o = ex
+            .run_here(&func(1, "inc", &encode_i64(1), vec![]))
+            .unwrap();
         assert_eq!(
             (o.task, decode_i64(&o.result.unwrap()).unwrap()),
             (TaskId(1), 2)
         );
         // A panic is caught here too.
-        let e = ex.run_here(func(2, "panic", b"boom", vec![])).unwrap();
+        let e = ex.run_here(&func(2, "panic", b"boom", vec![])).unwrap();
         assert_eq!(
             e.result.unwrap_err(),
             TaskErrorMsg {
@@ -647,27 +649,21 @@ mod tests {
                 message: "task panicked: boom".into()
             }
         );
-        // Not quick: handed back.
-        assert_eq!(
-            ex.run_here(func(3, "sleep", &[], vec![])).unwrap_err().task,
-            TaskId(3)
-        );
-        // A job running: handed back, so the quick one overtakes nothing.
+        // Not quick: not run.
+        assert!(ex.run_here(&func(3, "sleep", &[], vec![])).is_none());
+        // A job running: not run, so the quick one overtakes nothing.
         ex.submit(func(4, "wait", &[], vec![]));
         while ex.executing() == 0 {
             std::thread::yield_now();
         }
-        assert_eq!(
-            ex.run_here(func(5, "inc", &[], vec![])).unwrap_err().task,
-            TaskId(5)
-        );
+        assert!(ex.run_here(&func(5, "inc", &[], vec![])).is_none());
         open(&gate);
         assert_eq!(rx.blocking_recv().unwrap().task, TaskId(4));
-        // Paused: handed back.
+        // Paused: not run.
         ex.set_paused(true);
-        assert!(ex.run_here(func(6, "noop", &[], vec![])).is_err());
+        assert!(ex.run_here(&func(6, "noop", &[], vec![])).is_none());
         ex.set_paused(false);
-        assert!(ex.run_here(func(7, "noop", &[], vec![])).is_ok());
+        assert!(ex.run_here(&func(7, "noop", &[], vec![])).is_some());
         ex.shutdown();
         assert!(rx.blocking_recv().is_none(), "nothing else reported");
     }

@@ -903,13 +903,13 @@ impl State {
                     }
                 }
                 self.flush_fetches();
-                if jobs.len() == 1 {
-                    // A lone quick task on an idle worker runs here, without waking a thread.
-                    match self.executor.run_here(jobs.pop().expect("one job")) {
-                        // Reported by the flush that follows this message.
-                        Ok(outcome) => self.finish(outcome),
-                        Err(job) => jobs.push(job),
-                    }
+                // A lone quick task on an idle worker runs here, without waking a thread;
+                // it is reported by the flush that follows this message.
+                if let [job] = &jobs[..]
+                    && let Some(outcome) = self.executor.run_here(job)
+                {
+                    jobs.clear();
+                    self.finish(outcome);
                 }
                 self.executor.submit_all(jobs);
             }
