@@ -18,6 +18,9 @@
 //! | `alloc`      | u64 n [, u64 ms]        | n as i64, after allocating and touching n bytes and holding them ms milliseconds |
 //!
 //! Arithmetic overflow is an error, never a wrap.
+//!
+//! `noop`, `inc`, `add`, `sum`, `len`, `fail`, `panic` and `identity` are registered as quick
+//! ([`Registry::register_quick`]): a lone one on an idle worker runs on its event loop.
 
 use crate::registry::{Registry, TaskContext, TaskResult};
 use bytes::Bytes;
