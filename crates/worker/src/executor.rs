@@ -86,12 +86,19 @@ impl Shared {
     }
 }
 
+/// Reports a finished job from the executor thread that ran it, instead of sending its outcome
+/// through the channel (one thread wake-up less per task). It gets the outcome and whether jobs
+/// are queued behind it, and hands the outcome back when it should go through the channel
+/// after all (`None`: dealt with).
+pub(crate) type DirectReport = Arc<dyn Fn(JobOutcome, bool) -> Option<JobOutcome> + Send + Sync>;
+
 /// A pool of `nthreads` OS threads running jobs in submission order (FIFO).
 ///
 /// Outcomes go to the channel given to [`Executor::start`], one per job that ran. A function
 /// that panics becomes an outcome of kind [`ErrorKindMsg::Panicked`]; the thread carries on.
 pub struct Executor {
     shared: Arc<Shared>,
+    env: Arc<Env>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -109,6 +116,18 @@ impl Executor {
         local_dir: PathBuf,
         outcomes: UnboundedSender<JobOutcome>,
     ) -> Executor {
+        Executor::start_reporting(nthreads, registry, worker_name, local_dir, outcomes, None)
+    }
+
+    /// [`Executor::start`], with outcomes offered to `direct` first.
+    pub(crate) fn start_reporting(
+        nthreads: usize,
+        registry: Registry,
+        worker_name: String,
+        local_dir: PathBuf,
+        outcomes: UnboundedSender<JobOutcome>,
+        direct: Option<DirectReport>,
+    ) -> Executor {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
@@ -124,6 +143,7 @@ impl Executor {
             worker_name,
             local_dir,
             outcomes,
+            direct,
         });
         let threads = (0..nthreads.max(1))
             .map(|i| {
@@ -135,7 +155,39 @@ impl Executor {
                     .expect("spawning an executor thread")
             })
             .collect();
-        Executor { shared, threads }
+        Executor {
+            shared,
+            env,
+            threads,
+        }
+    }
+
+    /// Run `job` now on the calling thread, as thread 0, when its function was registered as
+    /// quick ([`Registry::register_quick`]) and no job is queued or running (so it overtakes
+    /// none, and thread 0's index is free); `None` when it did not run. A panic is caught as
+    /// on the executor's threads.
+    pub(crate) fn run_here(&self, job: &Job) -> Option<JobOutcome> {
+        let quick = match &job.kind {
+            TaskKindMsg::Function { name, .. } => self.env.registry.is_quick(name),
+            TaskKindMsg::Command(_) => false,
+        };
+        if !quick {
+            return None;
+        }
+        {
+            let q = self.shared.lock();
+            // Only this thread submits jobs, so none can start while the quick one runs.
+            if q.paused || q.shutdown || !q.jobs.is_empty() || self.executing() > 0 {
+                return None;
+            }
+        }
+        let start = Instant::now();
+        let result = run_job(0, &self.env, job);
+        Some(JobOutcome {
+            task: job.task,
+            result,
+            duration: start.elapsed(),
+        })
     }
 
     /// Queue `job`; never blocks on running jobs.
@@ -239,6 +291,7 @@ struct Env {
     worker_name: String,
     local_dir: PathBuf,
     outcomes: UnboundedSender<JobOutcome>,
+    direct: Option<DirectReport>,
 }
 
 fn run_thread(thread: usize, shared: &Shared, env: &Env) {
@@ -265,12 +318,22 @@ fn run_thread(thread: usize, shared: &Shared, env: &Env) {
         let result = run_job(thread, env, &job);
         let duration = start.elapsed();
         shared.executing.fetch_sub(1, Ordering::AcqRel);
-        // A closed channel means the worker is going away; the outcome has no one to go to.
-        let _ = env.outcomes.send(JobOutcome {
+        let outcome = JobOutcome {
             task: job.task,
             result,
             duration,
-        });
+        };
+        let outcome = match &env.direct {
+            Some(direct) => {
+                let queued = !shared.lock().jobs.is_empty();
+                direct(outcome, queued)
+            }
+            None => Some(outcome),
+        };
+        if let Some(outcome) = outcome {
+            // A closed channel means the worker is going away; the outcome has no one to go to.
+            let _ = env.outcomes.send(outcome);
+        }
     }
 }
 
@@ -563,6 +626,76 @@ mod tests {
         assert_eq!((ex.queued(), ex.executing()), (0, 0));
         ex.shutdown();
         assert!(rx.blocking_recv().is_none());
+    }
+
+    #[test]
+    fn quick_functions_run_here_only_on_an_idle_executor() {
+        let (reg, gate) = gated();
+        let (ex, mut rx) = start(1, reg);
+        // Quick and idle: runs on this thread, as thread 0; nothing goes to the channel.
+        let o = ex
+            .run_here(&func(1, "inc", &encode_i64(1), vec![]))
+            .unwrap();
+        assert_eq!(
+            (o.task, decode_i64(&o.result.unwrap()).unwrap()),
+            (TaskId(1), 2)
+        );
+        // A panic is caught here too.
+        let e = ex.run_here(&func(2, "panic", b"boom", vec![])).unwrap();
+        assert_eq!(
+            e.result.unwrap_err(),
+            TaskErrorMsg {
+                kind: ErrorKindMsg::Panicked,
+                message: "task panicked: boom".into()
+            }
+        );
+        // Not quick: not run.
+        assert!(ex.run_here(&func(3, "sleep", &[], vec![])).is_none());
+        // A job running: not run, so the quick one overtakes nothing.
+        ex.submit(func(4, "wait", &[], vec![]));
+        while ex.executing() == 0 {
+            std::thread::yield_now();
+        }
+        assert!(ex.run_here(&func(5, "inc", &[], vec![])).is_none());
+        open(&gate);
+        assert_eq!(rx.blocking_recv().unwrap().task, TaskId(4));
+        // Paused: not run.
+        ex.set_paused(true);
+        assert!(ex.run_here(&func(6, "noop", &[], vec![])).is_none());
+        ex.set_paused(false);
+        assert!(ex.run_here(&func(7, "noop", &[], vec![])).is_some());
+        ex.shutdown();
+        assert!(rx.blocking_recv().is_none(), "nothing else reported");
+    }
+
+    #[test]
+    fn direct_report_takes_outcomes_and_can_hand_them_back() {
+        let (tx, mut rx) = unbounded_channel();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let direct: DirectReport = {
+            let seen = seen.clone();
+            // Takes task 1, hands task 2 back to the channel.
+            Arc::new(move |o: JobOutcome, queued| {
+                seen.lock().unwrap().push((o.task, queued));
+                (o.task != TaskId(1)).then_some(o)
+            })
+        };
+        let ex = Executor::start_reporting(
+            1,
+            Registry::stock(),
+            "w1".into(),
+            std::env::temp_dir(),
+            tx,
+            Some(direct),
+        );
+        ex.submit(func(1, "noop", &[], vec![]));
+        ex.submit(func(2, "noop", &[], vec![]));
+        assert_eq!(rx.blocking_recv().unwrap().task, TaskId(2));
+        ex.shutdown();
+        assert!(rx.blocking_recv().is_none());
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1], (TaskId(2), false));
     }
 
     #[test]

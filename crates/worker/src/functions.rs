@@ -18,6 +18,9 @@
 //! | `alloc`      | u64 n [, u64 ms]        | n as i64, after allocating and touching n bytes and holding them ms milliseconds |
 //!
 //! Arithmetic overflow is an error, never a wrap.
+//!
+//! `noop`, `inc`, `add`, `sum`, `len`, `fail`, `panic` and `identity` are registered as quick
+//! ([`Registry::register_quick`]): a lone one on an idle worker runs on its event loop.
 
 use crate::registry::{Registry, TaskContext, TaskResult};
 use bytes::Bytes;
@@ -84,16 +87,17 @@ pub fn pattern_bytes(n: usize) -> Result<Bytes, String> {
 }
 
 pub(crate) fn register_stock(r: &mut Registry) {
-    r.register("noop", noop)
+    // Quick: a few arithmetic operations on small inputs (see `Registry::register_quick`).
+    r.register_quick("noop", noop)
         .register("sleep", sleep)
-        .register("inc", inc)
-        .register("add", |c, a, i| sum_named("add", c, a, i))
-        .register("sum", |c, a, i| sum_named("sum", c, a, i))
+        .register_quick("inc", inc)
+        .register_quick("add", |c, a, i| sum_named("add", c, a, i))
+        .register_quick("sum", |c, a, i| sum_named("sum", c, a, i))
         .register("make-bytes", make_bytes)
-        .register("len", len)
-        .register("fail", fail)
-        .register("panic", panic)
-        .register("identity", identity)
+        .register_quick("len", len)
+        .register_quick("fail", fail)
+        .register_quick("panic", panic)
+        .register_quick("identity", identity)
         .register("checksum", checksum)
         .register("alloc", alloc);
 }

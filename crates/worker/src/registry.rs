@@ -29,7 +29,14 @@ pub type TaskFn = dyn Fn(&TaskContext<'_>, &[u8], &[Bytes]) -> TaskResult + Send
 /// clone handed to an executor never changes under it.
 #[derive(Clone, Default)]
 pub struct Registry {
-    fns: Arc<HashMap<String, Arc<TaskFn>>>,
+    fns: Arc<HashMap<String, Entry>>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    f: Arc<TaskFn>,
+    /// Registered with [`Registry::register_quick`].
+    quick: bool,
 }
 
 impl Registry {
@@ -50,13 +57,35 @@ impl Registry {
     where
         F: Fn(&TaskContext<'_>, &[u8], &[Bytes]) -> TaskResult + Send + Sync + 'static,
     {
-        Arc::make_mut(&mut self.fns).insert(name.to_owned(), Arc::new(f));
+        self.insert(name, Arc::new(f), false)
+    }
+
+    /// Register a function that returns within microseconds and never blocks (no I/O, no
+    /// locks held by other tasks, no sleeping). When the worker's threads are all idle, it may
+    /// run such a task at once on the thread that received it, as executor thread 0, instead
+    /// of waking an executor thread for it: one thread hand-off less per task. A panic is
+    /// still caught and reported; a slow function registered here holds up the worker's
+    /// messages while it runs, so register anything doubtful with [`Registry::register`].
+    pub fn register_quick<F>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        F: Fn(&TaskContext<'_>, &[u8], &[Bytes]) -> TaskResult + Send + Sync + 'static,
+    {
+        self.insert(name, Arc::new(f), true)
+    }
+
+    fn insert(&mut self, name: &str, f: Arc<TaskFn>, quick: bool) -> &mut Self {
+        Arc::make_mut(&mut self.fns).insert(name.to_owned(), Entry { f, quick });
         self
+    }
+
+    /// Whether `name` was registered with [`Registry::register_quick`].
+    pub fn is_quick(&self, name: &str) -> bool {
+        self.fns.get(name).is_some_and(|e| e.quick)
     }
 
     /// The function registered under `name`.
     pub fn get(&self, name: &str) -> Option<&TaskFn> {
-        self.fns.get(name).map(|f| &**f)
+        self.fns.get(name).map(|e| &*e.f)
     }
 
     /// Registered names, sorted.
@@ -124,6 +153,21 @@ mod tests {
         b.register("y", |_, _, _| Ok(Bytes::new()));
         assert_eq!(a.names(), ["x"]);
         assert_eq!(b.names(), ["x", "y"]);
+    }
+
+    #[test]
+    fn quick_is_per_name_and_replaced_with_the_function() {
+        let mut r = Registry::new();
+        r.register_quick("q", |_, _, _| Ok(Bytes::new()))
+            .register("slow", |_, _, _| Ok(Bytes::new()));
+        assert!(r.is_quick("q"));
+        assert!(!r.is_quick("slow"));
+        assert!(!r.is_quick("missing"));
+        r.register("q", |_, _, _| Ok(Bytes::new()));
+        assert!(!r.is_quick("q"), "re-registered as not quick");
+        let stock = Registry::stock();
+        assert!(stock.is_quick("inc") && stock.is_quick("panic"));
+        assert!(!stock.is_quick("sleep") && !stock.is_quick("make-bytes"));
     }
 
     #[test]

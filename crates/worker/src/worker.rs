@@ -1,7 +1,7 @@
 //! The worker process: registration with the scheduler, the event loop that turns `Compute`
 //! messages into executor jobs (fetching missing inputs from peers first), and batched reports.
 
-use crate::executor::{Executor, Job, JobOutcome};
+use crate::executor::{DirectReport, Executor, Job, JobOutcome};
 use crate::memory::{MemoryConfig, MemoryRelease, MemorySource, Monitor, threshold};
 use crate::metrics::{self, Counters};
 use crate::peer::{self, PeerPool};
@@ -10,7 +10,7 @@ use crate::store::{Lookup, SpillSettings, Store};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use taskwire_protocol::connection::ConnectError;
 use taskwire_protocol::{
@@ -425,12 +425,27 @@ impl WorkerBuilder {
             counters.clone(),
         ));
         let (outcome_tx, outcome_rx) = mpsc::unbounded_channel();
-        let executor = Executor::start(
+        let reporter = Arc::new(Reporter {
+            running: Mutex::new(HashSet::new()),
+            held: Mutex::new(Vec::new()),
+            held_ready: tokio::sync::Notify::new(),
+            store: store.clone(),
+            counters: counters.clone(),
+            sender: sender.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let direct: DirectReport = {
+            let reporter = reporter.clone();
+            Arc::new(move |outcome, queued| reporter.report(outcome, queued))
+        };
+        let executor = Executor::start_reporting(
             nthreads,
             self.functions,
             name.clone(),
             local_dir,
             outcome_tx,
+            // Not in zero-worker mode: nothing runs there.
+            (!self.zero_worker).then_some(direct),
         );
         let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
         let state = State {
@@ -445,7 +460,7 @@ impl WorkerBuilder {
             waiting: HashMap::new(),
             fetching: HashMap::new(),
             fetched: HashMap::new(),
-            running: HashSet::new(),
+            reporter,
             finished: Vec::new(),
             erred: Vec::new(),
             fetch_tx,
@@ -650,6 +665,80 @@ struct Fetch {
     keep: bool,
 }
 
+/// What an executor thread needs to report a task it finished itself, with no hand-off to the
+/// worker loop: when the result is small (it travels inline with the report) and the worker is
+/// not busy (a busy worker's reports are held and batched by the loop, see [`REPORT_DELAY`]).
+/// Errors and large results go through the loop's channel as before; outcomes of a busy worker
+/// wait in `held` for the loop's next report, which wakes the loop once per report rather than
+/// once per task.
+struct Reporter {
+    /// Tasks handed to the executor and not finished. Its lock also makes "still wanted?
+    /// then store the result" (here) atomic with "forget the task" (the loop's `Free`): a
+    /// result never lands in the store after its task was freed.
+    running: Mutex<HashSet<TaskId>>,
+    /// Outcomes of a busy worker, for the loop's next report.
+    held: Mutex<Vec<JobOutcome>>,
+    /// Told when `held` gets its first outcome (the loop then times the report) and when it
+    /// reaches [`MAX_HELD_REPORTS`] (the loop then reports at once).
+    held_ready: tokio::sync::Notify,
+    store: Arc<Store>,
+    counters: Arc<Counters>,
+    sender: ConnSender,
+    /// To wait for room in the connection's queue from an executor thread.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Reporter {
+    fn running(&self) -> MutexGuard<'_, HashSet<TaskId>> {
+        // Nothing panics while holding it; carry on if something did.
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Report `outcome` now from this executor thread, hold it for the loop's next report
+    /// (`queued`: the worker is busy), or hand it back to go to the loop.
+    fn report(&self, outcome: JobOutcome, queued: bool) -> Option<JobOutcome> {
+        if queued {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            held.push(outcome);
+            if held.len() == 1 || held.len() == MAX_HELD_REPORTS {
+                self.held_ready.notify_one();
+            }
+            return None;
+        }
+        let small = matches!(&outcome.result, Ok(v) if v.len() <= MAX_INLINE_RESULT);
+        if !small {
+            return Some(outcome);
+        }
+        let Ok(value) = outcome.result else {
+            unreachable!("checked above")
+        };
+        let nbytes = value.len() as u64;
+        {
+            let mut running = self.running();
+            if !running.remove(&outcome.task) {
+                // Freed or stolen while it ran: the scheduler no longer wants it.
+                return None;
+            }
+            self.store.insert(outcome.task, value.clone());
+        }
+        self.counters
+            .tasks_finished
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let report = FromWorker::TasksFinished(vec![TaskFinishedMsg {
+            task: outcome.task,
+            nbytes,
+            duration_us: outcome.duration.as_micros() as u64,
+            inline: Some(value.to_vec()),
+        }]);
+        // Written at once when nothing is queued on the connection; a full queue is waited
+        // for. An error means the connection is gone, which the loop sees and acts on.
+        if let Ok(Some(msg)) = self.sender.try_send(Message::new(encode(&report))) {
+            let _ = self.runtime.block_on(self.sender.send(msg));
+        }
+        None
+    }
+}
+
 struct State {
     /// The worker's GPU memory, read for each heartbeat.
     gpu: Option<GpuMemory>,
@@ -667,8 +756,8 @@ struct State {
     fetching: HashMap<TaskId, Fetch>,
     /// Fetched inputs, held only until the tasks that wait for them have started.
     fetched: HashMap<TaskId, (Bytes, usize)>,
-    /// Tasks handed to the executor and not finished.
-    running: HashSet<TaskId>,
+    /// Tasks handed to the executor and not finished, and the executor threads' own reports.
+    reporter: Arc<Reporter>,
     finished: Vec<TaskFinishedMsg>,
     erred: Vec<(TaskId, TaskErrorMsg)>,
     fetch_tx: mpsc::UnboundedSender<Fetched>,
@@ -706,7 +795,10 @@ impl State {
         // REPORT_DELAY: the scheduler already gave this worker its next tasks, so an earlier
         // report changes nothing but costs a message (and wake-ups) per task on every hop.
         let mut report_at: Option<tokio::time::Instant> = None;
+        let reporter = self.reporter.clone();
         let reason = loop {
+            // Report the held outcomes now rather than at `report_at`.
+            let mut report_now = false;
             let deferred = async {
                 match report_at {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -742,6 +834,13 @@ impl State {
                         self.finish(outcome);
                     }
                 }
+                () = reporter.held_ready.notified() => {
+                    if reporter.held.lock().map_or(true, |h| h.len() >= MAX_HELD_REPORTS) {
+                        report_now = true;
+                    } else if report_at.is_none() {
+                        report_at = Some(tokio::time::Instant::now() + REPORT_DELAY);
+                    }
+                }
                 Some(f) = fetches.recv() => self.fetched(f),
                 Ok(()) = self.paused.changed() => {
                     let paused = *self.paused.borrow_and_update();
@@ -770,7 +869,8 @@ impl State {
             {
                 report_at = Some(tokio::time::Instant::now() + REPORT_DELAY);
             }
-            if report_at.is_some_and(|at| at > tokio::time::Instant::now())
+            if !report_now
+                && report_at.is_some_and(|at| at > tokio::time::Instant::now())
                 && self.finished.len() < MAX_HELD_REPORTS
             {
                 // Only the finished-task report waits; everything else goes out now.
@@ -785,6 +885,11 @@ impl State {
                 continue;
             }
             report_at = None;
+            let held =
+                std::mem::take(&mut *reporter.held.lock().unwrap_or_else(|p| p.into_inner()));
+            for outcome in held {
+                self.finish(outcome);
+            }
             if self.flush().await.is_err() {
                 break StopReason::LostScheduler("the connection failed while reporting".into());
             }
@@ -816,14 +921,26 @@ impl State {
                     }
                 }
                 self.flush_fetches();
+                // A lone quick task on an idle worker runs here, without waking a thread;
+                // it is reported by the flush that follows this message.
+                if let [job] = &jobs[..]
+                    && let Some(outcome) = self.executor.run_here(job)
+                {
+                    jobs.clear();
+                    self.finish(outcome);
+                }
                 self.executor.submit_all(jobs);
             }
             ToWorker::Free(tasks) => {
+                let reporter = self.reporter.clone();
                 for t in tasks {
+                    // Held throughout: an executor thread finishing `t` now either stored its
+                    // result before (removed here) or finds it no longer running.
+                    let mut running = reporter.running();
                     if !self.store.remove(t) && !self.executor.cancel(t) {
                         self.drop_waiting(t);
                     }
-                    self.running.remove(&t);
+                    running.remove(&t);
                 }
             }
             ToWorker::StealRequest(tasks) => {
@@ -834,7 +951,7 @@ impl State {
                             return true;
                         }
                         if self.executor.cancel(*t) {
-                            self.running.remove(t);
+                            self.reporter.running().remove(t);
                             return true;
                         }
                         false
@@ -1005,7 +1122,7 @@ impl State {
             };
             inputs.push(value);
         }
-        self.running.insert(msg.task);
+        self.reporter.running().insert(msg.task);
         Some(Job {
             task: msg.task,
             key: msg.key,
@@ -1177,7 +1294,7 @@ impl State {
     }
 
     fn finish(&mut self, outcome: JobOutcome) {
-        if !self.running.remove(&outcome.task) {
+        if !self.reporter.running().remove(&outcome.task) {
             // Freed or stolen while it ran: the scheduler no longer wants it.
             return;
         }

@@ -100,6 +100,7 @@ use super::units::{format_size, parse_size};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use taskwire::{Client, Future, Status, Task, WorkerInfoMsg};
 
@@ -355,9 +356,18 @@ pub(crate) fn run(args: TasksArgs) -> Result<(), String> {
         ));
     }
     let rt = crate::cli::runtime()?;
+    // The workloads run as a task on the runtime's threads, as in a server that uses the
+    // client, not on the thread blocked in `block_on`: that thread is outside the runtime, so
+    // each answer the client's reader hands it costs a cross-thread wake-up (and each message
+    // it queues wakes a runtime thread), 2-3 more context switches per round trip.
     rt.block_on(async {
+        let args = Arc::new(args);
+        let workloads = tokio::spawn({
+            let args = args.clone();
+            async move { run_async(&args).await }
+        });
         tokio::select! {
-            r = run_async(&args) => r,
+            r = workloads => r.map_err(|e| format!("the benchmark failed: {e}"))?,
             _ = crate::cli::shutdown_signal() => Err("interrupted".into()),
         }
     })
