@@ -748,6 +748,11 @@ impl Core {
                 return;
             }
         };
+        // One growth of the key and id tables for the whole graph, not a rehash every doubling.
+        self.by_key.reserve(specs.len());
+        self.by_id.reserve(specs.len());
+        let new_slots = specs.len().saturating_sub(self.free_tasks.len());
+        self.tasks.reserve(new_slots);
         let mut slots = Vec::with_capacity(specs.len());
         for spec in specs.iter_mut() {
             let prefix = self.intern_prefix(spec.key());
