@@ -66,6 +66,44 @@ where
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
     }
+
+    /// An owned copy of the message (what [`decode`] returns), without validating again.
+    pub fn deserialize(&self) -> Result<T, DecodeError>
+    where
+        T::Archived: Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        rkyv::deserialize::<T, rancor::Error>(self.get()).map_err(|e| DecodeError {
+            len: self.bytes.len(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl<T: Archive> Clone for Archived<T> {
+    fn clone(&self) -> Self {
+        Archived {
+            bytes: self.bytes.clone(),
+            _marker: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: Archive> std::fmt::Debug for Archived<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Archived<{}>({} bytes)",
+            std::any::type_name::<T>(),
+            self.bytes.len()
+        )
+    }
+}
+
+/// Two archives are equal when their bytes are.
+impl<T: Archive> PartialEq for Archived<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
 }
 
 fn aligned(header: &Bytes) -> Bytes {

@@ -87,6 +87,40 @@ impl TaskSpecMsg {
     }
 }
 
+impl ArchivedTaskSpecMsg {
+    /// An owned copy of what the task runs (two allocations for a function task: its name and,
+    /// when not empty, its arguments).
+    pub fn kind_owned(&self) -> TaskKindMsg {
+        match &self.kind {
+            ArchivedTaskKindMsg::Function { name, args } => TaskKindMsg::Function {
+                name: name.as_str().to_owned(),
+                args: args.as_slice().to_vec(),
+            },
+            ArchivedTaskKindMsg::Command(c) => TaskKindMsg::Command(owned(c)),
+        }
+    }
+
+    /// Owned copies of the task's resources (empty, and no allocation, for most tasks).
+    pub fn resources_owned(&self) -> Vec<ResourceMsg> {
+        self.resources.iter().map(owned).collect()
+    }
+
+    /// Owned copies of the task's worker restrictions.
+    pub fn workers_owned(&self) -> Vec<String> {
+        self.workers.iter().map(|w| w.as_str().to_owned()).collect()
+    }
+}
+
+/// Deserialize a part of a validated archive. Only allocation can fail, and that aborts.
+fn owned<T>(archived: &T::Archived) -> T
+where
+    T: Archive,
+    T::Archived: Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+{
+    rkyv::deserialize::<T, rkyv::rancor::Error>(archived)
+        .expect("deserializing a validated archive into owned values")
+}
+
 /// Why a task failed.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum ErrorKindMsg {

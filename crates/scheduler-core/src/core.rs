@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use taskwire_protocol::{
-    ClientId, ErrorKindMsg, KeyInMemoryMsg, RegisterWorkerMsg, ResourceMsg, TaskErrorMsg,
-    TaskFinishedMsg, TaskId, TaskSpecMsg, ToClient, ToWorker, WorkerId, WorkerInfoMsg,
-    WorkerMetricsMsg,
+    ArchivedFromClient, ArchivedTaskSpecMsg, ClientId, ErrorKindMsg, KeyInMemoryMsg,
+    RegisterWorkerMsg, ResourceMsg, TaskErrorMsg, TaskFinishedMsg, TaskId, ToClient, ToWorker,
+    WorkerId, WorkerInfoMsg, WorkerMetricsMsg,
 };
 
 use crate::config::CoreConfig;
 use crate::event::{Command, Event};
+use crate::graph::GraphTask;
 // Fx: a fast, deterministic hash (the simulator's runs repeat from their seed).
 use crate::heap::WorkerHeap;
 use crate::lifecycle::{RecoveryCounts, Retirement};
@@ -188,9 +189,20 @@ impl Core {
             Event::UpdateGraph {
                 client,
                 submit_id,
-                tasks,
+                mut tasks,
                 wanted,
-            } => self.update_graph(client, submit_id, tasks, wanted),
+            } => self.update_graph(client, submit_id, &mut tasks, &wanted),
+            Event::UpdateGraphArchived { client, graph } => {
+                if let ArchivedFromClient::UpdateGraph {
+                    submit_id,
+                    tasks,
+                    wanted,
+                } = graph.get()
+                {
+                    let mut specs: Vec<&ArchivedTaskSpecMsg> = tasks.iter().collect();
+                    self.update_graph(client, submit_id.to_native(), &mut specs, wanted);
+                }
+            }
             Event::ReleaseKeys { client, keys } => {
                 for key in &keys {
                     if let Some(&slot) = self.by_key.get(key.as_str()) {
@@ -711,12 +723,12 @@ impl Core {
         slot
     }
 
-    fn update_graph(
+    fn update_graph<S: GraphTask, W: std::ops::Deref<Target = str>>(
         &mut self,
         client: ClientId,
         submit_id: u64,
-        specs: Vec<TaskSpecMsg>,
-        wanted: Vec<String>,
+        specs: &mut [S],
+        wanted: &[W],
     ) {
         self.clients.entry(client).or_default();
         if let Some(reason) = self.over_client_limit(client, specs.len()) {
@@ -726,7 +738,7 @@ impl Core {
             ));
             return;
         }
-        let (resolved, offsets, wanted_at) = match self.validate_graph(&specs, &wanted) {
+        let (resolved, offsets, wanted_at) = match self.validate_graph(specs, wanted) {
             Ok(r) => r,
             Err(reason) => {
                 self.out.push_back(Command::ToClient(
@@ -736,16 +748,26 @@ impl Core {
                 return;
             }
         };
+        // One growth of the key and id tables for the whole graph, not a rehash every doubling.
+        self.by_key.reserve(specs.len());
+        self.by_id.reserve(specs.len());
+        let new_slots = specs.len().saturating_sub(self.free_tasks.len());
+        self.tasks.reserve(new_slots);
         let mut slots = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let prefix = self.intern_prefix(&spec.key);
-            let constraint = self.intern_constraint(&spec.resources, &spec.workers);
-            let slot = self.alloc_task(Arc::from(spec.key), prefix, client);
+        for spec in specs.iter_mut() {
+            let prefix = self.intern_prefix(spec.key());
+            let constraint = if spec.unconstrained() {
+                0
+            } else {
+                let (resources, workers) = spec.constraint_owned();
+                self.intern_constraint(&resources, &workers)
+            };
+            let slot = self.alloc_task(spec.take_key(), prefix, client);
             let t = &mut self.tasks[slot as usize];
-            t.kind = Some(spec.kind);
+            t.kind = Some(spec.take_kind());
             t.constraint = constraint;
-            t.priority = spec.priority;
-            t.retries_left = spec.retries;
+            t.priority = spec.priority();
+            t.retries_left = spec.retries();
             slots.push(slot);
         }
         // Size each new task's dependents list once.
@@ -844,28 +866,29 @@ impl Core {
 
     /// All-or-nothing validation. Returns the dependencies resolved to existing slots or, with
     /// [`IN_GRAPH`] set, to indices in the submitted list (CSR: `offsets[i]..offsets[i+1]`).
-    fn validate_graph(
+    fn validate_graph<S: GraphTask, W: std::ops::Deref<Target = str>>(
         &self,
-        specs: &[TaskSpecMsg],
-        wanted: &[String],
+        specs: &[S],
+        wanted: &[W],
     ) -> Result<ResolvedGraph, String> {
         let mut local: FxHashMap<&str, u32> = FxHashMap::default();
         local.reserve(specs.len());
         for (i, t) in specs.iter().enumerate() {
-            if t.key.is_empty() {
+            let key = t.key();
+            if key.is_empty() {
                 return Err(format!("task #{i} has an empty key"));
             }
-            if local.insert(t.key.as_str(), i as u32).is_some() {
-                return Err(format!("duplicate key '{}' in graph", t.key));
+            if local.insert(key, i as u32).is_some() {
+                return Err(format!("duplicate key '{key}' in graph"));
             }
-            if !self.by_key.is_empty() && self.by_key.contains_key(t.key.as_str()) {
-                return Err(format!("key '{}' already exists", t.key));
+            if !self.by_key.is_empty() && self.by_key.contains_key(key) {
+                return Err(format!("key '{key}' already exists"));
             }
-            for r in &t.resources {
-                if r.name.is_empty() || !r.amount.is_finite() || r.amount < 0.0 {
+            for r in 0..t.n_resources() {
+                let (name, amount) = t.resource(r);
+                if name.is_empty() || !amount.is_finite() || amount < 0.0 {
                     return Err(format!(
-                        "task '{}' asks for an invalid resource '{}={}'",
-                        t.key, r.name, r.amount
+                        "task '{key}' asks for an invalid resource '{name}={amount}'"
                     ));
                 }
             }
@@ -874,22 +897,24 @@ impl Core {
         let mut offsets = Vec::with_capacity(specs.len() + 1);
         offsets.push(0u32);
         for t in specs {
-            for d in &t.deps {
-                if let Some(&j) = local.get(d.as_str()) {
+            for i in 0..t.n_deps() {
+                let d = t.dep(i);
+                if let Some(&j) = local.get(d) {
                     resolved.push(j | IN_GRAPH);
-                } else if let Some(&s) = self.by_key.get(d.as_str()) {
+                } else if let Some(&s) = self.by_key.get(d) {
                     resolved.push(s);
                 } else {
-                    return Err(format!("task '{}' depends on unknown key '{}'", t.key, d));
+                    return Err(format!("task '{}' depends on unknown key '{d}'", t.key()));
                 }
             }
             offsets.push(resolved.len() as u32);
         }
         let mut wanted_at = Vec::with_capacity(wanted.len());
         for k in wanted {
-            if let Some(&j) = local.get(k.as_str()) {
+            let k: &str = k;
+            if let Some(&j) = local.get(k) {
                 wanted_at.push(j | IN_GRAPH);
-            } else if let Some(&s) = self.by_key.get(k.as_str()) {
+            } else if let Some(&s) = self.by_key.get(k) {
                 wanted_at.push(s);
             } else {
                 return Err(format!("wanted key '{k}' is unknown"));
@@ -920,7 +945,7 @@ impl Core {
                             1 => {
                                 return Err(format!(
                                     "cycle detected involving key '{}'",
-                                    specs[u].key
+                                    specs[u].key()
                                 ));
                             }
                             _ => {}

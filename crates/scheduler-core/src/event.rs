@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 use taskwire_protocol::{
-    ClientId, RegisterWorkerMsg, TaskErrorMsg, TaskFinishedMsg, TaskId, TaskSpecMsg, ToClient,
-    ToWorker, WorkerId, WorkerMetricsMsg,
+    Archived, ClientId, FromClient, RegisterWorkerMsg, TaskErrorMsg, TaskFinishedMsg, TaskId,
+    TaskSpecMsg, ToClient, ToWorker, WorkerId, WorkerMetricsMsg,
 };
 
 /// An input to [`Core::handle_event`](crate::Core::handle_event): a decoded message or a
@@ -30,6 +30,15 @@ pub enum Event {
         tasks: Vec<TaskSpecMsg>,
         /// Keys (new or existing) the client wants kept and reported.
         wanted: Vec<String>,
+    },
+    /// A client submitted tasks, read in place from its validated `FromClient::UpdateGraph`
+    /// message: the scheduler's path, which makes no owned copy of the graph. Answered like
+    /// [`Event::UpdateGraph`]; any other message is ignored.
+    UpdateGraphArchived {
+        /// Who submitted.
+        client: ClientId,
+        /// The validated message.
+        graph: Archived<FromClient>,
     },
     /// The client no longer wants these keys.
     ReleaseKeys {
@@ -160,7 +169,7 @@ impl Event {
         match self {
             Event::ClientConnected { .. } => "client-connected",
             Event::ClientDisconnected { .. } => "client-disconnected",
-            Event::UpdateGraph { .. } => "update-graph",
+            Event::UpdateGraph { .. } | Event::UpdateGraphArchived { .. } => "update-graph",
             Event::ReleaseKeys { .. } => "release-keys",
             Event::CancelKeys { .. } => "cancel-keys",
             Event::Scatter { .. } => "scatter",

@@ -115,6 +115,7 @@ mod adaptive;
 mod config;
 mod core;
 mod event;
+mod graph;
 mod heap;
 mod invariants;
 mod lifecycle;

@@ -5,7 +5,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use taskwire_protocol::{ErrorKindMsg, TaskId, ToClient, ToWorker, WorkerId};
+use taskwire_protocol::{
+    ErrorKindMsg, RegisterWorkerMsg, ResourceMsg, TaskId, ToClient, ToWorker, WorkerId,
+};
 use taskwire_scheduler_core::{Command, CoreConfig, Event, TaskState};
 
 #[test]
@@ -680,6 +682,62 @@ fn killed_worker_after_more_than_allowed_failures() {
 
 #[test]
 fn rejected_graphs_leave_nothing_behind() {
+    rejected_graphs_leave_nothing_behind_on(false);
+}
+
+#[test]
+fn rejected_archived_graphs_leave_nothing_behind() {
+    rejected_graphs_leave_nothing_behind_on(true);
+}
+
+/// The scheduler's path (the graph read in place from the client's message) and the owned one
+/// give the same commands for the same graph: dependencies within the graph and on existing
+/// keys, resources, worker restrictions, priorities and retries.
+#[test]
+fn archived_and_owned_graphs_schedule_alike() {
+    let graph = || {
+        let mut hi = task("x-2", &["x-0", "x-1"]);
+        hi.priority = 5;
+        hi.retries = 2;
+        let mut pinned = task("x-3", &["old-0"]);
+        pinned.workers = vec![addr("b")];
+        vec![
+            task("x-0", &[]),
+            with_resource(task("x-1", &[]), "GPU", 1.0),
+            hi,
+            pinned,
+        ]
+    };
+    let mut outs = Vec::new();
+    for archived in [false, true] {
+        let mut env = Env::new();
+        env.join(1, "a", 2);
+        env.join_with(
+            2,
+            RegisterWorkerMsg {
+                resources: vec![ResourceMsg {
+                    name: "GPU".into(),
+                    amount: 1.0,
+                }],
+                ..register("b", 2)
+            },
+        );
+        env.submit(C1, vec![task("old-0", &[])], &["old-0"]);
+        let wanted = vec!["x-2".to_string(), "x-3".to_string()];
+        let out = env.ev(update_graph(archived, C1, 3, graph(), wanted));
+        assert!(
+            matches!(
+                &out[0],
+                Command::ToClient(C1, ToClient::GraphAccepted { submit_id: 3 })
+            ),
+            "{out:?}"
+        );
+        outs.push((out, env.core.counts()));
+    }
+    assert_eq!(outs[0], outs[1]);
+}
+
+fn rejected_graphs_leave_nothing_behind_on(archived: bool) {
     let mut env = Env::new();
     env.join(1, "a", 1);
     env.submit(C1, vec![task("e-0", &[])], &["e-0"]);
@@ -706,12 +764,7 @@ fn rejected_graphs_leave_nothing_behind() {
         ),
     ];
     for (tasks, reason) in cases {
-        let out = env.ev(Event::UpdateGraph {
-            client: C1,
-            submit_id: 7,
-            tasks,
-            wanted: vec![],
-        });
+        let out = env.ev(update_graph(archived, C1, 7, tasks, vec![]));
         let [
             Command::ToClient(
                 _,
@@ -727,12 +780,7 @@ fn rejected_graphs_leave_nothing_behind() {
         assert!(r.contains(reason), "{r:?} should mention {reason:?}");
         assert_eq!(env.core.counts(), before);
     }
-    let out = env.ev(Event::UpdateGraph {
-        client: C1,
-        submit_id: 8,
-        tasks: vec![],
-        wanted: vec!["ghost".into()],
-    });
+    let out = env.ev(update_graph(archived, C1, 8, vec![], vec!["ghost".into()]));
     assert!(matches!(
         &out[0],
         Command::ToClient(_, ToClient::GraphRejected { .. })

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use taskwire_protocol::connection::{AcceptError, accept};
 use taskwire_protocol::{
-    ClientId, ClusterSecret, FromClient, FromWorker, Role, ServerHandshake, ToClient, ToWorker,
-    Welcome, WorkerId, decode, encode,
+    ArchivedFromClient, ClientId, ClusterSecret, FromClient, FromWorker, Role, ServerHandshake,
+    ToClient, ToWorker, Welcome, WorkerId, access, decode, encode,
 };
 use taskwire_scheduler_core::Event;
 use taskwire_transport::{ConnReceiver, ConnSender, Connection, Listener, Message, TransportError};
@@ -293,66 +293,76 @@ async fn serve_client(
                 break;
             }
         };
-        let event = match decode::<FromClient>(&msg.header) {
-            Ok(FromClient::UpdateGraph {
-                submit_id, tasks, ..
-            }) if tasks.len() > shared.limits.max_graph_tasks => {
+        // Validated once; a graph goes to the core as it arrived, which reads it in place.
+        let decoded = access::<FromClient>(&msg.header).and_then(|archived| {
+            let graph = match archived.get() {
+                ArchivedFromClient::UpdateGraph {
+                    submit_id, tasks, ..
+                } => Some((submit_id.to_native(), tasks.len())),
+                _ => None,
+            };
+            Ok(match graph {
+                Some(graph) => Err((graph, archived)),
+                None => Ok(archived.deserialize()?),
+            })
+        });
+        let event = match decoded {
+            Ok(Err(((submit_id, n), _))) if n > shared.limits.max_graph_tasks => {
                 let limit = shared.limits.max_graph_tasks;
                 warn!(
-                    "client {client} ({peer_addr}) submitted {} tasks at once; the limit is {limit}",
-                    tasks.len()
+                    "client {client} ({peer_addr}) submitted {n} tasks at once; the limit is {limit}"
                 );
                 out.send(Message::new(encode(&ToClient::GraphRejected {
                     submit_id,
                     reason: format!(
-                        "graph of {} tasks is larger than the scheduler's limit of {limit} tasks per submission (--max-graph-tasks)",
-                        tasks.len()
+                        "graph of {n} tasks is larger than the scheduler's limit of {limit} tasks per submission (--max-graph-tasks)"
                     ),
                 })));
                 continue;
             }
-            Ok(FromClient::UpdateGraph {
+            Ok(Err((_, graph))) => Event::UpdateGraphArchived { client, graph },
+            Ok(Ok(FromClient::UpdateGraph {
                 submit_id,
                 tasks,
                 wanted,
-            }) => Event::UpdateGraph {
+            })) => Event::UpdateGraph {
                 client,
                 submit_id,
                 tasks,
                 wanted,
             },
-            Ok(FromClient::ReleaseKeys(keys)) => Event::ReleaseKeys { client, keys },
-            Ok(FromClient::CancelKeys(keys)) => Event::CancelKeys { client, keys },
-            Ok(FromClient::Scatter {
+            Ok(Ok(FromClient::ReleaseKeys(keys))) => Event::ReleaseKeys { client, keys },
+            Ok(Ok(FromClient::CancelKeys(keys))) => Event::CancelKeys { client, keys },
+            Ok(Ok(FromClient::Scatter {
                 submit_id,
                 keys,
                 worker,
-            }) => Event::Scatter {
+            })) => Event::Scatter {
                 client,
                 submit_id,
                 keys,
                 worker,
             },
-            Ok(FromClient::GetWorkers) => Event::GetWorkers { client },
-            Ok(FromClient::RetireWorkers { request, workers }) => Event::RetireWorkers {
+            Ok(Ok(FromClient::GetWorkers)) => Event::GetWorkers { client },
+            Ok(Ok(FromClient::RetireWorkers { request, workers })) => Event::RetireWorkers {
                 client,
                 request,
                 workers,
             },
-            Ok(FromClient::AdaptiveTarget {
+            Ok(Ok(FromClient::AdaptiveTarget {
                 request,
                 target_duration_ms,
                 minimum,
                 maximum,
-            }) => Event::AdaptiveTarget {
+            })) => Event::AdaptiveTarget {
                 client,
                 request,
                 target_duration: Duration::from_millis(target_duration_ms),
                 minimum: usize::try_from(minimum).unwrap_or(usize::MAX),
                 maximum: usize::try_from(maximum).unwrap_or(usize::MAX),
             },
-            Ok(FromClient::Heartbeat) => continue,
-            Ok(FromClient::Close) => break,
+            Ok(Ok(FromClient::Heartbeat)) => continue,
+            Ok(Ok(FromClient::Close)) => break,
             Err(e) => {
                 warn!("client {client} ({peer_addr}) sent a malformed message: {e}");
                 out.send(Message::new(encode(&ToClient::Error(format!(

@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use taskwire_protocol::{
-    ClientId, ComputeTaskMsg, RegisterWorkerMsg, ResourceMsg, TaskErrorMsg, TaskFinishedMsg,
-    TaskId, TaskKindMsg, TaskSpecMsg, ToClient, ToWorker, WorkerId,
+    ClientId, ComputeTaskMsg, FromClient, RegisterWorkerMsg, ResourceMsg, TaskErrorMsg,
+    TaskFinishedMsg, TaskId, TaskKindMsg, TaskSpecMsg, ToClient, ToWorker, WorkerId, access,
+    encode,
 };
 use taskwire_scheduler_core::{Command, Core, CoreConfig, Event};
 
@@ -34,6 +35,34 @@ pub(crate) fn with_resource(mut t: TaskSpecMsg, name: &str, amount: f64) -> Task
         amount,
     });
     t
+}
+
+/// `Event::UpdateGraph`, or the same graph as the scheduler hands it over: archived as the
+/// client's message and read in place (`Event::UpdateGraphArchived`).
+pub(crate) fn update_graph(
+    archived: bool,
+    client: ClientId,
+    submit_id: u64,
+    tasks: Vec<TaskSpecMsg>,
+    wanted: Vec<String>,
+) -> Event {
+    if !archived {
+        return Event::UpdateGraph {
+            client,
+            submit_id,
+            tasks,
+            wanted,
+        };
+    }
+    let header = encode(&FromClient::UpdateGraph {
+        submit_id,
+        tasks,
+        wanted,
+    });
+    Event::UpdateGraphArchived {
+        client,
+        graph: access::<FromClient>(&header).expect("a graph we encoded"),
+    }
 }
 
 pub(crate) fn register(name: &str, nthreads: u32) -> RegisterWorkerMsg {
