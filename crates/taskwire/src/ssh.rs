@@ -166,9 +166,12 @@ impl SshClusterBuilder {
         if let Some(tls) = cfg.security.tls_config() {
             let f = tls.files();
             let read = |what: &str, path: &PathBuf| {
-                std::fs::read(path).map_err(|e| ClusterError::Scale {
-                    requested: 0,
-                    reason: format!("cannot read the TLS {what} {}: {e}", path.display()),
+                std::fs::read(path).map_err(|e| ClusterError::Host {
+                    host: "this host".into(),
+                    message: format!(
+                        "cannot read the TLS {what} {} to send it to the hosts: {e}",
+                        path.display()
+                    ),
                 })
             };
             cfg.tls_files = Some([

@@ -297,6 +297,12 @@ mod tests {
         j.scheduler = SchedulerTarget::File("/shared/my scheduler.json".into());
         j.local_directory = None;
         j.auth_token_file = Some("/shared/taskwire.token".into());
+        j.tls = Some(TlsFiles {
+            ca_file: "/shared/tls/ca.pem".into(),
+            cert: "/shared/tls/cluster.pem".into(),
+            key: "/shared/my tls/cluster-key.pem".into(),
+        });
+        j.require_encryption = true;
         let s = j.script();
         let want = "#!/usr/bin/env bash\n\
             #PBS -N taskwire-worker\n\
@@ -313,7 +319,9 @@ mod tests {
             exec /opt/taskwire/bin/taskwire worker --scheduler-file '/shared/my scheduler.json' \
             --name taskwire-worker-\"${PBS_JOBID}\" --nthreads 8 --memory-limit 16000000000 \
             --lifetime 6900s --lifetime-stagger 75s --no-lifetime-restart \
-            --auth-token-file /shared/taskwire.token\n";
+            --auth-token-file /shared/taskwire.token --tls-ca-file /shared/tls/ca.pem \
+            --tls-cert /shared/tls/cluster.pem --tls-key '/shared/my tls/cluster-key.pem' \
+            --require-encryption\n";
         assert_eq!(s, want);
     }
 
