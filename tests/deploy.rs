@@ -786,3 +786,117 @@ fn ssh_cluster_stops_workers_one_by_one_within_groups() {
         all_gone_within(&all, Duration::from_secs(10));
     });
 }
+
+/// The `--FLAG` argument of process `pid`, if it has one.
+fn flag_of(pid: u32, flag: &str) -> Option<PathBuf> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let i = args.iter().position(|a| *a == flag.as_bytes())?;
+    Some(PathBuf::from(
+        String::from_utf8_lossy(args.get(i + 1)?).to_string(),
+    ))
+}
+
+/// A TLS SshCluster with a token over the real sshd: the scheduler is `tls://`, every remote
+/// process (the scheduler and each worker nanny) got the CA, certificate and key and the token
+/// as mode-600 files through its ssh session (no command line anywhere holds key material),
+/// the workers register over TLS and a graph runs; a plain client is refused; the files go
+/// with their processes.
+#[test]
+fn ssh_cluster_with_tls_forwards_the_certificates() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(sshd) = Sshd::start("tls") else {
+        return;
+    };
+    let dir = tempdir("ssh-tls");
+    let certs = dir.join("certs");
+    let out = Command::new(BIN)
+        .args(["security", "generate"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let files = taskwire::TlsFiles {
+        ca_file: certs.join("ca.pem"),
+        cert: certs.join("cluster.pem"),
+        key: certs.join("cluster-key.pem"),
+    };
+    let key = std::fs::read(&files.key).unwrap();
+    let secret = ClusterSecret::generate();
+    rt().block_on(async {
+        let security = taskwire::Security::new()
+            .tls(taskwire::TlsConfig::load(&files).unwrap())
+            .require_encryption(true);
+        let mut b = SshCluster::builder(["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+            .remote_taskwire(BIN)
+            .nthreads(1)
+            .scheduler_port(0)
+            .dashboard_port(None)
+            .auth_token(secret)
+            .security(security);
+        for o in sshd.options() {
+            b = b.ssh_option(o);
+        }
+        let cluster = tokio::time::timeout(SOON, b.start())
+            .await
+            .expect("start in time")
+            .unwrap();
+        let address = cluster.scheduler_address();
+        assert!(address.starts_with("tls://"), "{address}");
+
+        let mut forwarded = Vec::new();
+        for (host, pid) in cluster.remote_pids() {
+            for (flag, original) in [
+                ("--tls-ca-file", &files.ca_file),
+                ("--tls-cert", &files.cert),
+                ("--tls-key", &files.key),
+                ("--auth-token-file", &dir.join("none")),
+            ] {
+                let f =
+                    flag_of(pid, flag).unwrap_or_else(|| panic!("{host}: pid {pid}: no {flag}"));
+                assert_ne!(&f, original, "{host}: the original file was named");
+                if flag != "--auth-token-file" {
+                    assert_eq!(std::fs::read(&f).unwrap(), std::fs::read(original).unwrap());
+                }
+                let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}", f.display());
+                forwarded.push(f);
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+            assert!(
+                cmdline.windows(9).any(|w| w == b"--require"),
+                "{host}: no --require-encryption"
+            );
+        }
+        assert!(!any_cmdline_contains(b"PRIVATE KEY"));
+        assert!(!any_cmdline_contains(&key[40..80]));
+
+        let client = cluster.client().await.unwrap();
+        let ws = workers_until(&client, "two TLS workers", |ws| ws.len() == 2).await;
+        for w in &ws {
+            assert!(w.address.starts_with("tls://"), "{w:?}");
+        }
+        assert_eq!(tree_sum(&client, "ssh-tls").await, (1..=32).sum::<i64>());
+        client.close().await;
+        let plain = address.replace("tls://", "tcp://");
+        let refused = taskwire::Client::connect(&plain).await;
+        assert!(refused.is_err(), "a plain client was accepted");
+
+        let mut all: Vec<u32> = cluster.remote_pids().iter().map(|p| p.1).collect();
+        for &p in &all.clone()[1..] {
+            all.extend(child_pids(p));
+        }
+        tokio::time::timeout(SOON, Cluster::close(cluster))
+            .await
+            .expect("close in time")
+            .unwrap();
+        all_gone_within(&all, Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while forwarded.iter().any(|f| f.exists()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for f in &forwarded {
+            assert!(!f.exists(), "{} left behind", f.display());
+        }
+    });
+}

@@ -292,6 +292,7 @@ fn slurm_jobs_run_workers_and_leave_nothing_behind() {
     cli_runs_a_graph_and_ctrl_c_cancels_the_jobs(&slurm, &logs);
     cli_adapts_jobs_to_the_work(&slurm, &logs);
     cli_with_a_token_runs_workers_that_prove_it(&slurm, &logs, &dir);
+    cli_with_tls_runs_workers_over_tls(&slurm, &logs, &dir);
     cluster_stops_one_worker_gracefully_and_scales(&slurm, &logs);
     stopping_unregistered_workers(&slurm, &logs);
     workers_leave_before_the_walltime(&slurm, &logs);
@@ -632,6 +633,81 @@ fn cli_with_a_token_runs_workers_that_prove_it(slurm: &Slurm, logs: &Path, dir: 
             panic!("a client without the token was accepted");
         };
         assert!(err.to_string().contains("authentication failed"), "{err}");
+    });
+    signal(jq.pid(), "-INT");
+    let status = jq.exit_within(SOON);
+    assert!(status.success(), "taskwire jobqueue: {status}");
+    assert_eq!(slurm.state_of(&id), "CANCELLED");
+    all_gone_within(&pids, Duration::from_secs(10));
+}
+
+/// `taskwire jobqueue slurm --security-config FILE`: the scheduler listens on `tls://`, the
+/// job script Slurm holds names the certificate and key files (absolute paths) and holds no
+/// key, the job's worker registers over TLS, a TLS client runs a graph on it and a plain
+/// client is refused; Ctrl-C cancels the job.
+fn cli_with_tls_runs_workers_over_tls(slurm: &Slurm, logs: &Path, dir: &Path) {
+    let certs = dir.join("certs");
+    let out = Command::new(BIN)
+        .args(["security", "generate"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["jobqueue", "slurm", "--cores", "1", "--memory", "300MB"])
+        .args(["--jobs", "1", "--host", "127.0.0.1", "--port", "0"])
+        .args([
+            "--no-dashboard",
+            "--require-encryption",
+            "--security-config",
+        ])
+        .arg(certs.join("security.json"))
+        .arg("--log-directory")
+        .arg(logs)
+        .env("SLURM_CONF", &slurm.conf);
+    let mut jq = Proc::start_cmd(cmd);
+    let address = jq.line("Scheduler at:");
+    assert!(address.starts_with("tls://127.0.0.1:"), "{address}");
+    let id = jq.line("Submitted job");
+    let id = id.split_whitespace().next().unwrap().to_string();
+    jq.line("Worker");
+    let script = run_ok(
+        slurm
+            .cmd("scontrol")
+            .args(["write", "batch_script", &id, "-"]),
+    );
+    for (flag, file) in [
+        ("--tls-ca-file", "ca.pem"),
+        ("--tls-cert", "cluster.pem"),
+        ("--tls-key", "cluster-key.pem"),
+    ] {
+        let wanted = format!("{flag} {}", certs.join(file).display());
+        assert!(script.contains(&wanted), "{wanted} is not in:\n{script}");
+    }
+    assert!(script.contains("--require-encryption"), "{script}");
+    assert!(!script.contains("PRIVATE KEY"), "a key is in:\n{script}");
+    let pids = job_pids(&id);
+    rt().block_on(async {
+        let files = taskwire::TlsFiles {
+            ca_file: certs.join("ca.pem"),
+            cert: certs.join("cluster.pem"),
+            key: certs.join("cluster-key.pem"),
+        };
+        let security = taskwire::Security::new().tls(taskwire::TlsConfig::load(&files).unwrap());
+        let client = taskwire::Client::builder(address.parse().unwrap())
+            .security(security)
+            .connect()
+            .await
+            .unwrap();
+        let ws = workers_until(&client, "the job's worker", |ws| ws.len() == 1).await;
+        assert!(ws[0].address.starts_with("tls://"), "{:?}", ws[0]);
+        assert_eq!(tree_sum(&client, "slurm-tls").await, (1..=32).sum::<i64>());
+        client.close().await;
+        let plain = address.replace("tls://", "tcp://");
+        let Err(err) = taskwire::Client::connect(&plain).await else {
+            panic!("a plain client was accepted");
+        };
+        assert!(err.to_string().contains("TLS"), "{err}");
     });
     signal(jq.pid(), "-INT");
     let status = jq.exit_within(SOON);

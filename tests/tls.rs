@@ -344,3 +344,76 @@ fn local_cluster_with_tls() {
         cluster.close().await;
     });
 }
+
+/// A nanny with TLS serves its control port over TLS with mutual authentication, the token's
+/// challenge inside: a plain client gets one clear `error:` line, a client with another
+/// cluster's certificate fails its handshake, a TLS client without the token is refused, and
+/// the cluster's own certificates and token get `status` and `restart` answered. The nanny
+/// logs each refusal and keeps serving.
+#[test]
+fn the_nanny_control_port_speaks_tls() {
+    use support::{nanny_control, nanny_session};
+    let dir = tempdir("tls-nanny");
+    let ours = generate(&dir.join("certs"));
+    let theirs = generate(&dir.join("other-certs"));
+    let config = dir.join("certs/security.json");
+    let token = dir.join("cluster.token");
+    let (_sched, addr) = scheduler(&[
+        "--security-config",
+        config.to_str().unwrap(),
+        "--auth-token-file",
+        token.to_str().unwrap(),
+    ]);
+    let secret = ClusterSecret::read_file(&token).unwrap();
+    let mut args = vec!["worker", &addr, "--nthreads", "1"];
+    args.extend(["--security-config", config.to_str().unwrap()]);
+    args.extend(["--auth-token-file", token.to_str().unwrap()]);
+    let worker = Proc::start(&args);
+    let shown = worker.line("Nanny at:");
+    assert!(shown.starts_with("tls://127.0.0.1:"), "{shown}");
+    let ctl = shown.trim_start_matches("tls://").to_string();
+    worker.line("Registered to:");
+    let ours = TlsConfig::load(&ours).unwrap();
+    let theirs = TlsConfig::load(&theirs).unwrap();
+
+    // Plain TCP: one line saying what to do, then the nanny closes.
+    let answer = nanny_control(&ctl, b"status\n", 3);
+    assert_eq!(
+        answer,
+        "error: this nanny's control port speaks TLS: connect with the cluster's certificates\n"
+    );
+    let logged = worker.log("does not speak TLS");
+    assert!(
+        logged.contains("refusing control connection from 127.0.0.1:"),
+        "{logged}"
+    );
+
+    // Another cluster's certificate: the handshake fails (on either side's check) and no
+    // command is answered.
+    let refused = nanny_session(&ctl, Some(&theirs), None, b"status\n", 3);
+    match &refused {
+        Err(e) => assert!(e.contains("TLS"), "{e}"),
+        Ok(answer) => assert!(!answer.contains("workers"), "{answer}"),
+    }
+    let logged = worker.log("TLS handshake failed");
+    assert!(logged.contains("refusing control connection"), "{logged}");
+
+    // Our certificate but no token: the challenge, then the refusal.
+    let answer = nanny_session(&ctl, Some(&ours), None, b"status\n", 3).unwrap();
+    assert!(answer.starts_with("challenge "), "{answer}");
+    let failed = format!("error: {}\n", taskwire::protocol::AUTH_FAILED);
+    assert!(answer.ends_with(&failed), "{answer}");
+
+    // Certificate and token: status, then restart.
+    let answer = nanny_session(&ctl, Some(&ours), Some(&secret), b"status\n", 1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(answer.trim()).unwrap();
+    assert_eq!(v["workers"][0]["state"], "running", "{answer}");
+    let answer = nanny_session(&ctl, Some(&ours), Some(&secret), b"restart\n", 1).unwrap();
+    assert_eq!(answer, "ok\n");
+    let answer = nanny_session(&ctl, Some(&ours), Some(&secret), b"status\n", 1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(answer.trim()).unwrap();
+    assert!(
+        v["workers"][0]["restarts"].as_u64().unwrap() >= 1,
+        "{answer}"
+    );
+}

@@ -223,6 +223,80 @@ pub(crate) fn nanny_control(addr: &str, request: &[u8], answers: usize) -> Strin
     out
 }
 
+/// [`nanny_control`], over TLS with `tls` when given, answering the token's challenge with
+/// `token` when given (the `ok` line is not part of the answer); a failed connection or TLS
+/// handshake is the error, in words.
+pub(crate) fn nanny_session(
+    addr: &str,
+    tls: Option<&taskwire::TlsConfig>,
+    token: Option<&taskwire::ClusterSecret>,
+    request: &[u8],
+    answers: usize,
+) -> Result<String, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
+    async fn talk<S: AsyncRead + AsyncWrite>(
+        conn: S,
+        token: Option<&taskwire::ClusterSecret>,
+        request: &[u8],
+        answers: usize,
+    ) -> std::io::Result<String> {
+        let (read, mut write) = tokio::io::split(conn);
+        let mut r = tokio::io::BufReader::new(read);
+        if let Some(secret) = token {
+            let mut line = String::new();
+            r.read_line(&mut line).await?;
+            let Some(challenge) = line.trim().strip_prefix("challenge ") else {
+                return Ok(line);
+            };
+            let answer = secret.control_response(challenge);
+            write
+                .write_all(format!("auth {answer}\n").as_bytes())
+                .await?;
+            line.clear();
+            r.read_line(&mut line).await?;
+            if line != "ok\n" {
+                return Ok(line);
+            }
+        }
+        write.write_all(request).await?;
+        let mut out = String::new();
+        for _ in 0..answers {
+            if r.read_line(&mut out).await? == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+    let session = async {
+        let host = addr.rsplit_once(':').map(|(h, _)| h.to_string());
+        let s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect to the nanny: {e}"))?;
+        let answer = match tls {
+            None => talk(s, token, request, answers).await,
+            Some(tls) => {
+                let s = taskwire::transport_tcp::tls::connect_stream(tls, s, host.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                talk(s, token, request, answers).await
+            }
+        };
+        answer.map_err(|e| e.to_string())
+    };
+    // On a thread of its own, so that a test inside a runtime can call it too.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            rt().block_on(async {
+                tokio::time::timeout(SOON, session)
+                    .await
+                    .map_err(|_| "no answer from the nanny in time".to_string())?
+            })
+        })
+        .join()
+        .expect("the nanny session thread")
+    })
+}
+
 /// The `workers` of a nanny's `status` answer.
 pub(crate) fn nanny_status(addr: &str) -> Vec<serde_json::Value> {
     let line = nanny_control(addr, b"status\n", 1);

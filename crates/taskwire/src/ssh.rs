@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use taskwire_client::{Client, ClusterSecret};
+use taskwire_client::{Client, ClusterSecret, Security};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
@@ -52,6 +52,9 @@ struct Config {
     echo: bool,
     secret: Option<ClusterSecret>,
     initial_workers: Option<usize>,
+    security: Security,
+    /// The contents of the TLS files (CA, certificate, key), read at start.
+    tls_files: Option<[Vec<u8>; 3]>,
 }
 
 impl SshClusterBuilder {
@@ -130,6 +133,16 @@ impl SshClusterBuilder {
         self
     }
 
+    /// Transport security. With TLS, the scheduler listens on `tls://` and this cluster's
+    /// clients connect with the certificate; each remote process gets the CA, certificate and
+    /// key as it gets a token (through its ssh session's standard input, into fresh mode-600
+    /// files removed when it ends, never on a command line) and `--tls-ca-file`, `--tls-cert`
+    /// and `--tls-key` naming them, plus `--require-encryption` when it is required.
+    pub fn security(mut self, security: Security) -> Self {
+        self.cfg.security = security;
+        self
+    }
+
     /// Copy the remote processes' output to this process's stderr, prefixed with the host
     /// (default off; `taskwire ssh` turns it on).
     pub fn echo_remote_output(mut self, on: bool) -> Self {
@@ -150,6 +163,23 @@ impl SshClusterBuilder {
             });
         }
         let mut cfg = self.cfg;
+        if let Some(tls) = cfg.security.tls_config() {
+            let f = tls.files();
+            let read = |what: &str, path: &PathBuf| {
+                std::fs::read(path).map_err(|e| ClusterError::Host {
+                    host: "this host".into(),
+                    message: format!(
+                        "cannot read the TLS {what} {} to send it to the hosts: {e}",
+                        path.display()
+                    ),
+                })
+            };
+            cfg.tls_files = Some([
+                read("CA file", &f.ca_file)?,
+                read("certificate", &f.cert)?,
+                read("key", &f.key)?,
+            ]);
+        }
         let program = match &cfg.upload {
             Some(binary) => {
                 let target = cfg
@@ -209,7 +239,12 @@ impl SshClusterBuilder {
                 message: format!("cannot read the scheduler's port from '{}'", lines[0]),
             });
         };
-        let address = format!("tcp://{connect_host}:{sched_port}");
+        let scheme = if cfg.tls_files.is_some() {
+            "tls"
+        } else {
+            "tcp"
+        };
+        let address = format!("{scheme}://{connect_host}:{sched_port}");
         let dashboard = lines.get(1).and_then(|l| {
             let query = l
                 .split_once('?')
@@ -271,6 +306,8 @@ impl SshCluster {
                 echo: false,
                 secret: None,
                 initial_workers: None,
+                security: Security::new(),
+                tls_files: None,
             },
         }
     }
@@ -462,7 +499,7 @@ impl SshCluster {
             .address
             .parse()
             .map_err(|e| ClusterError::Client(taskwire_client::ClientError::Address(e)))?;
-        let mut b = Client::builder(address);
+        let mut b = Client::builder(address).security(self.cfg.security.clone());
         if let Some(s) = &self.cfg.secret {
             b = b.auth_token(s.clone());
         }
@@ -710,24 +747,42 @@ impl Remote {
         let mut cmd: Vec<String> = std::iter::once(program)
             .chain(args.iter().map(|a| quote(a)))
             .collect();
-        // The token comes first on the session's stdin, exactly its length, into a fresh
-        // mode-600 file that goes when the process does.
+        // The token and the TLS files come first on the session's stdin, each exactly its
+        // length, into fresh mode-600 files that go when the process does.
         let token = cfg.secret.as_ref().map(ClusterSecret::file_text);
-        let (get_token, drop_token) = match &token {
-            Some(t) => {
-                cmd.push("--auth-token-file \"$t\"".into());
-                (
-                    format!(
-                        "t=$(umask 077 && mktemp \"${{TMPDIR:-/tmp}}/taskwire-token.XXXXXX\") \
-                         || exit 125; dd bs=1 count={} of=\"$t\" 2>/dev/null || \
-                         {{ rm -f \"$t\"; exit 125; }}; ",
-                        t.len()
-                    ),
-                    " rm -f \"$t\";",
-                )
-            }
-            None => (String::new(), ""),
+        let mut forwarded: Vec<(&str, &str, &[u8])> = Vec::new();
+        if let Some(t) = &token {
+            forwarded.push(("--auth-token-file", "token", t));
+        }
+        if let Some([ca, cert, key]) = &cfg.tls_files {
+            forwarded.push(("--tls-ca-file", "ca", ca));
+            forwarded.push(("--tls-cert", "cert", cert));
+            forwarded.push(("--tls-key", "key", key));
+        }
+        if cfg.security.requires_encryption() {
+            cmd.push("--require-encryption".into());
+        }
+        let mut get_files = String::new();
+        let mut drop_files = String::new();
+        for (i, (flag, name, bytes)) in forwarded.iter().enumerate() {
+            drop_files.push_str(&format!(" \"$f{i}\""));
+            let cleanup = format!("{{ rm -f{drop_files}; exit 125; }}");
+            get_files.push_str(&format!(
+                "f{i}=$(umask 077 && mktemp \"${{TMPDIR:-/tmp}}/taskwire-{name}.XXXXXX\") \
+                 || {cleanup}; dd bs=1 count={} of=\"$f{i}\" 2>/dev/null || {cleanup}; ",
+                bytes.len()
+            ));
+            cmd.push(format!("{flag} \"$f{i}\""));
+        }
+        let (get_token, drop_token) = if forwarded.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (get_files, format!(" rm -f{drop_files};"))
         };
+        let input: Vec<u8> = forwarded
+            .iter()
+            .flat_map(|(_, _, b)| b.iter().copied())
+            .collect();
         // Background jobs of a non-interactive shell get /dev/null as stdin, so the watcher
         // reads the session's stdin through fd 3.
         let script = format!(
@@ -794,16 +849,16 @@ impl Remote {
             });
         }
         let mut stdin = child.stdin.take();
-        if let (Some(t), Some(pipe)) = (&token, stdin.as_mut()) {
+        if let (false, Some(pipe)) = (input.is_empty(), stdin.as_mut()) {
             // Not closed: the session's stdin staying open is what keeps the process running.
             let sent = async {
-                pipe.write_all(t).await?;
+                pipe.write_all(&input).await?;
                 pipe.flush().await
             };
             if let Err(e) = sent.await {
                 let _ = child.kill().await;
                 return Err(host_err(format!(
-                    "could not hand the cluster token over ssh: {e}; {}",
+                    "could not hand the cluster token or TLS files over ssh: {e}; {}",
                     stderr
                         .lock()
                         .expect("stderr tail")

@@ -40,6 +40,12 @@
 //! answered with one line of JSON, `{"workers":[{"index":0,"pid":123,"restarts":1,
 //! "state":"running"}]}`, and `restart\n` restarts every child gracefully and answers `ok\n`
 //! once fresh children have been started. Anything else gets a line starting with `error:`.
+//!
+//! With [`NannyBuilder::control_tls`] the control port speaks TLS with the cluster's mutual
+//! authentication (the transport's `tls://` rules: a client certificate signed by the cluster
+//! CA, host names not checked); a plain client is answered with one `error:` line saying so and
+//! refused. With [`NannyBuilder::control_auth_token`] the token's challenge follows, inside the
+//! TLS session when there is one.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -49,8 +55,10 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use taskwire_protocol::{AUTH_FAILED, ClusterSecret, control_challenge};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use taskwire_transport_tcp::TlsConfig;
+use taskwire_transport_tcp::tls::accept_stream;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -219,8 +227,19 @@ pub struct ChildOptions {
 pub struct Nanny {
     shared: Arc<Shared>,
     listener: Option<TcpListener>,
-    control_token: Option<ClusterSecret>,
+    control_auth: ControlAuth,
 }
+
+/// What the control port requires of a connection.
+#[derive(Debug, Default)]
+struct ControlAuth {
+    token: Option<ClusterSecret>,
+    tls: Option<TlsConfig>,
+}
+
+/// What a plain client of a TLS control port is told.
+const CONTROL_NEEDS_TLS: &[u8] =
+    b"error: this nanny's control port speaks TLS: connect with the cluster's certificates\n";
 
 impl Nanny {
     /// A nanny that runs `program` (usually `std::env::current_exe()`) for each child.
@@ -234,7 +253,7 @@ impl Nanny {
             lifetime_restart: true,
             policy: RestartPolicy::default(),
             control: None,
-            control_token: None,
+            control_auth: ControlAuth::default(),
             stop_timeout: Duration::from_secs(40),
             poll_interval: Duration::from_millis(100),
         }
@@ -268,7 +287,7 @@ impl Nanny {
                 listener,
                 self.shared.clone(),
                 commands.clone(),
-                Arc::new(self.control_token),
+                Arc::new(self.control_auth),
             ));
         }
         tokio::spawn(async move {
@@ -306,7 +325,7 @@ pub struct NannyBuilder {
     lifetime_restart: bool,
     policy: RestartPolicy,
     control: Option<String>,
-    control_token: Option<ClusterSecret>,
+    control_auth: ControlAuth,
     stop_timeout: Duration,
     poll_interval: Duration,
 }
@@ -394,7 +413,14 @@ impl NannyBuilder {
     /// `challenge HEX` and must answer `auth HEX` (see
     /// [`ClusterSecret::control_response`]) before any command.
     pub fn control_auth_token(mut self, secret: ClusterSecret) -> Self {
-        self.control_token = Some(secret);
+        self.control_auth.token = Some(secret);
+        self
+    }
+
+    /// Serve the control port over TLS with this identity: clients must present a certificate
+    /// signed by its CA, and plain connections are refused with an `error:` line.
+    pub fn control_tls(mut self, tls: TlsConfig) -> Self {
+        self.control_auth.tls = Some(tls);
         self
     }
 
@@ -456,7 +482,7 @@ impl NannyBuilder {
                 status: Mutex::new(status),
             }),
             listener,
-            control_token: self.control_token,
+            control_auth: self.control_auth,
         })
     }
 }
@@ -1008,7 +1034,7 @@ async fn serve_control(
     listener: TcpListener,
     shared: Arc<Shared>,
     commands: Arc<Vec<mpsc::Sender<Command>>>,
-    token: Arc<Option<ClusterSecret>>,
+    auth: Arc<ControlAuth>,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
     loop {
@@ -1028,9 +1054,31 @@ async fn serve_control(
         };
         let shared = shared.clone();
         let commands = commands.clone();
-        let token = token.clone();
+        let auth = auth.clone();
         tokio::spawn(async move {
-            match control_connection(conn, &shared, &commands, token.as_ref().as_ref()).await {
+            let token = auth.token.as_ref();
+            let served = match &auth.tls {
+                None => control_connection(conn, &shared, &commands, token).await,
+                Some(tls) => {
+                    match tokio::time::timeout(
+                        CONTROL_IDLE,
+                        accept_stream(tls, conn, CONTROL_NEEDS_TLS),
+                    )
+                    .await
+                    {
+                        Ok(Ok(conn)) => control_connection(conn, &shared, &commands, token).await,
+                        Ok(Err(e)) => Err(std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            e.to_string(),
+                        )),
+                        Err(_) => Err(std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            format!("no TLS handshake within {CONTROL_IDLE:?}"),
+                        )),
+                    }
+                }
+            };
+            match served {
                 Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                     warn!("nanny: refusing control connection from {peer}: {e}");
                 }
@@ -1044,9 +1092,9 @@ async fn serve_control(
 
 /// Read one line of at most [`MAX_CONTROL_LINE`] bytes; `None` when the peer closed, went
 /// idle, or sent a line too long (after telling it so).
-async fn control_line(
-    read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-    write: &mut tokio::net::tcp::OwnedWriteHalf,
+async fn control_line<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    read: &mut BufReader<R>,
+    write: &mut W,
 ) -> std::io::Result<Option<Vec<u8>>> {
     let mut line = Vec::new();
     let n = match tokio::time::timeout(
@@ -1076,13 +1124,13 @@ async fn control_line(
 
 /// Answer the commands of one control connection until it closes, goes idle, or misbehaves.
 /// With a token the first line must answer the nanny's challenge.
-async fn control_connection(
-    conn: TcpStream,
+async fn control_connection<S: AsyncRead + AsyncWrite>(
+    conn: S,
     shared: &Shared,
     commands: &[mpsc::Sender<Command>],
     token: Option<&ClusterSecret>,
 ) -> std::io::Result<()> {
-    let (read, mut write) = conn.into_split();
+    let (read, mut write) = tokio::io::split(conn);
     let mut read = BufReader::new(read);
     if let Some(token) = token {
         let challenge = control_challenge();
@@ -1100,6 +1148,9 @@ async fn control_connection(
             let _ = write
                 .write_all(format!("error: {AUTH_FAILED}\n").as_bytes())
                 .await;
+            // Over TLS this says goodbye properly (close_notify), so the client reads the line
+            // and a clean end rather than a truncation error.
+            let _ = write.shutdown().await;
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 AUTH_FAILED,
@@ -1123,6 +1174,7 @@ async fn control_connection(
         };
         write.write_all(answer.as_bytes()).await?;
     }
+    let _ = write.shutdown().await;
     Ok(())
 }
 

@@ -247,14 +247,15 @@ async fn run_nanny(args: &CudaWorkerArgs, plan: &Plan) -> Result<i32, String> {
     {
         b = b.control_auth_token(secret);
     }
+    let security = args.nanny.tls.security()?;
+    if let Some(tls) = security.tls_config() {
+        b = b.control_tls(tls.clone());
+    }
     let nanny = b.bind().await.map_err(|e| e.to_string())?;
     let control = nanny.control_address().expect("control port requested");
     println!(
         "Nanny at: {}",
-        taskwire_transport_tcp::contact_address(&Address::tcp(
-            control.ip().to_string(),
-            control.port()
-        ))
+        super::worker::nanny_address(control, security.tls_config().is_some())
     );
     let handle = nanny.start();
     let outcome = tokio::select! {

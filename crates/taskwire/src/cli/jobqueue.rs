@@ -48,6 +48,11 @@ pub(crate) struct JobqueueArgs {
     /// the token, so it must be on a filesystem the compute nodes share.
     #[arg(long, value_name = "FILE")]
     auth_token_file: Option<PathBuf>,
+    /// TLS for the scheduler started here, this manager's connections and the jobs' workers
+    /// (they get the file paths, never a key, so the files must be on a filesystem the
+    /// compute nodes share).
+    #[command(flatten)]
+    tls: super::security::TlsArgs,
     /// Queue (Slurm partition).
     #[arg(long)]
     queue: Option<String>,
@@ -169,6 +174,7 @@ impl JobqueueArgs {
         if let Some(f) = &self.auth_token_file {
             b = b.auth_token_file(f);
         }
+        b = b.security(self.tls.security()?);
         if let Some(q) = &self.queue {
             b = b.queue(q);
         }

@@ -45,6 +45,10 @@ pub(crate) struct SshArgs {
     /// into a mode-600 temporary file removed when the process ends; never on a command line.
     #[command(flatten)]
     auth: super::security::AuthArgs,
+    /// TLS for every process started (the CA, certificate and key go to each host through its
+    /// ssh session into mode-600 files, never on a command line) and this command's clients.
+    #[command(flatten)]
+    tls: super::security::TlsArgs,
     #[command(flatten)]
     adapt: super::AdaptArgs,
 }
@@ -100,6 +104,7 @@ pub(crate) fn run(args: SshArgs) -> Result<(), String> {
     if let Some(t) = args.nthreads {
         b = b.nthreads(t);
     }
+    b = b.security(args.tls.security()?);
     if let Some(secret) = args.auth.secret_or_create()? {
         b = b.auth_token(secret);
     }

@@ -398,6 +398,20 @@ impl Signals {
 // ---------------------------------------------------------------------------------------------
 // Nanny
 
+/// How others reach a nanny's control port: `tls://` when it speaks TLS, else `tcp://`.
+pub(super) fn nanny_address(control: std::net::SocketAddr, tls: bool) -> Address {
+    let scheme = if tls {
+        taskwire_transport::Scheme::Tls
+    } else {
+        taskwire_transport::Scheme::Tcp
+    };
+    taskwire_transport_tcp::contact_address(&Address::Net {
+        scheme,
+        host: control.ip().to_string(),
+        port: control.port(),
+    })
+}
+
 /// The host the nanny's control port listens on: `--host`, else loopback for a loopback
 /// scheduler and all interfaces otherwise (as the worker's data server does).
 fn nanny_host(args: &WorkerArgs) -> String {
@@ -494,12 +508,12 @@ async fn run_nanny(args: &WorkerArgs, plan: &Plan) -> Result<i32, String> {
     {
         b = b.control_auth_token(secret);
     }
+    if let Some(tls) = plan.security.tls_config() {
+        b = b.control_tls(tls.clone());
+    }
     let nanny = b.bind().await.map_err(|e| e.to_string())?;
     let control = nanny.control_address().expect("control port requested");
-    let shown = taskwire_transport_tcp::contact_address(&Address::tcp(
-        control.ip().to_string(),
-        control.port(),
-    ));
+    let shown = nanny_address(control, plan.security.tls_config().is_some());
     println!("Nanny at: {shown}");
     let handle = nanny.start();
     let outcome = tokio::select! {

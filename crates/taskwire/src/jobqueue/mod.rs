@@ -39,7 +39,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 use taskwire_client::{Client, ClusterSecret};
 use taskwire_scheduler::{Scheduler, SchedulerHandle};
-use taskwire_transport::Address;
+use taskwire_transport::{Address, Scheme};
+use taskwire_transport_tcp::Security;
 use tokio::time::Instant;
 
 pub use system::{BatchSystem, JobState};
@@ -76,6 +77,7 @@ pub struct JobQueueBuilder {
     stop_timeout: Duration,
     startup_grace: Duration,
     auth_token_file: Option<PathBuf>,
+    security: Security,
 }
 
 impl JobQueueBuilder {
@@ -241,15 +243,40 @@ impl JobQueueBuilder {
         self
     }
 
+    /// Transport security: with TLS, a scheduler started here listens on `tls://`, this
+    /// manager's clients connect with the certificate, and the jobs' workers get
+    /// `--tls-ca-file`, `--tls-cert` and `--tls-key` with the paths the configuration was
+    /// loaded from (made absolute; the key never enters the job script), plus
+    /// `--require-encryption` when it is required. The files must be on a filesystem the
+    /// compute nodes share, the key readable by its owner only.
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
+    }
+
+    /// The scheme a scheduler started here listens on.
+    fn scheme(&self) -> Scheme {
+        if self.security.tls_config().is_some() {
+            Scheme::Tls
+        } else {
+            Scheme::Tcp
+        }
+    }
+
     /// The job script as it would be submitted (for `--dry-run`). With a scheduler to be
     /// started here, the address is the one it would get; the job id is the system's
     /// variable, expanded in the job.
     pub fn job_script(&self) -> String {
         let mut spec = self.spec.clone();
         spec.auth_token_file = self.auth_token_file.clone();
+        spec.set_security(&self.security);
         spec.scheduler = match &self.scheduler {
             SchedulerChoice::Start { host, port, .. } => {
-                let a = taskwire_transport_tcp::contact_address(&Address::tcp(host.clone(), *port));
+                let a = taskwire_transport_tcp::contact_address(&Address::Net {
+                    scheme: self.scheme(),
+                    host: host.clone(),
+                    port: *port,
+                });
                 SchedulerTarget::Address(a.to_string())
             }
             SchedulerChoice::Address(a) => SchedulerTarget::Address(a.clone()),
@@ -261,7 +288,9 @@ impl JobQueueBuilder {
     /// Start (or find) the scheduler and submit the initial jobs. On a failure, what was
     /// already started is stopped and submitted jobs are cancelled.
     pub async fn start(self) -> Result<JobQueueCluster, ClusterError> {
+        let scheme = self.scheme();
         let mut spec = self.spec;
+        spec.set_security(&self.security);
         let token_error = |message: String| ClusterError::Batch {
             command: "taskwire jobqueue".into(),
             message,
@@ -284,7 +313,13 @@ impl JobQueueBuilder {
                 port,
                 dashboard_port,
             } => {
-                let mut b = Scheduler::builder().address(Address::tcp(host.clone(), *port));
+                let mut b = Scheduler::builder()
+                    .address(Address::Net {
+                        scheme,
+                        host: host.clone(),
+                        port: *port,
+                    })
+                    .security(self.security.clone());
                 if let Some(p) = dashboard_port {
                     b = b.dashboard(host, *p);
                 }
@@ -323,6 +358,7 @@ impl JobQueueBuilder {
             stop_timeout: self.stop_timeout,
             startup_grace: self.startup_grace,
             secret,
+            security: self.security,
             registered_once: BTreeSet::new(),
             failed_in_row: 0,
             last_poll: None,
@@ -371,6 +407,7 @@ pub struct JobQueueCluster {
     stop_timeout: Duration,
     startup_grace: Duration,
     secret: Option<ClusterSecret>,
+    security: Security,
     /// Workers of live jobs seen registered (by [`Cluster::observe_workers`] or a stop).
     registered_once: BTreeSet<String>,
     /// Jobs that ended in a row before their worker was seen registered.
@@ -407,6 +444,8 @@ impl JobQueueCluster {
                 lifetime_margin: Duration::from_secs(300),
                 worker_extra: Vec::new(),
                 auth_token_file: None,
+                tls: None,
+                require_encryption: false,
             },
             scheduler: SchedulerChoice::Start {
                 host: "0.0.0.0".into(),
@@ -418,6 +457,7 @@ impl JobQueueCluster {
             stop_timeout: Duration::from_secs(60),
             startup_grace: Duration::from_secs(30),
             auth_token_file: None,
+            security: Security::new(),
         }
     }
 
@@ -612,7 +652,7 @@ impl JobQueueCluster {
             .address
             .parse()
             .map_err(|e| ClusterError::Client(taskwire_client::ClientError::Address(e)))?;
-        let mut b = Client::builder(address);
+        let mut b = Client::builder(address).security(self.security.clone());
         if let Some(s) = &self.secret {
             b = b.auth_token(s.clone());
         }

@@ -10,6 +10,7 @@
 use super::BatchSystem;
 use std::path::PathBuf;
 use std::time::Duration;
+use taskwire_transport_tcp::{Security, TlsFiles};
 
 /// Where the workers find the scheduler.
 #[derive(Debug, Clone)]
@@ -47,9 +48,27 @@ pub(crate) struct JobSpec {
     /// The cluster token file the worker reads (its path only: the token never enters the
     /// script).
     pub(crate) auth_token_file: Option<PathBuf>,
+    /// The worker's TLS files (paths only, absolute), when the cluster speaks TLS.
+    pub(crate) tls: Option<TlsFiles>,
+    /// Whether the worker refuses unencrypted addresses.
+    pub(crate) require_encryption: bool,
 }
 
 impl JobSpec {
+    /// Take the TLS file paths and `--require-encryption` from `security`.
+    pub(crate) fn set_security(&mut self, security: &Security) {
+        let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        self.tls = security.tls_config().map(|t| {
+            let f = t.files();
+            TlsFiles {
+                ca_file: absolute(&f.ca_file),
+                cert: absolute(&f.cert),
+                key: absolute(&f.key),
+            }
+        });
+        self.require_encryption = security.requires_encryption();
+    }
+
     /// The worker's `--lifetime` and `--lifetime-stagger`: the walltime less the margin (at
     /// most 90% of the walltime), moved by at most a quarter of the margin or of the lifetime
     /// either way (workers of jobs that started together do not all leave at once, and none
@@ -166,6 +185,19 @@ impl JobSpec {
             w.push("--auth-token-file".into());
             w.push(quote(&f.display().to_string()));
         }
+        if let Some(t) = &self.tls {
+            for (flag, path) in [
+                ("--tls-ca-file", &t.ca_file),
+                ("--tls-cert", &t.cert),
+                ("--tls-key", &t.key),
+            ] {
+                w.push(flag.into());
+                w.push(quote(&path.display().to_string()));
+            }
+        }
+        if self.require_encryption {
+            w.push("--require-encryption".into());
+        }
         if let Some(d) = &self.local_directory {
             w.push("--local-directory".into());
             w.push(expanding_quote(&d.display().to_string()));
@@ -228,6 +260,8 @@ mod tests {
             lifetime_margin: Duration::from_secs(300),
             worker_extra: vec![],
             auth_token_file: None,
+            tls: None,
+            require_encryption: false,
         }
     }
 
@@ -263,6 +297,12 @@ mod tests {
         j.scheduler = SchedulerTarget::File("/shared/my scheduler.json".into());
         j.local_directory = None;
         j.auth_token_file = Some("/shared/taskwire.token".into());
+        j.tls = Some(TlsFiles {
+            ca_file: "/shared/tls/ca.pem".into(),
+            cert: "/shared/tls/cluster.pem".into(),
+            key: "/shared/my tls/cluster-key.pem".into(),
+        });
+        j.require_encryption = true;
         let s = j.script();
         let want = "#!/usr/bin/env bash\n\
             #PBS -N taskwire-worker\n\
@@ -279,7 +319,9 @@ mod tests {
             exec /opt/taskwire/bin/taskwire worker --scheduler-file '/shared/my scheduler.json' \
             --name taskwire-worker-\"${PBS_JOBID}\" --nthreads 8 --memory-limit 16000000000 \
             --lifetime 6900s --lifetime-stagger 75s --no-lifetime-restart \
-            --auth-token-file /shared/taskwire.token\n";
+            --auth-token-file /shared/taskwire.token --tls-ca-file /shared/tls/ca.pem \
+            --tls-cert /shared/tls/cluster.pem --tls-key '/shared/my tls/cluster-key.pem' \
+            --require-encryption\n";
         assert_eq!(s, want);
     }
 

@@ -134,47 +134,116 @@ where
     taskwire_transport::stream::connection(Explained(read), write, cfg, local, peer)
 }
 
-/// Tell a peer that sent plain bytes to a TLS listener so in a way its framing decoder
-/// recognises (a TLS alert record), then close without a reset: its unread bytes are drained
-/// first, or the kernel would answer them with RST and the alert could be lost.
-async fn refuse_plain(mut stream: TcpStream) {
+/// Tell a peer that sent plain bytes to a TLS listener so (`refusal`: a TLS alert record for
+/// the transport, whose framing decoder recognises it; a text line for a line protocol), then
+/// close without a reset: its unread bytes are drained first, or the kernel would answer them
+/// with RST and the refusal could be lost.
+async fn refuse_plain(mut stream: TcpStream, refusal: &[u8]) {
     let mut sink = vec![0u8; 64 * 1024];
     let _ = timeout(Duration::from_millis(200), stream.read(&mut sink)).await;
-    if stream.write_all(&UNEXPECTED_MESSAGE_ALERT).await.is_ok() {
+    if stream.write_all(refusal).await.is_ok() {
         let _ = stream.shutdown().await;
         let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
         let _ = timeout(Duration::from_secs(2), drain).await;
     }
 }
 
+/// A TLS session accepted on a raw TCP connection (see [`accept_stream`]).
+pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
+/// A TLS session opened on a raw TCP connection (see [`connect_stream`]).
+pub type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// The server side of a TLS session with the cluster's mutual authentication on an accepted
+/// TCP connection, for a protocol of its own beside the framed transport (the nanny's control
+/// port). A peer whose first bytes are not a TLS handshake is sent `refusal` and refused with
+/// an [`std::io::ErrorKind::InvalidData`] error; a failed handshake is
+/// [`std::io::ErrorKind::PermissionDenied`]. Every error says why in words (a plain peer, a certificate the CA did not sign, ...). The caller
+/// bounds the time it may take.
+pub async fn accept_stream(
+    tls: &TlsConfig,
+    stream: TcpStream,
+    refusal: &[u8],
+) -> std::io::Result<ServerStream> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await? {
+        0 => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before its TLS handshake",
+            ));
+        }
+        _ if first[0] != TLS_HANDSHAKE_RECORD => {
+            refuse_plain(stream, refusal).await;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "it does not speak TLS (a plain client? give it the cluster's certificates)",
+            ));
+        }
+        _ => {}
+    }
+    tokio_rustls::TlsAcceptor::from(tls.server.clone())
+        .accept(stream)
+        .await
+        .map_err(|e| {
+            let e = explain(e);
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("TLS handshake failed: {e}"),
+            )
+        })
+}
+
+/// The client side of a TLS session with the cluster's mutual authentication on a connected
+/// TCP stream, for a protocol of its own beside the framed transport. `host` is the name the
+/// stream was connected to (not checked: see the module doc). The error says why in words,
+/// with a hint when the server closed on us (a plain server, or one that refused our
+/// certificate). The caller bounds the time it may take.
+pub async fn connect_stream(
+    tls: &TlsConfig,
+    stream: TcpStream,
+    host: Option<&str>,
+) -> std::io::Result<ClientStream> {
+    // Names are not checked (see the module doc); rustls wants one all the same.
+    let name = host
+        .and_then(|h| ServerName::try_from(h.to_string()).ok())
+        .unwrap_or_else(|| ServerName::try_from("taskwire").expect("a valid name"));
+    tokio_rustls::TlsConnector::from(tls.client.clone())
+        .connect(name, stream)
+        .await
+        .map_err(|e| {
+            let e = explain(e);
+            let hint = match e.kind() {
+                std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe => {
+                    " (is it a plain listener, or did it refuse our certificate?)"
+                }
+                _ => "",
+            };
+            std::io::Error::new(e.kind(), format!("TLS handshake failed: {e}{hint}"))
+        })
+}
+
 /// The server side of one connection: check that it speaks TLS, run the handshake, and wrap
 /// it. An error is the reason for the log.
 async fn accept_one(
     stream: TcpStream,
-    acceptor: tokio_rustls::TlsAcceptor,
+    tls: &TlsConfig,
     cfg: Arc<TransportConfig>,
 ) -> Result<Connection, String> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let local = net_address(Scheme::Tls, stream.local_addr().map_err(|e| e.to_string())?);
     let peer = net_address(Scheme::Tls, stream.peer_addr().map_err(|e| e.to_string())?);
-    let mut first = [0u8; 1];
-    match stream.peek(&mut first).await {
-        Ok(0) => return Err("closed before its TLS handshake".into()),
-        Ok(_) if first[0] != TLS_HANDSHAKE_RECORD => {
-            refuse_plain(stream).await;
-            return Err(
+    let tls = accept_stream(tls, stream, &UNEXPECTED_MESSAGE_ALERT)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => {
                 "it does not speak TLS (a plain tcp:// client? use the tls:// address and the \
                  cluster's certificates)"
-                    .into(),
-            );
-        }
-        Ok(_) => {}
-        Err(e) => return Err(e.to_string()),
-    }
-    let tls = acceptor
-        .accept(stream)
-        .await
-        .map_err(|e| format!("TLS handshake failed: {}", explain(e)))?;
+                    .to_string()
+            }
+            _ => e.to_string(),
+        })?;
     Ok(wrap(tls, local, peer, cfg))
 }
 
@@ -192,7 +261,7 @@ impl Transport for TlsTransport {
             let listener = bind(addr, Scheme::Tls, &cfg).await?;
             let local = net_address(Scheme::Tls, listener.local_addr()?);
             let (tx, rx) = mpsc::channel(cfg.backlog.max(1) as usize);
-            let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.server.clone());
+            let tls = self.tls.clone();
             // Handshakes run beside the accept loop, so a slow or silent peer holds up no one;
             // at most a backlog's worth at once, each within the connect timeout.
             let handshakes = Arc::new(Semaphore::new(cfg.backlog.max(1) as usize));
@@ -215,11 +284,11 @@ impl Transport for TlsTransport {
                         );
                         continue;
                     };
-                    let (tx, acceptor, cfg, shown) =
-                        (tx.clone(), acceptor.clone(), cfg.clone(), shown.clone());
+                    let (tx, tls, cfg, shown) =
+                        (tx.clone(), tls.clone(), cfg.clone(), shown.clone());
                     tokio::spawn(async move {
                         let limit = cfg.connect_timeout;
-                        let result = timeout(limit, accept_one(stream, acceptor, cfg)).await;
+                        let result = timeout(limit, accept_one(stream, &tls, cfg)).await;
                         drop(permit);
                         match result {
                             Ok(Ok(conn)) => {
@@ -257,24 +326,15 @@ impl Transport for TlsTransport {
                 stream.set_nodelay(true)?;
                 let local = net_address(Scheme::Tls, stream.local_addr()?);
                 let peer = net_address(Scheme::Tls, stream.peer_addr()?);
-                // Names are not checked (see the module doc); rustls wants one all the same.
-                let name = addr
-                    .host()
-                    .and_then(|h| ServerName::try_from(h.to_string()).ok())
-                    .unwrap_or_else(|| ServerName::try_from("taskwire").expect("a valid name"));
-                let connector = tokio_rustls::TlsConnector::from(self.tls.client.clone());
-                let tls = connector.connect(name, stream).await.map_err(|e| {
-                    let e = explain(e);
-                    let hint = match e.kind() {
-                        std::io::ErrorKind::UnexpectedEof
-                        | std::io::ErrorKind::ConnectionReset
-                        | std::io::ErrorKind::BrokenPipe => {
-                            " (is it a plain tcp:// listener, or did it refuse our certificate?)"
-                        }
-                        _ => "",
-                    };
-                    failed(format!("TLS handshake failed: {e}{hint}"))
-                })?;
+                let host = addr.host().map(|h| h.to_string());
+                let tls = connect_stream(&self.tls, stream, host.as_deref())
+                    .await
+                    .map_err(|e| {
+                        failed(
+                            e.to_string()
+                                .replace("plain listener", "plain tcp:// listener"),
+                        )
+                    })?;
                 Ok(wrap(tls, local, peer, cfg.clone()))
             };
             match timeout(cfg.connect_timeout, attempt).await {
