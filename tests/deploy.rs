@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{
     BIN, Proc, SOON, alive, all_gone_within, api_json, check_command_values, child_pids,
-    logged_sleep, rt, signal, tempdir, tree_over, workers_until,
+    logged_sleep, rt, signal, tempdir, tree_sum, workers_until,
 };
 use taskwire::{AdaptOptions, Cluster, ClusterSecret, Future, LocalCluster, SshCluster, Task};
 
@@ -162,22 +162,6 @@ fn taskwire_ssh(sshd: &Sshd, hosts: &[&str], extra: &[&str]) -> Command {
         .args(["--scheduler-port", "0", "--dashboard-port", "0"])
         .args(extra);
     cmd
-}
-
-/// 32 `inc` leaves summed by a tree of `add`s: 1 + 2 + ... + 32.
-async fn tree_sum(client: &taskwire::Client, prefix: &str) -> i64 {
-    let mut tasks: Vec<Task> = (0..32)
-        .map(|i| Task::function(format!("{prefix}-inc-{i}"), "inc").arg_i64(i))
-        .collect();
-    let keys = tasks.iter().map(|t| t.key().to_string()).collect();
-    let (inner, root) = tree_over(&format!("{prefix}-add"), keys);
-    tasks.extend(inner);
-    let futures = client.submit_graph(tasks).await.unwrap();
-    let root = futures.into_iter().find(|f| f.key() == root).unwrap();
-    tokio::time::timeout(SOON, root.result_i64())
-        .await
-        .expect("tree sum in time")
-        .unwrap()
 }
 
 #[test]

@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{
     BIN, Proc, SOON, all_gone_within, api_json, check_command_values, connect, logged_sleep, rt,
-    signal, tempdir, tree_over, workers_until,
+    signal, tempdir, tree_sum, workers_until,
 };
 use taskwire::{Cluster, Future, JobQueueCluster, JobState, Task};
 
@@ -260,22 +260,6 @@ fn job_pids(id: &str) -> Vec<u32> {
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains("taskwire"))
         })
         .collect()
-}
-
-/// A tree reduction over 32 `inc` leaves: 1 + 2 + ... + 32.
-async fn tree_sum(client: &taskwire::Client, prefix: &str) -> i64 {
-    let mut tasks: Vec<Task> = (0..32)
-        .map(|i| Task::function(format!("{prefix}-inc-{i}"), "inc").arg_i64(i))
-        .collect();
-    let keys = tasks.iter().map(|t| t.key().to_string()).collect();
-    let (inner, root) = tree_over(&format!("{prefix}-add"), keys);
-    tasks.extend(inner);
-    let futures = client.submit_graph(tasks).await.unwrap();
-    let root = futures.into_iter().find(|f| f.key() == root).unwrap();
-    tokio::time::timeout(SOON, root.result_i64())
-        .await
-        .expect("tree sum in time")
-        .unwrap()
 }
 
 #[test]

@@ -330,6 +330,22 @@ pub(crate) fn tree_over(prefix: &str, leaves: Vec<String>) -> (Vec<taskwire::Tas
     (tasks, level.pop().expect("at least one leaf"))
 }
 
+/// 32 `inc` leaves summed by a tree of `add`s ([`tree_over`]): 1 + 2 + ... + 32 = 528.
+pub(crate) async fn tree_sum(client: &taskwire::Client, prefix: &str) -> i64 {
+    let mut tasks: Vec<taskwire::Task> = (0..32)
+        .map(|i| taskwire::Task::function(format!("{prefix}-inc-{i}"), "inc").arg_i64(i))
+        .collect();
+    let keys = tasks.iter().map(|t| t.key().to_string()).collect();
+    let (inner, root) = tree_over(&format!("{prefix}-add"), keys);
+    tasks.extend(inner);
+    let futures = client.submit_graph(tasks).await.unwrap();
+    let root = futures.into_iter().find(|f| f.key() == root).unwrap();
+    tokio::time::timeout(SOON, root.result_i64())
+        .await
+        .expect("tree sum in time")
+        .unwrap()
+}
+
 /// The pids of `pid`'s child processes.
 pub(crate) fn child_pids(pid: u32) -> Vec<u32> {
     let out = Command::new("pgrep")
