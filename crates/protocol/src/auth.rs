@@ -147,6 +147,22 @@ impl ClusterSecret {
         ClusterSecret::new(bytes).map_err(|e| err(e.to_string()))
     }
 
+    /// Write the token to a new file that only its owner can read (mode 600 on Unix), as a
+    /// token file; fails with `AlreadyExists` when the file exists.
+    pub fn write_new_file(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options.open(path)?;
+        f.write_all(&self.file_text())?;
+        f.sync_all()
+    }
+
     /// Read the token file, or when it does not exist create it (mode 0600) with a fresh
     /// [`generate`](ClusterSecret::generate)d token. Returns the token and whether it was made.
     pub fn read_or_create(path: &Path) -> Result<(ClusterSecret, bool), SecretError> {
@@ -161,18 +177,7 @@ impl ClusterSecret {
             }
         }
         let secret = ClusterSecret::generate();
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let written = options.open(path).and_then(|mut f| {
-            use std::io::Write;
-            f.write_all(&secret.file_text())?;
-            f.sync_all()
-        });
+        let written = secret.write_new_file(path);
         match written {
             Ok(()) => Ok((secret, true)),
             // Someone else created it first (two processes started together): use theirs.

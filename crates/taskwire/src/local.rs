@@ -241,18 +241,12 @@ struct TokenFile(PathBuf);
 
 impl TokenFile {
     fn write(secret: &ClusterSecret) -> Result<TokenFile, String> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path =
             std::env::temp_dir().join(format!("taskwire-local-{}-{n}.token", std::process::id()));
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .and_then(|mut f| f.write_all(&secret.file_text()))
+        secret
+            .write_new_file(&path)
             .map_err(|e| format!("cannot write the token file {}: {e}", path.display()))?;
         Ok(TokenFile(path))
     }
