@@ -40,6 +40,7 @@ fn cuda_worker(address: &str, visible: Option<&str>, n: usize, extra: &[&str]) -
             .stdout
             .recv_timeout(left)
             .unwrap_or_else(|_| panic!("{registered} of {n} GPU workers registered"));
+        eprintln!("cuda-worker: {line}");
         if line.starts_with("Registered to:") {
             registered += 1;
         }
@@ -372,52 +373,129 @@ fn real_gpus_run_gpu_functions_on_their_own_device() {
             .expect("an NVIDIA driver")
             .count(),
     };
-    let (_node, _control) = cuda_worker(&address, visible.as_deref(), n_gpus, &[]);
+    let (_node, control) = cuda_worker(&address, visible.as_deref(), n_gpus, &[]);
     rt().block_on(async {
         let client = connect(&address).await;
-        let ws = workers_until(&client, "GPU workers", |ws| ws.len() == n_gpus).await;
-        let n: u64 = 1 << 24;
-        let want = taskwire_cuda_worker::saxpy_checksum_cpu(n);
+        // Heartbeats carry the GPU's memory and the recorded limit (80% of it by default).
+        let ws = workers_until(
+            &client,
+            "GPU workers with GPU memory in their heartbeats",
+            |ws| ws.len() == n_gpus && ws.iter().all(|w| w.metrics.gpu_memory_total > 0),
+        )
+        .await;
         let mut uuids = Vec::new();
-        for w in &ws {
-            let info = client
-                .submit(Task::function(format!("info-{}", w.name), "gpu-info").worker(&w.name))
-                .await
-                .unwrap()
-                .result()
-                .await
-                .unwrap();
-            let info = String::from_utf8_lossy(&info).to_string();
-            let v: serde_json::Value = serde_json::from_str(&info).unwrap();
-            assert_eq!(
-                v["ordinal"], 0,
-                "a worker's own GPU is its CUDA device 0: {info}"
-            );
-            uuids.push(v["uuid"].as_str().unwrap().to_string());
-            let t = Instant::now();
-            let out = client
-                .submit(
-                    Task::function(format!("saxpy-{}", w.name), "gpu-saxpy")
-                        .arg_u64(n)
-                        .resource("GPU", 1.0)
-                        .worker(&w.name),
-                )
-                .await
-                .unwrap()
-                .result()
-                .await
-                .unwrap();
-            let got = u64::from_le_bytes(out[..].try_into().unwrap());
+        for (i, w) in ws.iter().enumerate() {
+            let m = &w.metrics;
             eprintln!(
-                "{}: {info}; gpu-saxpy n={n}: checksum {got:#x} in {:?}",
+                "{}: GPU memory used {} of {} MiB, limit {} MiB; resources {:?}",
                 w.name,
-                t.elapsed()
+                m.gpu_memory_used >> 20,
+                m.gpu_memory_total >> 20,
+                m.gpu_memory_limit >> 20,
+                w.resources
             );
-            assert_eq!(got, want, "{}", w.name);
+            let default_limit =
+                taskwire_cuda_worker::DeviceMemoryLimit::Auto.bytes(Some(m.gpu_memory_total));
+            assert_eq!(Some(m.gpu_memory_limit), default_limit, "{m:?}");
+            assert!(m.gpu_memory_used <= m.gpu_memory_total, "{m:?}");
+            let (pid, _) = status_pid(&control, i);
+            let pid = pid.expect("the worker runs");
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let cpus = status
+                .lines()
+                .find(|l| l.starts_with("Cpus_allowed_list"))
+                .unwrap_or("Cpus_allowed_list: ?");
+            eprintln!("{} (pid {pid}): {cpus}", w.name);
+            let info = gpu_info(&client, &w.name, "first").await;
+            uuids.push(info["uuid"].as_str().unwrap().to_string());
+            for (n, round) in [(1u64 << 24, "cold"), (1 << 24, "warm"), (1 << 28, "warm")] {
+                let got = saxpy(&client, &w.name, n, round).await;
+                assert_eq!(
+                    got,
+                    taskwire_cuda_worker::saxpy_checksum_cpu(n),
+                    "{}",
+                    w.name
+                );
+            }
         }
-        uuids.sort();
-        uuids.dedup();
-        assert_eq!(uuids.len(), n_gpus, "each worker on a GPU of its own");
+        let mut distinct = uuids.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), n_gpus, "each worker on a GPU of its own");
+
+        // A killed GPU worker comes back on the same GPU and computes there again.
+        let (pid, restarts) = status_pid(&control, 0);
+        let pid = pid.unwrap();
+        signal(pid, "-KILL");
+        let t = Instant::now();
+        loop {
+            if let (Some(p), r) = status_pid(&control, 0)
+                && p != pid
+                && r == restarts + 1
+            {
+                break;
+            }
+            assert!(t.elapsed() < SOON, "worker 0 was not restarted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let name = ws[0].name.clone();
+        workers_until(&client, "GPU worker 0 back", |ws| {
+            ws.iter()
+                .any(|w| w.name == name && w.restarts == restarts as u32 + 1)
+        })
+        .await;
+        eprintln!("{name}: killed and registered again in {:?}", t.elapsed());
+        let info = gpu_info(&client, &name, "after-restart").await;
+        assert_eq!(
+            info["uuid"].as_str().unwrap(),
+            uuids[0],
+            "the same GPU after a restart"
+        );
+        let n = 1 << 24;
+        let got = saxpy(&client, &name, n, "after-restart").await;
+        assert_eq!(got, taskwire_cuda_worker::saxpy_checksum_cpu(n));
         client.close().await;
     });
+}
+
+/// `gpu-info` on worker `name`, checked to be on the worker's own GPU (its CUDA device 0).
+async fn gpu_info(client: &Client, name: &str, tag: &str) -> serde_json::Value {
+    let info = client
+        .submit(Task::function(format!("info-{name}-{tag}"), "gpu-info").worker(name))
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    let info = String::from_utf8_lossy(&info).to_string();
+    eprintln!("{name} gpu-info ({tag}): {info}");
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(
+        v["ordinal"], 0,
+        "a worker's own GPU is its CUDA device 0: {info}"
+    );
+    v
+}
+
+/// `gpu-saxpy` of `n` elements on worker `name`: its checksum, with the time printed.
+async fn saxpy(client: &Client, name: &str, n: u64, tag: &str) -> u64 {
+    let t = Instant::now();
+    let out = client
+        .submit(
+            Task::function(format!("saxpy-{name}-{n}-{tag}"), "gpu-saxpy")
+                .arg_u64(n)
+                .resource("GPU", 1.0)
+                .worker(name),
+        )
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    let got = u64::from_le_bytes(out[..].try_into().unwrap());
+    eprintln!(
+        "{name}: gpu-saxpy n={n} ({tag}): checksum {got:#x}, task round trip {:?}",
+        t.elapsed()
+    );
+    got
 }
