@@ -12,40 +12,13 @@ mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{BIN, Proc, SOON, connect, nanny_status, rt, scheduler, signal, workers_until};
+use support::{
+    BIN, SOON, connect, cuda_worker, nanny_status, rt, scheduler, signal, workers_until,
+};
 use taskwire::{Client, ClientError, Task};
 
 fn has_nvidia_driver() -> bool {
     std::path::Path::new("/proc/driver/nvidia").exists()
-}
-
-/// `taskwire cuda-worker ADDR --name ci extra...` with `CUDA_VISIBLE_DEVICES=visible`; returns
-/// it with its control address once its `n` workers registered.
-fn cuda_worker(address: &str, visible: Option<&str>, n: usize, extra: &[&str]) -> (Proc, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["cuda-worker", address, "--name", "ci"])
-        .args(extra);
-    match visible {
-        Some(v) => cmd.env("CUDA_VISIBLE_DEVICES", v),
-        None => cmd.env_remove("CUDA_VISIBLE_DEVICES"),
-    };
-    let p = Proc::start_cmd(cmd);
-    let control = p.line("Nanny at:");
-    let control = control.strip_prefix("tcp://").expect("tcp").to_string();
-    let mut registered = 0;
-    let deadline = Instant::now() + SOON;
-    while registered < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = p
-            .stdout
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("{registered} of {n} GPU workers registered"));
-        eprintln!("cuda-worker: {line}");
-        if line.starts_with("Registered to:") {
-            registered += 1;
-        }
-    }
-    (p, control)
 }
 
 /// A command task needing one GPU that prints what its worker sees.

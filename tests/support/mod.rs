@@ -436,3 +436,37 @@ pub(crate) async fn check_command_values(futures: &[taskwire::Future]) {
         assert_eq!(out.stdout, format!("value-{i}").into_bytes(), "{}", f.key());
     }
 }
+
+/// `taskwire cuda-worker ADDR --name ci extra...` with `CUDA_VISIBLE_DEVICES=visible` (unset for
+/// `None`); returns it with its nanny's control address once its `n` GPU workers registered.
+pub(crate) fn cuda_worker(
+    address: &str,
+    visible: Option<&str>,
+    n: usize,
+    extra: &[&str],
+) -> (Proc, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["cuda-worker", address, "--name", "ci"])
+        .args(extra);
+    match visible {
+        Some(v) => cmd.env("CUDA_VISIBLE_DEVICES", v),
+        None => cmd.env_remove("CUDA_VISIBLE_DEVICES"),
+    };
+    let p = Proc::start_cmd(cmd);
+    let control = p.line("Nanny at:");
+    let control = control.strip_prefix("tcp://").expect("tcp").to_string();
+    let mut registered = 0;
+    let deadline = Instant::now() + SOON;
+    while registered < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = p
+            .stdout
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("{registered} of {n} GPU workers registered"));
+        eprintln!("cuda-worker: {line}");
+        if line.starts_with("Registered to:") {
+            registered += 1;
+        }
+    }
+    (p, control)
+}
