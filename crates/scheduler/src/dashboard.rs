@@ -9,8 +9,9 @@
 //! - `/api/v1/totals`, `/api/v1/workers`, `/api/v1/groups`, `/api/v1/durations`: JSON;
 //! - `/api/v1/stream`: server-sent events, one `totals` + `workers` + `groups` + `durations`
 //!   object per snapshot;
-//! - `/api/v1/task-stream?since=SEQ`: the tasks finished in the last minute after number
-//!   `SEQ` (worker, start, end), for the task stream;
+//! - `/api/v1/task-stream?since=SEQ`: the tasks that ran (finished or failed) in the last
+//!   minute after number `SEQ` (worker, executor thread, start, end, erred), for the task
+//!   stream;
 //! - `/api/v1/task/KEY` (JSON) and `/task/KEY` (a page): the task's transitions still in the
 //!   core's log, with their stimulus ids. This is the one request that reaches the core thread:
 //!   one bounded lookup in its queue, like any event.
@@ -282,7 +283,8 @@ fn task_stream(runs: &TaskStream, since: u64) -> Value {
             json!({
                 "seq": r.seq, "key": &*r.key,
                 "group": taskwire_scheduler_core::key_group(&r.key),
-                "worker": r.worker, "start_ms": r.start_ms, "end_ms": r.end_ms,
+                "worker": r.worker, "thread": r.thread, "erred": r.erred,
+                "start_ms": r.start_ms, "end_ms": r.end_ms,
             })
         })
         .collect();

@@ -109,13 +109,16 @@ impl Snapshot {
 /// How far back the task stream goes.
 pub(crate) const STREAM_WINDOW: Duration = Duration::from_secs(60);
 
-/// A finished task in the task stream.
+/// A task that ran (finished or failed) in the task stream.
 #[derive(Clone, Debug)]
 pub(crate) struct StreamRun {
-    /// Its number among all finished tasks (from 1).
+    /// Its number among all tasks that ran (from 1).
     pub(crate) seq: u64,
     pub(crate) key: Arc<str>,
     pub(crate) worker: u64,
+    /// The worker's executor thread that ran it.
+    pub(crate) thread: u32,
+    pub(crate) erred: bool,
     /// Start and end, in milliseconds since the Unix epoch (the start is the end less the
     /// run time the worker measured).
     pub(crate) start_ms: f64,
@@ -159,8 +162,8 @@ impl Publisher {
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64() * 1e3);
         let new: Vec<_> = core.task_runs_since(self.stream_seq).collect();
-        // The last one is number `finished_total`.
-        let first = core.finished_total() + 1 - new.len() as u64;
+        // The last one is number `task_runs_total`.
+        let first = core.task_runs_total() + 1 - new.len() as u64;
         let mut stream = self.stream.lock().expect("task stream");
         for (seq, run) in (first..).zip(new) {
             let end_ms = wall - now.saturating_duration_since(run.finished).as_secs_f64() * 1e3;
@@ -168,11 +171,13 @@ impl Publisher {
                 seq,
                 key: run.key.clone(),
                 worker: run.worker.0,
+                thread: run.thread,
+                erred: run.erred,
                 start_ms: end_ms - run.duration_us as f64 / 1e3,
                 end_ms,
             });
         }
-        self.stream_seq = core.finished_total();
+        self.stream_seq = core.task_runs_total();
         let oldest = wall - STREAM_WINDOW.as_secs_f64() * 1e3;
         while stream.front().is_some_and(|r| r.end_ms < oldest)
             || stream.len() > taskwire_scheduler_core::MAX_TASK_RUNS

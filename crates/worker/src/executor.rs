@@ -49,6 +49,8 @@ pub struct JobOutcome {
     pub result: Result<Bytes, TaskErrorMsg>,
     /// How long the job ran (not counting time in the queue).
     pub duration: Duration,
+    /// The executor thread that ran it (`0..nthreads`).
+    pub thread: u32,
 }
 
 impl fmt::Debug for JobOutcome {
@@ -59,7 +61,9 @@ impl fmt::Debug for JobOutcome {
             Ok(b) => d.field("ok_len", &b.len()),
             Err(e) => d.field("err", e),
         };
-        d.field("duration", &self.duration).finish()
+        d.field("duration", &self.duration)
+            .field("thread", &self.thread)
+            .finish()
     }
 }
 
@@ -187,6 +191,7 @@ impl Executor {
             task: job.task,
             result,
             duration: start.elapsed(),
+            thread: 0,
         })
     }
 
@@ -322,6 +327,7 @@ fn run_thread(thread: usize, shared: &Shared, env: &Env) {
             task: job.task,
             result,
             duration,
+            thread: thread as u32,
         };
         let outcome = match &env.direct {
             Some(direct) => {

@@ -15,8 +15,8 @@ use std::time::Duration;
 use taskwire_protocol::connection::ConnectError;
 use taskwire_protocol::{
     ClientHandshake, ClusterSecret, ComputeTaskMsg, ErrorKindMsg, FromWorker, MAX_INLINE_RESULT,
-    RegisterWorkerMsg, ResourceMsg, Role, TaskErrorMsg, TaskFinishedMsg, TaskId, ToWorker,
-    WorkerId, WorkerMetricsMsg, decode, encode,
+    RegisterWorkerMsg, ResourceMsg, Role, TaskErredMsg, TaskErrorMsg, TaskFinishedMsg, TaskId,
+    ToWorker, WorkerId, WorkerMetricsMsg, decode, encode,
 };
 use taskwire_transport::{
     Address, ConnReceiver, ConnSender, Message, Registry, TransportConfig, TransportError,
@@ -728,6 +728,7 @@ impl Reporter {
             task: outcome.task,
             nbytes,
             duration_us: outcome.duration.as_micros() as u64,
+            thread: outcome.thread,
             inline: Some(value.to_vec()),
         }]);
         // Written at once when nothing is queued on the connection; a full queue is waited
@@ -759,7 +760,7 @@ struct State {
     /// Tasks handed to the executor and not finished, and the executor threads' own reports.
     reporter: Arc<Reporter>,
     finished: Vec<TaskFinishedMsg>,
-    erred: Vec<(TaskId, TaskErrorMsg)>,
+    erred: Vec<TaskErredMsg>,
     fetch_tx: mpsc::UnboundedSender<Fetched>,
     zero_worker: bool,
     /// Other reports (released, missing data, data added), sent in order at the next flush.
@@ -910,6 +911,7 @@ impl State {
                     task: t.task,
                     nbytes: 8,
                     duration_us: 0,
+                    thread: 0,
                     inline: None,
                 }));
             }
@@ -1039,16 +1041,18 @@ impl State {
                 Lookup::Absent => {}
             }
             if dep.holders.is_empty() {
-                self.erred.push((
-                    msg.task,
-                    TaskErrorMsg {
+                self.erred.push(TaskErredMsg {
+                    task: msg.task,
+                    error: TaskErrorMsg {
                         kind: ErrorKindMsg::MissingInput,
                         message: format!(
                             "input {} of '{}' is not on this worker and no holder was named",
                             dep.task, msg.key
                         ),
                     },
-                ));
+                    duration_us: 0,
+                    thread: None,
+                });
                 return None;
             }
             missing += 1;
@@ -1310,6 +1314,7 @@ impl State {
                     task: outcome.task,
                     nbytes,
                     duration_us: outcome.duration.as_micros() as u64,
+                    thread: outcome.thread,
                     inline,
                 });
             }
@@ -1317,7 +1322,12 @@ impl State {
                 self.counters
                     .tasks_erred
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.erred.push((outcome.task, e));
+                self.erred.push(TaskErredMsg {
+                    task: outcome.task,
+                    error: e,
+                    duration_us: outcome.duration.as_micros() as u64,
+                    thread: Some(outcome.thread),
+                });
             }
         }
     }
