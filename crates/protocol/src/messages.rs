@@ -389,8 +389,12 @@ pub struct TaskFinishedMsg {
     pub nbytes: u64,
     /// Run time in microseconds.
     pub duration_us: u64,
-    /// The executor thread (`0..nthreads`) that ran it, for the dashboard's task stream. It
-    /// fills what would be padding before `inline`: the message is no larger for it.
+    /// When it started, in microseconds on the worker's own monotonic clock (from the
+    /// worker's start). For the dashboard's task stream: the scheduler places all runs of one
+    /// worker with one offset, so that runs on one thread keep their order and never overlap,
+    /// however the reports were batched.
+    pub started_us: u64,
+    /// The executor thread (`0..nthreads`) that ran it, for the task stream.
     pub thread: u32,
     /// The result itself when it is at most [`MAX_INLINE_RESULT`] bytes.
     pub inline: Option<Vec<u8>>,
@@ -405,6 +409,8 @@ pub struct TaskErredMsg {
     pub error: TaskErrorMsg,
     /// Run time in microseconds (0 when it did not run).
     pub duration_us: u64,
+    /// When it started, on the worker's clock (as [`TaskFinishedMsg::started_us`]).
+    pub started_us: u64,
     /// The executor thread that ran it; `None` when it failed before it ran (an input could
     /// not be found).
     pub thread: Option<u32>,
@@ -631,6 +637,7 @@ mod tests {
             task: TaskId(2),
             nbytes: 8,
             duration_us: 15,
+            started_us: 1_000,
             thread: 7,
             inline: Some(vec![1, 2, 3]),
         }]);
@@ -643,6 +650,7 @@ mod tests {
                     message: "boom".into(),
                 },
                 duration_us: 40,
+                started_us: 2_000,
                 thread: Some(1),
             },
             TaskErredMsg {
@@ -652,17 +660,18 @@ mod tests {
                     message: "gone".into(),
                 },
                 duration_us: 0,
+                started_us: 0,
                 thread: None,
             },
         ]);
         assert_eq!(decode::<FromWorker>(&encode(&e)).unwrap(), e);
     }
 
-    /// Every finished task sends one of these: the executor thread's index went into what
-    /// was padding, so the report stays 40 bytes.
+    /// Every finished task sends one of these: the start time and the executor thread's
+    /// index (which fills what was padding) add 8 bytes to the 40 it had.
     #[test]
-    fn a_task_report_is_no_larger_for_its_thread() {
-        assert_eq!(std::mem::size_of::<ArchivedTaskFinishedMsg>(), 40);
+    fn a_task_report_stays_small() {
+        assert_eq!(std::mem::size_of::<ArchivedTaskFinishedMsg>(), 48);
     }
 
     #[test]

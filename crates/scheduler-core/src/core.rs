@@ -1292,6 +1292,7 @@ impl Core {
                         thread: f.thread,
                         finished: self.now.expect("inside handle_event"),
                         duration_us: f.duration_us,
+                        started_us: f.started_us,
                         erred: false,
                     };
                     self.record_run(run);
@@ -1335,6 +1336,7 @@ impl Core {
                     thread,
                     finished: self.now.expect("inside handle_event"),
                     duration_us: e.duration_us,
+                    started_us: e.started_us,
                     erred: true,
                 };
                 self.record_run(run);

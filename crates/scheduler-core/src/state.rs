@@ -125,6 +125,9 @@ pub struct TaskRun {
     pub finished: Instant,
     /// How long it ran, as the worker measured it.
     pub duration_us: u64,
+    /// When it started, in µs on the worker's own clock (see
+    /// [`TaskFinishedMsg::started_us`](taskwire_protocol::TaskFinishedMsg::started_us)).
+    pub started_us: u64,
     /// It failed (its error is the task's, unless it is retried).
     pub erred: bool,
 }

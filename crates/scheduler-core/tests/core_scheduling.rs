@@ -987,6 +987,7 @@ fn task_runs_remember_the_thread_and_failures() {
             task: t1,
             nbytes: 8,
             duration_us: 30,
+            started_us: 500,
             thread: 1,
             inline: None,
         }],
@@ -1007,6 +1008,7 @@ fn task_runs_remember_the_thread_and_failures() {
                 r.key.to_string(),
                 r.worker,
                 r.thread,
+                r.started_us,
                 r.duration_us,
                 r.erred,
             )
@@ -1015,8 +1017,8 @@ fn task_runs_remember_the_thread_and_failures() {
     assert_eq!(
         runs,
         [
-            ("x-1".to_string(), w, 1, 30, false),
-            ("x-2".to_string(), w, 0, 10, true)
+            ("x-1".to_string(), w, 1, 500, 30, false),
+            ("x-2".to_string(), w, 0, 0, 10, true)
         ]
     );
     assert_eq!(env.core.task_runs_since(1).count(), 1);
@@ -1032,6 +1034,7 @@ fn task_runs_remember_the_thread_and_failures() {
                 message: "gone".into(),
             },
             duration_us: 0,
+            started_us: 0,
             thread: None,
         }],
     });

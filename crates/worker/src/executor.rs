@@ -47,6 +47,8 @@ pub struct JobOutcome {
     pub task: TaskId,
     /// The result bytes, or why there are none.
     pub result: Result<Bytes, TaskErrorMsg>,
+    /// When the job started.
+    pub started: Instant,
     /// How long the job ran (not counting time in the queue).
     pub duration: Duration,
     /// The executor thread that ran it (`0..nthreads`).
@@ -190,6 +192,7 @@ impl Executor {
         Some(JobOutcome {
             task: job.task,
             result,
+            started: start,
             duration: start.elapsed(),
             thread: 0,
         })
@@ -326,6 +329,7 @@ fn run_thread(thread: usize, shared: &Shared, env: &Env) {
         let outcome = JobOutcome {
             task: job.task,
             result,
+            started: start,
             duration,
             thread: thread as u32,
         };

@@ -433,6 +433,7 @@ impl WorkerBuilder {
             counters: counters.clone(),
             sender: sender.clone(),
             runtime: tokio::runtime::Handle::current(),
+            clock: std::time::Instant::now(),
         });
         let direct: DirectReport = {
             let reporter = reporter.clone();
@@ -686,12 +687,19 @@ struct Reporter {
     sender: ConnSender,
     /// To wait for room in the connection's queue from an executor thread.
     runtime: tokio::runtime::Handle,
+    /// The origin of the worker's clock: reports give start times in µs since then.
+    clock: std::time::Instant,
 }
 
 impl Reporter {
     fn running(&self) -> MutexGuard<'_, HashSet<TaskId>> {
         // Nothing panics while holding it; carry on if something did.
         self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `t` on the worker's clock, in µs, as reports give start times.
+    fn micros(&self, t: std::time::Instant) -> u64 {
+        t.saturating_duration_since(self.clock).as_micros() as u64
     }
 
     /// Report `outcome` now from this executor thread, hold it for the loop's next report
@@ -728,6 +736,7 @@ impl Reporter {
             task: outcome.task,
             nbytes,
             duration_us: outcome.duration.as_micros() as u64,
+            started_us: self.micros(outcome.started),
             thread: outcome.thread,
             inline: Some(value.to_vec()),
         }]);
@@ -907,10 +916,12 @@ impl State {
     fn handle_scheduler(&mut self, msg: ToWorker) {
         match msg {
             ToWorker::Compute(tasks) if self.zero_worker => {
+                let now = self.reporter.micros(std::time::Instant::now());
                 self.finished.extend(tasks.iter().map(|t| TaskFinishedMsg {
                     task: t.task,
                     nbytes: 8,
                     duration_us: 0,
+                    started_us: now,
                     thread: 0,
                     inline: None,
                 }));
@@ -1051,6 +1062,7 @@ impl State {
                         ),
                     },
                     duration_us: 0,
+                    started_us: 0,
                     thread: None,
                 });
                 return None;
@@ -1314,6 +1326,7 @@ impl State {
                     task: outcome.task,
                     nbytes,
                     duration_us: outcome.duration.as_micros() as u64,
+                    started_us: self.reporter.micros(outcome.started),
                     thread: outcome.thread,
                     inline,
                 });
@@ -1326,6 +1339,7 @@ impl State {
                     task: outcome.task,
                     error: e,
                     duration_us: outcome.duration.as_micros() as u64,
+                    started_us: self.reporter.micros(outcome.started),
                     thread: Some(outcome.thread),
                 });
             }

@@ -178,6 +178,7 @@ impl Env {
                     task: t,
                     nbytes,
                     duration_us,
+                    started_us: 0,
                     thread: 0,
                     inline: None,
                 })
@@ -195,6 +196,7 @@ impl Env {
                     message: message.into(),
                 },
                 duration_us: 10,
+                started_us: 0,
                 thread: Some(0),
             }],
         })
