@@ -213,6 +213,96 @@ fn dashboard_metrics_and_api_reflect_the_cluster_and_survive_garbage() {
     }
     drop(reader);
 
+    // One row per worker thread: a worker with two threads runs sleepers side by side, quick
+    // tasks and a failure. The stream names both threads, and the runs on one thread follow
+    // each other without overlapping (placed by the worker's own clock, however its reports
+    // were batched).
+    let _w2 = spawn(
+        &[
+            "worker",
+            &address,
+            "--nthreads",
+            "2",
+            "--name",
+            "dash-2t",
+            "--no-nanny",
+        ],
+        &["Registered to:"],
+    );
+    let _futures2 = rt.block_on(async {
+        let mut tasks: Vec<Task> = (0..20)
+            .map(|i| Task::function(format!("dash-sleep-{i}"), "sleep").arg_u64(30))
+            .collect();
+        tasks.extend((0..200).map(|i| Task::function(format!("dash-quick-{i}"), "inc").arg_i64(i)));
+        tasks.push(Task::function("dash-fail-0", "fail"));
+        let tasks = tasks.into_iter().map(|t| t.worker("dash-2t")).collect();
+        let futures = client.submit_graph(tasks).await.unwrap();
+        client.wait(&futures).await;
+        futures
+    });
+    let (_, body) = get(&http, "/api/v1/workers");
+    let workers: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "dash-2t")
+        .map(|w| w["id"].clone())
+        .unwrap_or_else(|| panic!("{workers}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let runs = loop {
+        let (_, body) = get(&http, &format!("/api/v1/task-stream?since={last}"));
+        let stream: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let runs: Vec<serde_json::Value> = stream["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["worker"] == id)
+            .cloned()
+            .collect();
+        if runs.len() == 221 {
+            break runs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 221 runs in the stream",
+            runs.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut threads: std::collections::BTreeMap<u64, Vec<(f64, f64, String)>> = Default::default();
+    for r in &runs {
+        let (start, end) = (
+            r["start_ms"].as_f64().unwrap(),
+            r["end_ms"].as_f64().unwrap(),
+        );
+        assert!(end >= start, "{r}");
+        threads
+            .entry(r["thread"].as_u64().unwrap())
+            .or_default()
+            .push((start, end, r["key"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(
+        threads.keys().copied().collect::<Vec<_>>(),
+        [0, 1],
+        "both threads ran tasks"
+    );
+    for (thread, mut on) in threads {
+        on.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for pair in on.windows(2) {
+            assert!(
+                pair[1].0 >= pair[0].1,
+                "thread {thread}: {:?} overlaps {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+    let failed: Vec<&serde_json::Value> = runs.iter().filter(|r| r["erred"] == true).collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["key"], "dash-fail-0");
+    assert_eq!(failed[0]["group"], "dash-fail");
+
     // Hostile or wrong input: a clear 4xx, and the server stays up.
     assert!(raw(&http, b"\x00\x01garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
     assert!(raw(&http, b"POST / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
@@ -442,7 +532,7 @@ fn a_real_browser_shows_the_live_cluster_under_the_cluster_token() {
         .map(|(hostport, _)| hostport.to_string())
         .unwrap();
 
-    // Two workers under a nanny, each with its own metrics port.
+    // Two workers of two threads under a nanny, each with its own metrics port.
     let (workers, _) = spawn(
         &[
             "worker",
@@ -450,7 +540,7 @@ fn a_real_browser_shows_the_live_cluster_under_the_cluster_token() {
             "--nworkers",
             "2",
             "--nthreads",
-            "1",
+            "2",
             "--name",
             "browser",
             "--auth-token-file",
@@ -501,9 +591,9 @@ fn a_real_browser_shows_the_live_cluster_under_the_cluster_token() {
         .expect("connect in time")
         .unwrap()
     });
-    // 300 quick tasks, 40 that sleep 120 ms (a few seconds of throughput on the charts), and
-    // 40 blocks of 256 KiB made on both workers that one checksum task gathers: half of them
-    // cross between the workers.
+    // 300 quick tasks, 40 that sleep 120 ms (a few seconds of throughput on the charts), 40
+    // blocks of 256 KiB made on both workers that one checksum task gathers (half of them
+    // cross between the workers), and one task that fails.
     let _futures = rt.block_on(async {
         let mut tasks: Vec<Task> = (0..300)
             .map(|i| Task::function(format!("browser-inc-{i}"), "inc").arg_i64(i))
@@ -522,16 +612,25 @@ fn a_real_browser_shows_the_live_cluster_under_the_cluster_token() {
             check = check.dep_key(key);
         }
         tasks.push(check);
+        // A command that fails after 300 ms: wide enough to see its outline in the picture.
+        tasks.push(Task::command(
+            "browser-fail-0",
+            ["sh", "-c", "sleep 0.3; exit 3"].map(String::from).to_vec(),
+        ));
         let futures = client.submit_graph(tasks).await.unwrap();
         client.wait(&futures).await;
         futures
     });
+    // Finished; held (and run) with the failure.
     let total = 381;
+    let held = total + 1;
 
-    // The live page catches up with the finished graph.
-    browser.wait_for("document.getElementById('finished').textContent", |v| {
-        v == total.to_string().as_str()
-    });
+    // The live page catches up with the finished graph and its failure.
+    browser.wait_for(
+        "document.getElementById('finished').textContent + ' '
+            + document.getElementById('legend').textContent.includes('erred 1')",
+        |v| v == format!("{total} true").as_str(),
+    );
     let names = browser
         .eval("[...document.querySelectorAll('#rows tr')].map(r => r.cells[0].textContent).sort()");
     assert_eq!(names, serde_json::json!(["browser-0", "browser-1"]));
@@ -542,18 +641,68 @@ fn a_real_browser_shows_the_live_cluster_under_the_cluster_token() {
     assert_eq!(
         groups,
         serde_json::json!({"browser-inc": "300", "browser-sleep": "40",
-                           "browser-data": "40", "browser-check": "1"}),
+                           "browser-data": "40", "browser-check": "1", "browser-fail": "1"}),
         "the progress table shows each group's tasks"
     );
-    // Each group's bar is all "in memory" (green), as the results are held.
+    // Each group's bar is all "in memory" (green), as the results are held, but the
+    // failure's, which is all "erred".
     let bars = browser.eval(
-        "[...document.querySelectorAll('#groups tr .bar')].map(b => b.children.length == 1
-            && b.children[0].title.startsWith('memory'))",
+        "Object.fromEntries([...document.querySelectorAll('#groups tr')].map(r => {
+            const b = r.querySelector('.bar');
+            return [r.cells[0].textContent, b.children.length == 1
+                ? b.children[0].title.split(':')[0] : 'mixed'];
+        }))",
     );
     assert_eq!(
         bars,
-        serde_json::json!([true, true, true, true]),
+        serde_json::json!({"browser-inc": "memory", "browser-sleep": "memory",
+                           "browser-data": "memory", "browser-check": "memory",
+                           "browser-fail": "erred"}),
         "{groups}"
+    );
+    // The task stream has a row per worker thread, labelled with the worker's name and the
+    // thread; between them the rows hold every task that ran, the failure among them, and
+    // the sleepers ran side by side on both threads of each worker.
+    let rows = browser.wait_for(
+        "[...document.querySelectorAll('#streamlabels div')].map(d =>
+            [d.textContent, +d.dataset.tasks, +d.dataset.failed])",
+        |v| {
+            v.as_array().is_some_and(|rows| {
+                rows.iter().map(|r| r[1].as_u64().unwrap_or(0)).sum::<u64>() == held
+            })
+        },
+    );
+    let labels: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "browser-0 #0",
+            "browser-0 #1",
+            "browser-1 #0",
+            "browser-1 #1"
+        ],
+        "{rows}"
+    );
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r[1].as_u64() > Some(0)),
+        "every thread ran tasks: {rows}"
+    );
+    assert_eq!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[2].as_u64().unwrap())
+            .sum::<u64>(),
+        1,
+        "one failure: {rows}"
     );
     // Run times: the tasks that slept 120 ms all fall under 250 ms.
     let sleep_times = browser.wait_for(
@@ -587,7 +736,7 @@ fn a_real_browser_shows_the_live_cluster_under_the_cluster_token() {
     );
     assert_eq!(
         browser.eval("document.getElementById('total').textContent"),
-        total.to_string().as_str()
+        held.to_string().as_str()
     );
     // The transfers arrive with the workers' next heartbeats.
     let moved = browser.wait_for("document.getElementById('moved').textContent", |v| {
@@ -595,6 +744,13 @@ fn a_real_browser_shows_the_live_cluster_under_the_cluster_token() {
     });
     // A few more updates, so the charts have their lines, then a picture for people.
     std::thread::sleep(Duration::from_secs(3));
+    // Redrawn charts never widen the page.
+    assert_eq!(
+        browser.eval("document.documentElement.scrollWidth <= window.innerWidth"),
+        true,
+        "{}",
+        browser.eval("document.documentElement.scrollWidth")
+    );
     let height = browser.eval("document.documentElement.scrollHeight");
     let shot = browser.call(
         "Page.captureScreenshot",

@@ -204,9 +204,26 @@ fn main() -> std::io::Result<()> {
                 task: TaskId(2),
                 nbytes: 8,
                 duration_us: 15,
+                started_us: 1_000_000,
+                thread: 3,
                 inline: Some(vec![1, 2, 3]),
             }])),
-            encode(&FromWorker::TasksErred(vec![(TaskId(4), error())])),
+            encode(&FromWorker::TasksErred(vec![
+                TaskErredMsg {
+                    task: TaskId(4),
+                    error: error(),
+                    duration_us: 40,
+                    started_us: 2_000_000,
+                    thread: Some(1),
+                },
+                TaskErredMsg {
+                    task: TaskId(6),
+                    error: error(),
+                    duration_us: 0,
+                    started_us: 0,
+                    thread: None,
+                },
+            ])),
             encode(&FromWorker::MissingData {
                 task: TaskId(5),
                 missing: vec![TaskId(4)],

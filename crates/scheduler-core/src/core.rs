@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use taskwire_protocol::{
     ArchivedFromClient, ArchivedTaskSpecMsg, ClientId, ErrorKindMsg, KeyInMemoryMsg,
-    RegisterWorkerMsg, ResourceMsg, TaskErrorMsg, TaskFinishedMsg, TaskId, ToClient, ToWorker,
-    WorkerId, WorkerInfoMsg, WorkerMetricsMsg,
+    RegisterWorkerMsg, ResourceMsg, TaskErredMsg, TaskErrorMsg, TaskFinishedMsg, TaskId, ToClient,
+    ToWorker, WorkerId, WorkerInfoMsg, WorkerMetricsMsg,
 };
 
 use crate::config::CoreConfig;
@@ -93,8 +93,10 @@ pub struct Core {
     pub(crate) recovery: RecoveryCounts,
     /// Tasks that finished on a worker (processing -> memory), since the core started.
     pub(crate) finished_total: u64,
-    /// The latest finished tasks (at most [`MAX_TASK_RUNS`]), for the task stream; the last
-    /// one is number `finished_total`.
+    /// Tasks that ran to an end on a worker (finished or failed), since the core started.
+    pub(crate) runs_total: u64,
+    /// The latest of those (at most [`MAX_TASK_RUNS`]), for the task stream; the last one is
+    /// number `runs_total`.
     pub(crate) runs: VecDeque<TaskRun>,
     pub(crate) next_steal: Option<Instant>,
     pub(crate) rr_cursor: usize,
@@ -159,6 +161,7 @@ impl Core {
             replicas: FxHashMap::default(),
             recovery: RecoveryCounts::default(),
             finished_total: 0,
+            runs_total: 0,
             runs: VecDeque::new(),
             next_steal: None,
             rr_cursor: 0,
@@ -335,13 +338,28 @@ impl Core {
         groups
     }
 
-    /// The tasks that finished after the `since`-th (counting from 1, as
-    /// [`finished_total`](Self::finished_total) does), oldest first; at most the last
+    /// The tasks that ran to an end (finished or failed) after the `since`-th (counting from
+    /// 1, as [`task_runs_total`](Self::task_runs_total) does), oldest first; at most the last
     /// [`MAX_TASK_RUNS`].
     pub fn task_runs_since(&self, since: u64) -> impl Iterator<Item = &TaskRun> {
-        let new = self.finished_total.saturating_sub(since) as usize;
+        let new = self.runs_total.saturating_sub(since) as usize;
         let skip = self.runs.len().saturating_sub(new);
         self.runs.iter().skip(skip)
+    }
+
+    /// Tasks that ran to an end on a worker (finished or failed) since the core started: the
+    /// number of the latest [`TaskRun`].
+    pub fn task_runs_total(&self) -> u64 {
+        self.runs_total
+    }
+
+    /// Remember a run for the task stream.
+    fn record_run(&mut self, run: TaskRun) {
+        self.runs_total += 1;
+        if self.runs.len() == MAX_TASK_RUNS {
+            self.runs.pop_front();
+        }
+        self.runs.push_back(run);
     }
 
     /// Clients connected.
@@ -1268,15 +1286,16 @@ impl Core {
                 TaskState::Processing => {
                     let on = t.processing_on;
                     self.finished_total += 1;
-                    if self.runs.len() == MAX_TASK_RUNS {
-                        self.runs.pop_front();
-                    }
-                    self.runs.push_back(TaskRun {
+                    let run = TaskRun {
                         key: t.key.clone(),
                         worker: id,
+                        thread: f.thread,
                         finished: self.now.expect("inside handle_event"),
                         duration_us: f.duration_us,
-                    });
+                        started_us: f.started_us,
+                        erred: false,
+                    };
+                    self.record_run(run);
                     self.pending_inline = f.inline.filter(|v| v.len() as u64 == f.nbytes);
                     if on != w {
                         // Another worker was given the task (a steal, a reschedule) but this
@@ -1298,18 +1317,32 @@ impl Core {
         }
     }
 
-    fn tasks_erred(&mut self, id: WorkerId, errors: Vec<(TaskId, TaskErrorMsg)>) {
+    fn tasks_erred(&mut self, id: WorkerId, errors: Vec<TaskErredMsg>) {
         let Some(&w) = self.worker_by_id.get(&id) else {
             return;
         };
-        for (task, error) in errors {
-            let Some(slot) = self.task_slot(task) else {
+        for e in errors {
+            let Some(slot) = self.task_slot(e.task) else {
                 continue;
             };
-            let t = &mut self.tasks[slot as usize];
+            let t = &self.tasks[slot as usize];
             if t.state != TaskState::Processing || t.processing_on != w {
                 continue;
             }
+            if let Some(thread) = e.thread {
+                let run = TaskRun {
+                    key: t.key.clone(),
+                    worker: id,
+                    thread,
+                    finished: self.now.expect("inside handle_event"),
+                    duration_us: e.duration_us,
+                    started_us: e.started_us,
+                    erred: true,
+                };
+                self.record_run(run);
+            }
+            let error = e.error;
+            let t = &mut self.tasks[slot as usize];
             if t.retries_left > 0 {
                 t.retries_left -= 1;
                 self.reschedule(slot, false);

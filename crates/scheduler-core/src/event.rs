@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 use taskwire_protocol::{
-    Archived, ClientId, FromClient, RegisterWorkerMsg, TaskErrorMsg, TaskFinishedMsg, TaskId,
+    Archived, ClientId, FromClient, RegisterWorkerMsg, TaskErredMsg, TaskFinishedMsg, TaskId,
     TaskSpecMsg, ToClient, ToWorker, WorkerId, WorkerMetricsMsg,
 };
 
@@ -96,7 +96,7 @@ pub enum Event {
         /// Which worker.
         worker: WorkerId,
         /// What failed and why.
-        errors: Vec<(TaskId, TaskErrorMsg)>,
+        errors: Vec<TaskErredMsg>,
     },
     /// `worker` could not fetch the inputs `missing` of `task` from the holders it was given.
     MissingData {

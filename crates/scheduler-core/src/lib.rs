@@ -88,7 +88,11 @@
 //! assert_eq!(batch[0].key, "load-0");
 //!
 //! // The worker reports it done; the core sends the dependent.
-//! let done = |t| vec![TaskFinishedMsg { task: t, nbytes: 8, duration_us: 100, inline: None }];
+//! let done = |t| {
+//!     let f = TaskFinishedMsg { task: t, nbytes: 8, duration_us: 100, started_us: 0, thread: 0,
+//!                               inline: None };
+//!     vec![f]
+//! };
 //! core.handle_event(now, Event::TasksFinished { worker, tasks: done(batch[0].task) });
 //! let Some(Command::ToWorker(_, ToWorker::Compute(batch))) = core.poll_command() else { panic!() };
 //! assert_eq!(batch[0].key, "double-0");

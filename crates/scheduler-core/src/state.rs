@@ -111,17 +111,25 @@ impl fmt::Display for TransitionRecord {
     }
 }
 
-/// A task that finished on a worker, for the dashboard's task stream.
+/// A task that ran to an end (finished or failed) on a worker, for the dashboard's task
+/// stream.
 #[derive(Clone, Debug)]
 pub struct TaskRun {
     /// The task's key.
     pub key: Arc<str>,
     /// The worker that ran it.
     pub worker: WorkerId,
-    /// When the core learnt it finished.
+    /// The worker's executor thread that ran it (`0..nthreads`).
+    pub thread: u32,
+    /// When the core learnt it ended.
     pub finished: Instant,
     /// How long it ran, as the worker measured it.
     pub duration_us: u64,
+    /// When it started, in µs on the worker's own clock (see
+    /// [`TaskFinishedMsg::started_us`](taskwire_protocol::TaskFinishedMsg::started_us)).
+    pub started_us: u64,
+    /// It failed (its error is the task's, unless it is retried).
+    pub erred: bool,
 }
 
 /// A task group (key prefix) as [`Core::groups`](crate::Core::groups) reports it.

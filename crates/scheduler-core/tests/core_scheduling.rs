@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use common::*;
 use taskwire_protocol::{
-    ErrorKindMsg, RegisterWorkerMsg, ResourceMsg, TaskId, ToClient, ToWorker, WorkerId,
+    ErrorKindMsg, RegisterWorkerMsg, ResourceMsg, TaskErredMsg, TaskErrorMsg, TaskFinishedMsg,
+    TaskId, ToClient, ToWorker, WorkerId,
 };
 use taskwire_scheduler_core::{Command, CoreConfig, Event, TaskState};
 
@@ -963,4 +964,80 @@ fn tasks_held_per_client_are_capped_across_submissions() {
         ),
         "{out:?}"
     );
+}
+
+/// The dashboard's task stream: each task that ran is remembered with the executor thread
+/// that ran it, failures included (drawn outlined); one that failed before it ran (an input
+/// that could not be found) took no thread's time and is not.
+#[test]
+fn task_runs_remember_the_thread_and_failures() {
+    let mut env = Env::new();
+    let w = env.join(1, "a", 2);
+    let out = env.submit(
+        C1,
+        vec![task("x-1", &[]), task("x-2", &[])],
+        &["x-1", "x-2"],
+    );
+    let c = compute_on(&out, w);
+    assert_eq!(c.len(), 2, "{out:?}");
+    let (t1, t2) = (c[0].1, c[1].1);
+    env.ev(Event::TasksFinished {
+        worker: w,
+        tasks: vec![TaskFinishedMsg {
+            task: t1,
+            nbytes: 8,
+            duration_us: 30,
+            started_us: 500,
+            thread: 1,
+            inline: None,
+        }],
+    });
+    let out = env.err(w, t2, "boom");
+    assert_eq!(erred(&out).len(), 1);
+    assert_eq!(
+        env.core.finished_total(),
+        1,
+        "a failure is no finished task"
+    );
+    assert_eq!(env.core.task_runs_total(), 2);
+    let runs: Vec<_> = env
+        .core
+        .task_runs_since(0)
+        .map(|r| {
+            (
+                r.key.to_string(),
+                r.worker,
+                r.thread,
+                r.started_us,
+                r.duration_us,
+                r.erred,
+            )
+        })
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("x-1".to_string(), w, 1, 500, 30, false),
+            ("x-2".to_string(), w, 0, 0, 10, true)
+        ]
+    );
+    assert_eq!(env.core.task_runs_since(1).count(), 1);
+
+    let out = env.submit(C1, vec![task("y-1", &[])], &["y-1"]);
+    let (_, t3) = compute_on(&out, w)[0].clone();
+    let out = env.ev(Event::TasksErred {
+        worker: w,
+        errors: vec![TaskErredMsg {
+            task: t3,
+            error: TaskErrorMsg {
+                kind: ErrorKindMsg::MissingInput,
+                message: "gone".into(),
+            },
+            duration_us: 0,
+            started_us: 0,
+            thread: None,
+        }],
+    });
+    assert_eq!(erred(&out).len(), 1);
+    assert_eq!(env.core.task_runs_total(), 2, "it never ran");
 }

@@ -109,6 +109,8 @@ fn a_million_tasks_fit_in_a_kib_each_and_are_given_back() {
                         task: m.task,
                         nbytes: 8,
                         duration_us: 1,
+                        started_us: 0,
+                        thread: 0,
                         inline: None,
                     })
                     .collect();

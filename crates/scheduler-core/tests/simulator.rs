@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use taskwire_protocol::{
-    ClientId, ComputeTaskMsg, ErrorKindMsg, RegisterWorkerMsg, ResourceMsg, TaskErrorMsg,
-    TaskFinishedMsg, TaskId, TaskKindMsg, TaskSpecMsg, ToClient, ToWorker, WorkerId,
+    ClientId, ComputeTaskMsg, ErrorKindMsg, RegisterWorkerMsg, ResourceMsg, TaskErredMsg,
+    TaskErrorMsg, TaskFinishedMsg, TaskId, TaskKindMsg, TaskSpecMsg, ToClient, ToWorker, WorkerId,
     WorkerMetricsMsg,
 };
 use taskwire_scheduler_core::{Command, Core, CoreConfig, Event};
@@ -589,19 +589,24 @@ impl Sim {
                             task,
                             nbytes: 8 + (v % 1000),
                             duration_us: 5000,
+                            started_us: 0,
+                            thread: 0,
                             inline: None,
                         }],
                     }
                 }
                 None => Event::TasksErred {
                     worker: WorkerId(id),
-                    errors: vec![(
+                    errors: vec![TaskErredMsg {
                         task,
-                        TaskErrorMsg {
+                        error: TaskErrorMsg {
                             kind: ErrorKindMsg::Failed,
                             message: "bad task".into(),
                         },
-                    )],
+                        duration_us: 5000,
+                        started_us: 0,
+                        thread: Some(0),
+                    }],
                 },
             };
             self.send(id, Msg::ToCore(ev));

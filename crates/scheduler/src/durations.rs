@@ -84,7 +84,7 @@ pub(crate) struct Durations {
     /// Tasks finished that were not counted: more finished within one batch of the core
     /// thread than the core keeps a record of.
     pub(crate) unrecorded: u64,
-    /// The core's `finished_total` when last recorded.
+    /// The core's `task_runs_total` when last recorded.
     seen: u64,
     /// The group of the last task recorded: most runs come in runs of one group.
     last: usize,
@@ -93,13 +93,17 @@ pub(crate) struct Durations {
 impl Durations {
     /// Count the tasks finished since the last call.
     pub(crate) fn record(&mut self, core: &Core) {
-        let total = core.finished_total();
+        let total = core.task_runs_total();
         if total == self.seen {
             return;
         }
         let mut counted = 0;
         for run in core.task_runs_since(self.seen) {
             counted += 1;
+            if run.erred {
+                // The histograms are of the run times of results.
+                continue;
+            }
             let group = key_group(&run.key);
             let i = match self.groups.get(self.last) {
                 Some(g) if g.name == group => self.last,

@@ -2,7 +2,7 @@
 //! cluster's state taken at a bounded rate, so that looking never holds up the core.
 
 use crate::durations::{Durations, GroupDurations};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use taskwire_protocol::WorkerInfoMsg;
@@ -109,22 +109,82 @@ impl Snapshot {
 /// How far back the task stream goes.
 pub(crate) const STREAM_WINDOW: Duration = Duration::from_secs(60);
 
-/// A finished task in the task stream.
+/// A task that ran (finished or failed) in the task stream.
 #[derive(Clone, Debug)]
 pub(crate) struct StreamRun {
-    /// Its number among all finished tasks (from 1).
+    /// Its number among all tasks that ran (from 1).
     pub(crate) seq: u64,
     pub(crate) key: Arc<str>,
     pub(crate) worker: u64,
-    /// Start and end, in milliseconds since the Unix epoch (the start is the end less the
-    /// run time the worker measured).
-    pub(crate) start_ms: f64,
-    pub(crate) end_ms: f64,
+    /// The worker's executor thread that ran it.
+    pub(crate) thread: u32,
+    pub(crate) erred: bool,
+    /// When it started on the worker's own clock, and for how long it ran, in µs.
+    pub(crate) started_us: u64,
+    pub(crate) duration_us: u64,
 }
 
 /// The task stream of the last [`STREAM_WINDOW`] (at most `MAX_TASK_RUNS` tasks), filled by
 /// the publisher, read by the dashboard.
-pub(crate) type TaskStream = Arc<Mutex<VecDeque<StreamRun>>>;
+#[derive(Debug, Default)]
+pub(crate) struct StreamWindow {
+    runs: VecDeque<StreamRun>,
+    /// Per worker, when its clock started, in ms since the Unix epoch on the scheduler's
+    /// clock: the earliest that any of its reports allows (the report that arrived with the
+    /// least delay). One offset for all of a worker's runs keeps them in the order and with
+    /// the gaps its own clock measured, so that runs on one thread never overlap.
+    origins: HashMap<u64, f64>,
+}
+
+impl StreamWindow {
+    /// Start and end of `run` in ms since the Unix epoch.
+    pub(crate) fn times(&self, run: &StreamRun) -> (f64, f64) {
+        let origin = self.origins.get(&run.worker).copied().unwrap_or(0.0);
+        let start = origin + run.started_us as f64 / 1e3;
+        (start, start + run.duration_us as f64 / 1e3)
+    }
+
+    /// Add `run`, which the core heard of at `heard` (ms since the Unix epoch).
+    pub(crate) fn push(&mut self, run: StreamRun, heard: f64) {
+        // When the worker's clock started is at most the time the core heard of the run less
+        // the worker's time since then; the quickest report gives the tightest bound.
+        let origin = heard - run.started_us.saturating_add(run.duration_us) as f64 / 1e3;
+        self.origins
+            .entry(run.worker)
+            .and_modify(|o| *o = o.min(origin))
+            .or_insert(origin);
+        self.runs.push_back(run);
+    }
+
+    /// Drop the runs that ended before `oldest` (ms since the Unix epoch) and any beyond the
+    /// `MAX_TASK_RUNS` latest.
+    fn prune(&mut self, oldest: f64) {
+        while self.runs.len() > taskwire_scheduler_core::MAX_TASK_RUNS
+            || self.runs.front().is_some_and(|r| self.times(r).1 < oldest)
+        {
+            self.runs.pop_front();
+        }
+    }
+
+    /// The runs after number `since`, with their times, and the number of the last run.
+    pub(crate) fn since(&self, since: u64) -> (Vec<(StreamRun, f64, f64)>, u64) {
+        let last = self.runs.back().map_or(since, |r| r.seq.max(since));
+        // Numbers grow along the queue: skip the old ones without looking at each.
+        let first = self.runs.partition_point(|r| r.seq <= since);
+        let runs = self
+            .runs
+            .range(first..)
+            .map(|r| {
+                let (start, end) = self.times(r);
+                (r.clone(), start, end)
+            })
+            .collect();
+        (runs, last)
+    }
+}
+
+/// [`StreamWindow`] as the publisher and the dashboard share it.
+pub(crate) type TaskStream = Arc<Mutex<StreamWindow>>;
 
 /// The core thread's side: publishes at most every [`PUBLISH_INTERVAL`].
 pub(crate) struct Publisher {
@@ -132,6 +192,8 @@ pub(crate) struct Publisher {
     last: Option<Instant>,
     stream: TaskStream,
     stream_seq: u64,
+    /// When to forget the clocks of workers gone from the stream.
+    origins_limit: usize,
     durations: Option<Durations>,
     transfers: TransferCounter,
 }
@@ -147,6 +209,7 @@ impl Publisher {
             last: None,
             stream: stream.clone(),
             stream_seq: 0,
+            origins_limit: 64,
             durations: durations.then(Durations::default),
             transfers: TransferCounter::default(),
         };
@@ -159,25 +222,31 @@ impl Publisher {
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64() * 1e3);
         let new: Vec<_> = core.task_runs_since(self.stream_seq).collect();
-        // The last one is number `finished_total`.
-        let first = core.finished_total() + 1 - new.len() as u64;
+        // The last one is number `task_runs_total`.
+        let first = core.task_runs_total() + 1 - new.len() as u64;
         let mut stream = self.stream.lock().expect("task stream");
         for (seq, run) in (first..).zip(new) {
-            let end_ms = wall - now.saturating_duration_since(run.finished).as_secs_f64() * 1e3;
-            stream.push_back(StreamRun {
+            let heard = wall - now.saturating_duration_since(run.finished).as_secs_f64() * 1e3;
+            let run = StreamRun {
                 seq,
                 key: run.key.clone(),
                 worker: run.worker.0,
-                start_ms: end_ms - run.duration_us as f64 / 1e3,
-                end_ms,
-            });
+                thread: run.thread,
+                erred: run.erred,
+                started_us: run.started_us,
+                duration_us: run.duration_us,
+            };
+            stream.push(run, heard);
         }
-        self.stream_seq = core.finished_total();
-        let oldest = wall - STREAM_WINDOW.as_secs_f64() * 1e3;
-        while stream.front().is_some_and(|r| r.end_ms < oldest)
-            || stream.len() > taskwire_scheduler_core::MAX_TASK_RUNS
-        {
-            stream.pop_front();
+        self.stream_seq = core.task_runs_total();
+        stream.prune(wall - STREAM_WINDOW.as_secs_f64() * 1e3);
+        // Forget the clocks of workers gone from the window, now and then: each time there
+        // are twice as many as after the last clean-up (it looks at every run).
+        if stream.origins.len() > self.origins_limit {
+            let StreamWindow { runs, origins } = &mut *stream;
+            let present: std::collections::HashSet<u64> = runs.iter().map(|r| r.worker).collect();
+            origins.retain(|w, _| present.contains(w));
+            self.origins_limit = (2 * origins.len()).max(64);
         }
     }
 
@@ -261,5 +330,48 @@ mod tests {
         let t = c.update(&[worker(2, 0, 150), worker(3, 10, 0)]);
         assert_eq!((t.fetched_bytes, t.served_bytes), (160, 155));
         assert_eq!(c.last.len(), 2, "departed workers are forgotten");
+    }
+
+    fn run(seq: u64, worker: u64, thread: u32, started_us: u64, duration_us: u64) -> StreamRun {
+        StreamRun {
+            seq,
+            key: format!("t-{seq}").into(),
+            worker,
+            thread,
+            erred: false,
+            started_us,
+            duration_us,
+        }
+    }
+
+    /// Two runs back to back on one thread, reported in one batch (both heard at the same
+    /// moment): placed by the worker's clock, they keep their order and do not overlap,
+    /// where "heard less run time" would have drawn them on top of each other.
+    #[test]
+    fn runs_of_one_worker_share_its_clock() {
+        let mut w = StreamWindow::default();
+        w.push(run(1, 7, 0, 1_000, 2_000), 10_000.0);
+        w.push(run(2, 7, 0, 3_000, 2_000), 10_000.0);
+        // Heard at 10 s, it ended 5 ms after the worker's clock started.
+        assert_eq!(w.times(&w.runs[0]), (9_996.0, 9_998.0));
+        assert_eq!(w.times(&w.runs[1]), (9_998.0, 10_000.0));
+        // A quicker report moves the whole worker earlier, all its runs together.
+        w.push(run(3, 7, 1, 10_000, 1_000), 10_005.0);
+        assert_eq!(w.times(&w.runs[0]), (9_995.0, 9_997.0));
+        assert_eq!(w.times(&w.runs[2]), (10_004.0, 10_005.0));
+        // Another worker has its own clock.
+        w.push(run(4, 8, 0, 0, 1_000), 10_001.0);
+        assert_eq!(w.times(&w.runs[3]), (10_000.0, 10_001.0));
+        let (after, last) = w.since(2);
+        assert_eq!(last, 4);
+        let seqs: Vec<u64> = after.iter().map(|(r, _, _)| r.seq).collect();
+        assert_eq!(seqs, [3, 4]);
+        assert_eq!(w.since(4).0.len(), 0);
+        w.prune(9_997.5);
+        assert_eq!(
+            w.runs.front().map(|r| r.seq),
+            Some(2),
+            "ended before the window"
+        );
     }
 }

@@ -47,8 +47,12 @@ pub struct JobOutcome {
     pub task: TaskId,
     /// The result bytes, or why there are none.
     pub result: Result<Bytes, TaskErrorMsg>,
+    /// When the job started.
+    pub started: Instant,
     /// How long the job ran (not counting time in the queue).
     pub duration: Duration,
+    /// The executor thread that ran it (`0..nthreads`).
+    pub thread: u32,
 }
 
 impl fmt::Debug for JobOutcome {
@@ -59,7 +63,9 @@ impl fmt::Debug for JobOutcome {
             Ok(b) => d.field("ok_len", &b.len()),
             Err(e) => d.field("err", e),
         };
-        d.field("duration", &self.duration).finish()
+        d.field("duration", &self.duration)
+            .field("thread", &self.thread)
+            .finish()
     }
 }
 
@@ -186,7 +192,9 @@ impl Executor {
         Some(JobOutcome {
             task: job.task,
             result,
+            started: start,
             duration: start.elapsed(),
+            thread: 0,
         })
     }
 
@@ -321,7 +329,9 @@ fn run_thread(thread: usize, shared: &Shared, env: &Env) {
         let outcome = JobOutcome {
             task: job.task,
             result,
+            started: start,
             duration,
+            thread: thread as u32,
         };
         let outcome = match &env.direct {
             Some(direct) => {

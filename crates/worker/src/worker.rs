@@ -15,8 +15,8 @@ use std::time::Duration;
 use taskwire_protocol::connection::ConnectError;
 use taskwire_protocol::{
     ClientHandshake, ClusterSecret, ComputeTaskMsg, ErrorKindMsg, FromWorker, MAX_INLINE_RESULT,
-    RegisterWorkerMsg, ResourceMsg, Role, TaskErrorMsg, TaskFinishedMsg, TaskId, ToWorker,
-    WorkerId, WorkerMetricsMsg, decode, encode,
+    RegisterWorkerMsg, ResourceMsg, Role, TaskErredMsg, TaskErrorMsg, TaskFinishedMsg, TaskId,
+    ToWorker, WorkerId, WorkerMetricsMsg, decode, encode,
 };
 use taskwire_transport::{
     Address, ConnReceiver, ConnSender, Message, Registry, TransportConfig, TransportError,
@@ -433,6 +433,7 @@ impl WorkerBuilder {
             counters: counters.clone(),
             sender: sender.clone(),
             runtime: tokio::runtime::Handle::current(),
+            clock: std::time::Instant::now(),
         });
         let direct: DirectReport = {
             let reporter = reporter.clone();
@@ -686,12 +687,19 @@ struct Reporter {
     sender: ConnSender,
     /// To wait for room in the connection's queue from an executor thread.
     runtime: tokio::runtime::Handle,
+    /// The origin of the worker's clock: reports give start times in µs since then.
+    clock: std::time::Instant,
 }
 
 impl Reporter {
     fn running(&self) -> MutexGuard<'_, HashSet<TaskId>> {
         // Nothing panics while holding it; carry on if something did.
         self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `t` on the worker's clock, in µs, as reports give start times.
+    fn micros(&self, t: std::time::Instant) -> u64 {
+        t.saturating_duration_since(self.clock).as_micros() as u64
     }
 
     /// Report `outcome` now from this executor thread, hold it for the loop's next report
@@ -728,6 +736,8 @@ impl Reporter {
             task: outcome.task,
             nbytes,
             duration_us: outcome.duration.as_micros() as u64,
+            started_us: self.micros(outcome.started),
+            thread: outcome.thread,
             inline: Some(value.to_vec()),
         }]);
         // Written at once when nothing is queued on the connection; a full queue is waited
@@ -759,7 +769,7 @@ struct State {
     /// Tasks handed to the executor and not finished, and the executor threads' own reports.
     reporter: Arc<Reporter>,
     finished: Vec<TaskFinishedMsg>,
-    erred: Vec<(TaskId, TaskErrorMsg)>,
+    erred: Vec<TaskErredMsg>,
     fetch_tx: mpsc::UnboundedSender<Fetched>,
     zero_worker: bool,
     /// Other reports (released, missing data, data added), sent in order at the next flush.
@@ -906,10 +916,13 @@ impl State {
     fn handle_scheduler(&mut self, msg: ToWorker) {
         match msg {
             ToWorker::Compute(tasks) if self.zero_worker => {
+                let now = self.reporter.micros(std::time::Instant::now());
                 self.finished.extend(tasks.iter().map(|t| TaskFinishedMsg {
                     task: t.task,
                     nbytes: 8,
                     duration_us: 0,
+                    started_us: now,
+                    thread: 0,
                     inline: None,
                 }));
             }
@@ -1039,16 +1052,19 @@ impl State {
                 Lookup::Absent => {}
             }
             if dep.holders.is_empty() {
-                self.erred.push((
-                    msg.task,
-                    TaskErrorMsg {
+                self.erred.push(TaskErredMsg {
+                    task: msg.task,
+                    error: TaskErrorMsg {
                         kind: ErrorKindMsg::MissingInput,
                         message: format!(
                             "input {} of '{}' is not on this worker and no holder was named",
                             dep.task, msg.key
                         ),
                     },
-                ));
+                    duration_us: 0,
+                    started_us: 0,
+                    thread: None,
+                });
                 return None;
             }
             missing += 1;
@@ -1310,6 +1326,8 @@ impl State {
                     task: outcome.task,
                     nbytes,
                     duration_us: outcome.duration.as_micros() as u64,
+                    started_us: self.reporter.micros(outcome.started),
+                    thread: outcome.thread,
                     inline,
                 });
             }
@@ -1317,7 +1335,13 @@ impl State {
                 self.counters
                     .tasks_erred
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.erred.push((outcome.task, e));
+                self.erred.push(TaskErredMsg {
+                    task: outcome.task,
+                    error: e,
+                    duration_us: outcome.duration.as_micros() as u64,
+                    started_us: self.reporter.micros(outcome.started),
+                    thread: Some(outcome.thread),
+                });
             }
         }
     }

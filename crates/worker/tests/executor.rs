@@ -137,6 +137,30 @@ fn sleep_durations_are_measured() {
     assert!(durations.values().all(|d| *d >= Duration::from_millis(100)));
 }
 
+/// The dashboard's task stream draws one row per executor thread: each outcome names the
+/// thread that ran it. Four jobs that wait for each other can only finish if four threads run
+/// them at once, so they must name four different threads.
+#[test]
+fn outcomes_name_the_thread_that_ran_them() {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let mut registry = Registry::stock();
+    registry.register("meet", move |_, _, _| {
+        barrier.wait();
+        Ok(Bytes::new())
+    });
+    let (tx, mut rx) = unbounded_channel();
+    let ex = Executor::start(4, registry, "w-test".into(), std::env::temp_dir(), tx);
+    for i in 0..4 {
+        ex.submit(job(i, "meet", vec![], vec![]));
+    }
+    let mut threads: Vec<u32> = (0..4).map(|_| rx.blocking_recv().unwrap().thread).collect();
+    threads.sort_unstable();
+    assert_eq!(threads, [0, 1, 2, 3]);
+    // A failure names its thread too.
+    let o = run_one(&ex, &mut rx, job(9, "fail", b"boom".to_vec(), vec![]));
+    assert!(o.result.is_err() && o.thread < 4);
+}
+
 #[test]
 fn errors_of_every_kind_come_back_and_the_pool_keeps_going() {
     let (ex, mut rx) = start(2);

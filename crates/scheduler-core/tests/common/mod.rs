@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use taskwire_protocol::{
-    ClientId, ComputeTaskMsg, FromClient, RegisterWorkerMsg, ResourceMsg, TaskErrorMsg,
-    TaskFinishedMsg, TaskId, TaskKindMsg, TaskSpecMsg, ToClient, ToWorker, WorkerId, access,
-    encode,
+    ClientId, ComputeTaskMsg, FromClient, RegisterWorkerMsg, ResourceMsg, TaskErredMsg,
+    TaskErrorMsg, TaskFinishedMsg, TaskId, TaskKindMsg, TaskSpecMsg, ToClient, ToWorker, WorkerId,
+    access, encode,
 };
 use taskwire_scheduler_core::{Command, Core, CoreConfig, Event};
 
@@ -178,6 +178,8 @@ impl Env {
                     task: t,
                     nbytes,
                     duration_us,
+                    started_us: 0,
+                    thread: 0,
                     inline: None,
                 })
                 .collect(),
@@ -187,13 +189,16 @@ impl Env {
     pub(crate) fn err(&mut self, w: WorkerId, t: TaskId, message: &str) -> Vec<Command> {
         self.ev(Event::TasksErred {
             worker: w,
-            errors: vec![(
-                t,
-                TaskErrorMsg {
+            errors: vec![TaskErredMsg {
+                task: t,
+                error: TaskErrorMsg {
                     kind: taskwire_protocol::ErrorKindMsg::Failed,
                     message: message.into(),
                 },
-            )],
+                duration_us: 10,
+                started_us: 0,
+                thread: Some(0),
+            }],
         })
     }
 }

@@ -112,6 +112,8 @@ pub(crate) fn run_graph(core: &mut Core, tasks: Vec<TaskSpecMsg>, wanted: Vec<St
                         task: m.task,
                         nbytes: 8,
                         duration_us: 0,
+                        started_us: 0,
+                        thread: 0,
                         inline: None,
                     })
                     .collect();

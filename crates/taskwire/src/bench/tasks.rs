@@ -69,9 +69,9 @@
 //! `--scheduler ADDR`, `--worker-saturation F|inf` and `--no-work-stealing` (passed to the
 //! scheduler started here), `--zero-worker`, `--no-nanny` (workers started here run without a
 //! nanny; by default each runs under one, as `taskwire worker` does), `--dashboard` (the
-//! scheduler serves its dashboard and an observer streams it and scrapes `/metrics` every
-//! 250 ms for the whole run), `--n`, `--leaves`, `--size`, `--graph-chunk`. Several workloads
-//! may be named at once; they share one cluster.
+//! scheduler serves its dashboard and an observer streams it, polls its task stream every
+//! second and scrapes `/metrics` every 250 ms for the whole run), `--n`, `--leaves`, `--size`,
+//! `--graph-chunk`. Several workloads may be named at once; they share one cluster.
 //!
 //! # JSON lines (`--json`)
 //!
@@ -190,7 +190,8 @@ pub(crate) struct TasksArgs {
     #[arg(long)]
     no_nanny: bool,
     /// Start the scheduler with its dashboard and keep an observer on it for the whole run: a
-    /// live event stream open and `/metrics` scraped every 250 ms (what the dashboard costs).
+    /// live event stream open, the task stream polled every second and `/metrics` scraped
+    /// every 250 ms (what the dashboard costs).
     #[arg(long)]
     dashboard: bool,
     /// `scale`: submit the graph in messages of at most this many tasks, one after another
@@ -428,11 +429,34 @@ impl Ctx {
     }
 }
 
-/// A dashboard user for the whole run, on two threads that end with the process: the live
-/// event stream held open, and `/metrics` scraped every 250 ms.
+/// A dashboard user for the whole run, on threads that end with the process: the live event
+/// stream held open, the task stream polled every second as the page polls it (each time for
+/// the runs since the last answer), and `/metrics` scraped every 250 ms.
 fn observe_dashboard(http: String) {
     use std::io::{Read, Write};
     let stream_addr = http.clone();
+    let runs_addr = http.clone();
+    std::thread::spawn(move || {
+        let mut since = 0u64;
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(&runs_addr) {
+                let request = format!(
+                    "GET /api/v1/task-stream?since={since} HTTP/1.1\r\nHost: bench\r\n\r\n"
+                );
+                let _ = s.write_all(request.as_bytes());
+                let mut answer = Vec::new();
+                let _ = s.read_to_end(&mut answer);
+                let body = answer
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(&answer[..0], |i| &answer[i + 4..]);
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+                    since = v["seq"].as_u64().unwrap_or(since);
+                }
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
     std::thread::spawn(move || {
         let Ok(mut s) = std::net::TcpStream::connect(&stream_addr) else {
             return;
