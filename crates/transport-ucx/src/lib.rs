@@ -50,6 +50,7 @@
 //! that, and payloads here are host `Bytes`.
 
 mod engine;
+mod same_host;
 mod status;
 #[allow(
     missing_docs,
