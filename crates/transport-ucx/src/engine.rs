@@ -841,6 +841,7 @@ impl Engine {
         } else {
             let len = shape.body_len();
             let mut buf: Vec<u8> = Vec::with_capacity(len);
+            same_host::prefer_huge_pages(&mut buf);
             let read = match &*c.peer.borrow() {
                 Some(peer) => peer.read(regions, &mut buf.spare_capacity_mut()[..len]),
                 None => Err(ReadError::Denied("no pidfd on the peer".into())),
