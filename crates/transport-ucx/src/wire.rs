@@ -103,7 +103,7 @@ pub(crate) fn parse_pull_descriptor(
     let (shape, plen) = parse_prelude(d, cfg)?;
     let rest = &d[plen..];
     let bad = |why: &str| TransportError::Other(format!("ucx: bad pull descriptor: {why}"));
-    if rest.len() % 16 != 0 || rest.len() / 16 > 1 + shape.frame_lens.len() {
+    if !rest.len().is_multiple_of(16) || rest.len() / 16 > 1 + shape.frame_lens.len() {
         return Err(bad("wrong number of regions"));
     }
     let regions: Vec<(u64, u64)> = rest
