@@ -7,8 +7,9 @@
 # Needs a `--features ucx` release build (TASKWIRE_BIN, default target/release/taskwire) and
 # ucx-utils. Prints one line per measurement (tab-separated: round, test, who, value, unit) and
 # the medians at the end. `perftest` is ucx_perftest as it comes (no error handling: sysv and
-# cma on one host), `perftest-e` with peer error handling (`-e`, what Taskwire uses), `ucx-nospin`
-# Taskwire with TASKWIRE_UCX_SPIN_US=0. Bandwidth is GB/s (1e9 B/s; ucx_perftest's MB/s are MiB/s and are
+# cma on one host), `perftest-e` with peer error handling (`-e`, what Taskwire uses),
+# `ucx-nosamehost` Taskwire without its same-host single-copy path (TASKWIRE_UCX_SAME_HOST=0,
+# i.e. UCX's TCP rendezvous), `ucx-nospin` Taskwire with TASKWIRE_UCX_SPIN_US=0. Bandwidth is GB/s (1e9 B/s; ucx_perftest's MB/s are MiB/s and are
 # converted); latency is a round trip in µs (ucx_perftest's one-way figure doubled).
 set -euo pipefail
 ROUNDS=${1:-5}
@@ -47,7 +48,7 @@ for r in $(seq "$ROUNDS"); do
         f=$(perftest tag_bw $size $n -e)
         row "$r" "bw_$size" perftest-e "$(echo "$f" | awk '{printf "%.3f", $6 * 1048576 / 1e9}')" GB/s
         row "$r" "bw_$size" ucx "$(ours ucx bandwidth $size $n)" GB/s
-        row "$r" "bw_$size" ucx-nospin "$(TASKWIRE_UCX_SPIN_US=0 ours ucx bandwidth $size $n)" GB/s
+        row "$r" "bw_$size" ucx-nosamehost "$(TASKWIRE_UCX_SAME_HOST=0 ours ucx bandwidth $size $n)" GB/s
         row "$r" "bw_$size" tcp "$(ours tcp bandwidth $size $n)" GB/s
     done
     f=$(perftest tag_lat 8 100000)

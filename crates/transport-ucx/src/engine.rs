@@ -10,6 +10,7 @@
 //! and then sleeps on the worker's event fd (through `AsyncFd`), a command, or a kick from a
 //! task that posted work: no busy polling when idle.
 
+use crate::same_host::{self, Identity, Peer, ReadError};
 use crate::status::{Status, StatusPtr, UcxError};
 use crate::sys;
 use crate::ucp::{self, Armed, Context, EpTarget, UcpListener, UcxConfig, Worker};
@@ -54,6 +55,10 @@ const OUTSTANDING_TICK: Duration = Duration::from_millis(1);
 const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// How long shutdown waits for endpoints to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long the memory of messages a peer had not finished pulling is kept after the
+/// connection broke: a peer that is still alive may be reading it right now, and will have
+/// seen the endpoint's error well within this time.
+const ABANDONED_PULL_GRACE: Duration = Duration::from_secs(5);
 
 /// A request to the engine thread.
 pub(crate) enum Cmd {
@@ -182,9 +187,14 @@ enum Action {
     Accept(u64, sys::ucp_conn_request_h),
     Failed(u64, Status),
     ProtocolError(u64, String),
-    HelloReceived(u64, Result<(), String>),
-    HelloAcked(u64, Result<(), String>),
+    HelloReceived(u64, Result<Option<Identity>, String>),
+    HelloAcked(u64, Result<Option<Identity>, String>),
     SenderDone(u64),
+    /// Copy a message out of the (same-host) peer's memory: connection, seq, pull id, shape,
+    /// regions.
+    Pull(u64, u64, u64, wire::Shape, Vec<(u64, u64)>),
+    /// The peer finished (or refused) pulling: connection, pull id, outcome.
+    PullDone(u64, u64, u8),
 }
 
 enum Role {
@@ -228,6 +238,14 @@ struct Conn {
     receiver_dropped: Cell<bool>,
     to_app: mpsc::UnboundedSender<Incoming>,
     order: RefCell<RecvOrder>,
+    /// Same host, receiving side: the peer process we copy pulled messages from.
+    peer: RefCell<Option<Peer>>,
+    /// Same host, sending side: large messages go as `PULL` (until the peer refuses one).
+    pull_to_peer: Cell<bool>,
+    /// Messages the peer is pulling (or about to), by pull id, with their sequence numbers:
+    /// their memory must stay where the `PULL` said until the peer answers.
+    pulls: RefCell<HashMap<u64, (u64, Message)>>,
+    next_pull: Cell<u64>,
 }
 
 impl Conn {
@@ -296,6 +314,8 @@ struct ListenerArg {
 /// Engine state reachable from callbacks (through the `arg` pointer) and tasks.
 struct State {
     worker: sys::ucp_worker_h,
+    /// This process, as offered to peers for the same-host path (`None`: not offered).
+    me: Option<Identity>,
     max_am_header: usize,
     kick: Notify,
     actions: RefCell<Vec<Action>>,
@@ -354,6 +374,7 @@ impl Engine {
         let worker = Worker::new(&ctx)?;
         let state = Rc::new(State {
             worker: worker.raw(),
+            me: Identity::local(),
             max_am_header: worker.max_am_header()?.min(4096),
             kick: Notify::new(),
             actions: RefCell::new(Vec::new()),
@@ -368,12 +389,14 @@ impl Engine {
             cmd: weak,
         });
         let arg = Rc::as_ptr(&state) as *mut c_void;
-        let handlers: [(u32, sys::ucp_am_recv_callback_t); 5] = [
+        let handlers: [(u32, sys::ucp_am_recv_callback_t); 7] = [
             (wire::AM_HELLO, Some(on_hello)),
             (wire::AM_HELLO_ACK, Some(on_hello_ack)),
             (wire::AM_MSG, Some(on_msg)),
             (wire::AM_MSG_LONG, Some(on_msg_long)),
             (wire::AM_CLOSE, Some(on_close)),
+            (wire::AM_PULL, Some(on_pull)),
+            (wire::AM_PULL_DONE, Some(on_pull_done)),
         ];
         for (id, cb) in handlers {
             // SAFETY: arg points into `state`, which the Engine keeps alive until after the
@@ -628,6 +651,10 @@ impl Engine {
             receiver_dropped: Cell::new(false),
             to_app,
             order: RefCell::new(RecvOrder::default()),
+            peer: RefCell::new(None),
+            pull_to_peer: Cell::new(false),
+            pulls: RefCell::new(HashMap::new()),
+            next_pull: Cell::new(0),
         });
         self.state.conns.borrow_mut().insert(id, conn.clone());
         self.state.by_ep.borrow_mut().insert(ep as usize, id);
@@ -672,8 +699,8 @@ impl Engine {
             &self.state,
             &conn,
             wire::AM_HELLO,
-            wire::HELLO.to_vec(),
-            None,
+            wire::hello(self.state.me.as_ref()),
+            Data::None,
         ) {
             self.fail_conn(&conn, e.to_string());
             return;
@@ -709,9 +736,12 @@ impl Engine {
             }
             Action::HelloReceived(id, check) => {
                 let Some(c) = self.state.conn(id) else { return };
-                if let Err(e) = check {
-                    self.fail_conn(&c, e);
-                    return;
+                match check {
+                    Err(e) => {
+                        self.fail_conn(&c, e);
+                        return;
+                    }
+                    Ok(peer) => self.same_host(&c, peer),
                 }
                 let role = std::mem::replace(&mut *c.role.borrow_mut(), Role::Open);
                 let Role::Accepting {
@@ -728,8 +758,8 @@ impl Engine {
                     &self.state,
                     &c,
                     wire::AM_HELLO_ACK,
-                    wire::HELLO.to_vec(),
-                    None,
+                    wire::hello(self.state.me.as_ref()),
+                    Data::None,
                 ) {
                     drop(conn);
                     self.fail_conn(&c, e.to_string());
@@ -751,9 +781,12 @@ impl Engine {
             }
             Action::HelloAcked(id, check) => {
                 let Some(c) = self.state.conn(id) else { return };
-                if let Err(e) = check {
-                    self.fail_conn(&c, e);
-                    return;
+                match check {
+                    Err(e) => {
+                        self.fail_conn(&c, e);
+                        return;
+                    }
+                    Ok(peer) => self.same_host(&c, peer),
                 }
                 let role = std::mem::replace(&mut *c.role.borrow_mut(), Role::Open);
                 let Role::Connecting {
@@ -775,7 +808,104 @@ impl Engine {
                 // If the caller gave up, dropping the connection closes it.
                 let _ = reply.send(Ok(conn));
             }
+            Action::Pull(id, seq, pull, shape, regions) => {
+                if let Some(c) = self.state.conn(id) {
+                    self.pull(&c, seq, pull, shape, &regions);
+                }
+            }
+            Action::PullDone(id, pull, outcome) => {
+                if let Some(c) = self.state.conn(id) {
+                    self.pull_done(&c, pull, outcome);
+                }
+            }
         }
+    }
+
+    /// After the hello: if the peer is a process on this host, set up the same-host path both
+    /// ways (we send it `PULL`s; we hold a pidfd to read the ones it sends).
+    fn same_host(&self, c: &Rc<Conn>, peer: Option<Identity>) {
+        let (Some(me), Some(peer)) = (self.state.me.as_ref(), peer) else {
+            return;
+        };
+        if me.shares_host_with(&peer) {
+            c.pull_to_peer.set(true);
+            *c.peer.borrow_mut() = Peer::open(peer.pid);
+        }
+    }
+
+    /// Copy a `PULL`ed message out of the peer's memory, deliver it, and tell the peer.
+    fn pull(&self, c: &Rc<Conn>, seq: u64, pull: u64, shape: wire::Shape, regions: &[(u64, u64)]) {
+        let outcome = if c.receiver_dropped.get() {
+            // Nobody will read it: let the sender go without copying.
+            wire::PULLED
+        } else {
+            let len = shape.body_len();
+            let mut buf: Vec<u8> = Vec::with_capacity(len);
+            same_host::prefer_huge_pages(&mut buf);
+            let read = match &*c.peer.borrow() {
+                Some(peer) => peer.read(regions, &mut buf.spare_capacity_mut()[..len]),
+                None => Err(ReadError::Denied("no pidfd on the peer".into())),
+            };
+            match read {
+                Ok(()) => {
+                    // SAFETY: the read filled all `len` bytes.
+                    unsafe { buf.set_len(len) };
+                    RecvOp {
+                        st: Rc::as_ptr(&self.state),
+                        conn: c.clone(),
+                        seq,
+                        buf,
+                        body: Body::Short(shape),
+                    }
+                    .finish();
+                    wire::PULLED
+                }
+                Err(ReadError::Denied(_)) => {
+                    // The sender will send it again the ordinary way; stop trying.
+                    c.peer.borrow_mut().take();
+                    wire::PULL_REFUSED
+                }
+                Err(ReadError::Gone) => {
+                    let pid = c.peer.borrow().as_ref().map_or(0, Peer::pid);
+                    self.fail_conn(c, format!("ucx: peer process {pid} has exited"));
+                    return;
+                }
+                Err(ReadError::Fault(why)) => {
+                    self.fail_conn(c, format!("ucx: bad pull from peer: {why}"));
+                    return;
+                }
+            }
+        };
+        if let Err(e) = post(
+            &self.state,
+            c,
+            wire::AM_PULL_DONE,
+            wire::pull_done(pull, outcome),
+            Data::None,
+        ) {
+            self.fail_conn(c, e.to_string());
+        }
+    }
+
+    /// The peer copied (or refused to copy) one of our messages.
+    fn pull_done(&self, c: &Rc<Conn>, pull: u64, outcome: u8) {
+        let Some((seq, msg)) = c.pulls.borrow_mut().remove(&pull) else {
+            self.fail_conn(c, format!("ucx: peer acknowledged unknown pull {pull}"));
+            return;
+        };
+        c.inflight.set(c.inflight.get() - 1);
+        c.inflight_bytes.set(c.inflight_bytes.get() - msg.len());
+        c.sender_wake.notify_one();
+        if outcome != wire::PULLED {
+            c.pull_to_peer.set(false);
+            let mut out = wire::Outgoing::new(seq, msg, self.state.max_am_header);
+            let header = std::mem::take(&mut out.am_header);
+            if let Err(e) = post(&self.state, c, out.am_id, header, Data::Msg(out)) {
+                self.fail_conn(c, e.to_string());
+                return;
+            }
+        }
+        self.maybe_close(c);
     }
 
     fn accept(&self, listener: u64, req: sys::ucp_conn_request_h) {
@@ -831,9 +961,10 @@ impl Engine {
         self.close_ep(c, true);
     }
 
-    /// Close the endpoint once both halves are done with it.
+    /// Close the endpoint once both halves are done with it (and the peer has pulled all it
+    /// was told to).
     fn maybe_close(&self, c: &Rc<Conn>) {
-        if c.sender_done.get() && c.receiver_dropped.get() {
+        if c.sender_done.get() && c.receiver_dropped.get() && c.pulls.borrow().is_empty() {
             self.close_ep(c, c.failure.borrow().is_some());
         }
     }
@@ -842,6 +973,13 @@ impl Engine {
         let Some(ep) = c.ep.take() else { return };
         self.state.by_ep.borrow_mut().remove(&(ep as usize));
         self.state.conns.borrow_mut().remove(&c.id);
+        let abandoned = std::mem::take(&mut *c.pulls.borrow_mut());
+        if !abandoned.is_empty() {
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(ABANDONED_PULL_GRACE).await;
+                drop(abandoned);
+            });
+        }
         // SAFETY: ep is live and taken out of the connection, so it is closed exactly once.
         match unsafe { ucp::ep_close(ep, force) } {
             StatusPtr::Request(req) => self.state.closing.borrow_mut().push(req),
@@ -915,9 +1053,29 @@ struct SendOp {
     st: *const State,
     conn: Rc<Conn>,
     am_header: Vec<u8>,
-    out: Option<wire::Outgoing>,
+    data: Data,
     iov: Vec<sys::ucp_dt_iov_t>,
     bytes: usize,
+}
+
+/// What an active message carries besides its header.
+enum Data {
+    None,
+    /// A message's header and frames (counted against the connection's bytes in flight).
+    Msg(wire::Outgoing),
+    /// Bytes of our own (a pull descriptor).
+    Raw(Vec<u8>),
+}
+
+impl Data {
+    fn pieces(&self) -> Vec<(*const u8, usize)> {
+        match self {
+            Data::None => Vec::new(),
+            Data::Msg(out) => out.pieces(),
+            Data::Raw(v) if v.is_empty() => Vec::new(),
+            Data::Raw(v) => vec![(v.as_ptr(), v.len())],
+        }
+    }
 }
 
 /// Post one active message on `conn`'s endpoint.
@@ -926,7 +1084,7 @@ fn post(
     conn: &Rc<Conn>,
     am_id: u32,
     am_header: Vec<u8>,
-    out: Option<wire::Outgoing>,
+    data: Data,
 ) -> Result<(), UcxError> {
     st.bump();
     let Some(ep) = conn.ep.get() else {
@@ -939,15 +1097,14 @@ fn post(
         st,
         conn: conn.clone(),
         am_header,
-        bytes: out.as_ref().map_or(0, wire::Outgoing::data_len),
-        out,
+        bytes: match &data {
+            Data::Msg(out) => out.data_len(),
+            _ => 0,
+        },
+        data,
         iov: Vec::new(),
     });
-    let pieces = op
-        .out
-        .as_ref()
-        .map(wire::Outgoing::pieces)
-        .unwrap_or_default();
+    let pieces = op.data.pieces();
     let mut param = sys::ucp_request_param_t {
         op_attr_mask: sys::UCP_OP_ATTR_FIELD_CALLBACK
             | sys::UCP_OP_ATTR_FIELD_USER_DATA
@@ -1033,6 +1190,25 @@ unsafe extern "C" fn on_send_done(
     unsafe { ucp::request_free(request) };
 }
 
+/// Offer `msg` to a same-host peer to copy out of our memory: it stays in `conn.pulls`
+/// (and counts as in flight) until the peer's `PULL_DONE`.
+fn post_pull(st: &State, conn: &Rc<Conn>, seq: u64, msg: Message) -> Result<(), UcxError> {
+    let pull = conn.next_pull.get();
+    conn.next_pull.set(pull + 1);
+    let descriptor = wire::pull_descriptor(&msg);
+    conn.inflight.set(conn.inflight.get() + 1);
+    conn.inflight_bytes
+        .set(conn.inflight_bytes.get() + msg.len());
+    conn.pulls.borrow_mut().insert(pull, (seq, msg));
+    post(
+        st,
+        conn,
+        wire::AM_PULL,
+        wire::pull_header(seq, pull),
+        Data::Raw(descriptor),
+    )
+}
+
 /// Drain one connection's send queue into active messages.
 async fn send_loop(st: Rc<State>, conn: Rc<Conn>, mut outbox: Outbox) {
     loop {
@@ -1056,7 +1232,13 @@ async fn send_loop(st: Rc<State>, conn: Rc<Conn>, mut outbox: Outbox) {
         let Some(first) = next else {
             // Every sender is gone: tell the peer where the stream ends.
             let n = conn.next_seq.get();
-            if let Err(e) = post(&st, &conn, wire::AM_CLOSE, n.to_le_bytes().to_vec(), None) {
+            if let Err(e) = post(
+                &st,
+                &conn,
+                wire::AM_CLOSE,
+                n.to_le_bytes().to_vec(),
+                Data::None,
+            ) {
                 st.push(Action::ProtocolError(conn.id, e.to_string()));
             }
             conn.sender_done.set(true);
@@ -1069,9 +1251,14 @@ async fn send_loop(st: Rc<State>, conn: Rc<Conn>, mut outbox: Outbox) {
         while let Some(m) = msg.take() {
             let seq = conn.next_seq.get();
             conn.next_seq.set(seq + 1);
-            let mut out = wire::Outgoing::new(seq, m, st.max_am_header);
-            let header = std::mem::take(&mut out.am_header);
-            if let Err(e) = post(&st, &conn, out.am_id, header, Some(out)) {
+            let posted = if conn.pull_to_peer.get() && m.len() >= same_host::MIN_LEN {
+                post_pull(&st, &conn, seq, m)
+            } else {
+                let mut out = wire::Outgoing::new(seq, m, st.max_am_header);
+                let header = std::mem::take(&mut out.am_header);
+                post(&st, &conn, out.am_id, header, Data::Msg(out))
+            };
+            if let Err(e) = posted {
                 st.push(Action::ProtocolError(conn.id, e.to_string()));
                 break;
             }
@@ -1251,12 +1438,76 @@ unsafe extern "C" fn on_close(
     sys::UCS_OK
 }
 
+unsafe extern "C" fn on_pull(
+    arg: *mut c_void,
+    header: *const c_void,
+    header_len: usize,
+    data: *mut c_void,
+    len: usize,
+    param: *const sys::ucp_am_recv_param_t,
+) -> sys::ucs_status_t {
+    // SAFETY: as in on_hello.
+    let (h, attr, ep) = unsafe { am_args(header, header_len, param) };
+    // SAFETY: registered with the state pointer.
+    let st = unsafe { state(arg) };
+    let Some(c) = st.conn_by_ep(ep) else {
+        return sys::UCS_OK;
+    };
+    let max = wire::max_pull_descriptor_len(&c.cfg);
+    let parsed = wire::seq_of(h).and_then(|seq| {
+        let pull = h
+            .get(8..16)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .ok_or_else(|| TransportError::Other("ucx: pull header too short".into()))?;
+        if len > max {
+            return Err(TransportError::Other(format!(
+                "ucx: pull descriptor of {len} bytes exceeds {max} bytes"
+            )));
+        }
+        Ok((seq, pull))
+    });
+    match parsed {
+        Ok((seq, pull)) => {
+            // SAFETY: UCX's contract for data/len/attr, forwarded. A descriptor is small and
+            // comes eagerly unless the message has thousands of frames.
+            unsafe { receive(st, c, seq, Body::Pull(pull), data, len, attr) }
+        }
+        Err(e) => {
+            st.push(Action::ProtocolError(c.id, format!("ucx: bad pull: {e}")));
+            sys::UCS_OK
+        }
+    }
+}
+
+unsafe extern "C" fn on_pull_done(
+    arg: *mut c_void,
+    header: *const c_void,
+    header_len: usize,
+    _data: *mut c_void,
+    _len: usize,
+    param: *const sys::ucp_am_recv_param_t,
+) -> sys::ucs_status_t {
+    // SAFETY: as in on_hello.
+    let (h, _, ep) = unsafe { am_args(header, header_len, param) };
+    // SAFETY: registered with the state pointer.
+    let st = unsafe { state(arg) };
+    if let Some(c) = st.conn_by_ep(ep) {
+        match wire::parse_pull_done(h) {
+            Ok((pull, outcome)) => st.push(Action::PullDone(c.id, pull, outcome)),
+            Err(e) => st.push(Action::ProtocolError(c.id, e.to_string())),
+        }
+    }
+    sys::UCS_OK
+}
+
 /// Where a received body goes once all of it is here.
 enum Body {
     /// `MSG`: the shape came in the AM header.
     Short(wire::Shape),
     /// `MSG_LONG`: the prelude is at the start of the body.
     Long,
+    /// `PULL` with this pull id: the body is the descriptor of a message to copy.
+    Pull(u64),
 }
 
 struct RecvOp {
@@ -1276,17 +1527,31 @@ impl RecvOp {
             buf,
             body,
         } = self;
+        // SAFETY: the state outlives every operation on its worker.
+        let st = unsafe { &*st };
         let body_bytes = Bytes::from(buf);
         let result = match body {
             Body::Short(shape) => wire::split(body_bytes, 0, &shape),
             Body::Long => wire::parse_prelude(&body_bytes, &conn.cfg)
                 .and_then(|(shape, plen)| wire::split(body_bytes.clone(), plen, &shape)),
+            Body::Pull(pull) => {
+                match wire::parse_pull_descriptor(&body_bytes, &conn.cfg) {
+                    Ok((shape, regions)) => {
+                        // Later messages wait for this one (delivered in order).
+                        conn.order.borrow_mut().parked.insert(seq, None);
+                        st.push(Action::Pull(conn.id, seq, pull, shape, regions));
+                    }
+                    Err(e) => st.push(Action::ProtocolError(
+                        conn.id,
+                        format!("ucx: bad pull: {e}"),
+                    )),
+                }
+                return;
+            }
         };
         match result {
             Ok(m) => conn.deliver(seq, m),
             Err(e) => {
-                // SAFETY: the state outlives every operation on its worker.
-                let st = unsafe { &*st };
                 st.push(Action::ProtocolError(
                     conn.id,
                     format!("ucx: bad message: {e}"),

@@ -18,6 +18,11 @@
 //!   message header plus payload frames, sent from where they lie (IOV). Large messages use
 //!   UCX's rendezvous protocol and land directly in a buffer we allocate for them, which is then
 //!   split into `Bytes` without copying. A dropped sender ends the stream with a close marker.
+//! - **Same host.** UCX 1.13 has no shared memory for endpoints with peer error handling, so
+//!   between two processes of one host large messages (64 KiB and up) skip UCX's TCP lanes:
+//!   the receiver copies them out of the sender's memory with `process_vm_readv` and
+//!   acknowledges, checking a pidfd so a dead sender is an error, and falling back to the
+//!   ordinary path where the kernel refuses the read (`same_host`).
 //! - **Threading.** A UCP worker in single-thread mode (and its endpoints and requests) must
 //!   only be touched by one thread. Each [`UcxTransport`] therefore starts, on first use, one
 //!   engine thread that owns the context, the worker, all listeners and endpoints, and runs a
@@ -50,6 +55,7 @@
 //! that, and payloads here are host `Bytes`.
 
 mod engine;
+mod same_host;
 mod status;
 #[allow(
     missing_docs,

@@ -14,9 +14,20 @@
 //! | `MSG` | seq u64, prelude | header, frames |
 //! | `MSG_LONG` (prelude too big for an AM header) | seq u64 | prelude, header, frames |
 //! | `CLOSE` (sender dropped: end of stream) | seq u64 = messages sent | – |
+//! | `PULL` (same host, large message) | seq u64, pull id u64 | prelude, regions |
+//! | `PULL_DONE` (receiver → sender) | pull id u64, outcome u8 | – |
+//!
+//! The hello carries the sender's [`Identity`] (pid u32, pid namespace u64 ×2, boot id 16
+//! bytes; all zero when it offers no same-host path). A `PULL` names where the message's header
+//! and frames lie in the sender's memory, as (address u64, length u64) regions in order; the
+//! receiver copies them with `process_vm_readv` (see [`crate::same_host`]) and answers
+//! `PULL_DONE` with outcome [`PULLED`] (the sender may free them) or [`PULL_REFUSED`] (the
+//! kernel refused the read: the sender sends the message again as `MSG`/`MSG_LONG`, with the
+//! same sequence number, and stops pulling on this connection).
 //!
 //! All integers are little-endian; the prelude is [`taskwire_transport::codec`]'s.
 
+use crate::same_host::{self, Identity};
 use bytes::{Bytes, BytesMut};
 use taskwire_transport::codec;
 use taskwire_transport::{Message, TransportConfig, TransportError};
@@ -26,21 +37,34 @@ pub(crate) const AM_HELLO_ACK: u32 = 0x5457_0002;
 pub(crate) const AM_MSG: u32 = 0x5457_0003;
 pub(crate) const AM_MSG_LONG: u32 = 0x5457_0004;
 pub(crate) const AM_CLOSE: u32 = 0x5457_0005;
+pub(crate) const AM_PULL: u32 = 0x5457_0006;
+pub(crate) const AM_PULL_DONE: u32 = 0x5457_0007;
+
+/// `PULL_DONE` outcome: copied, the sender may let go of the memory.
+pub(crate) const PULLED: u8 = 0;
+/// `PULL_DONE` outcome: not readable from here, send it the ordinary way.
+pub(crate) const PULL_REFUSED: u8 = 1;
 
 /// "TWU1" little-endian, then the protocol version.
 const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"TWU1");
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
-/// The hello (and its ack) header.
-pub(crate) const HELLO: [u8; 8] = {
-    let m = HELLO_MAGIC.to_le_bytes();
-    let v = VERSION.to_le_bytes();
-    [m[0], m[1], m[2], m[3], v[0], v[1], v[2], v[3]]
-};
+/// The hello (and its ack) header: magic, version, and this process's identity if it offers
+/// the same-host path.
+pub(crate) fn hello(me: Option<&Identity>) -> Vec<u8> {
+    let mut h = Vec::with_capacity(8 + same_host::IDENTITY_LEN);
+    h.extend_from_slice(&HELLO_MAGIC.to_le_bytes());
+    h.extend_from_slice(&VERSION.to_le_bytes());
+    match me {
+        Some(id) => id.encode(&mut h),
+        None => h.resize(8 + same_host::IDENTITY_LEN, 0),
+    }
+    h
+}
 
-/// Check a peer's hello; the error says what is wrong.
-pub(crate) fn check_hello(h: &[u8]) -> Result<(), String> {
-    if h.len() != 8 || h[..4] != HELLO_MAGIC.to_le_bytes() {
+/// Check a peer's hello; returns the identity it offered (if any), or what is wrong.
+pub(crate) fn check_hello(h: &[u8]) -> Result<Option<Identity>, String> {
+    if h.len() < 8 || h[..4] != HELLO_MAGIC.to_le_bytes() {
         return Err("peer is not a Taskwire UCX endpoint (bad hello)".into());
     }
     let v = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
@@ -49,7 +73,88 @@ pub(crate) fn check_hello(h: &[u8]) -> Result<(), String> {
             "peer speaks Taskwire UCX protocol version {v}, this build speaks {VERSION}"
         ));
     }
-    Ok(())
+    let id = Identity::decode(&h[8..])
+        .ok_or_else(|| "peer is not a Taskwire UCX endpoint (bad hello length)".to_string())?;
+    Ok((id.pid != 0).then_some(id))
+}
+
+/// A `PULL`'s data: the codec prelude of `msg`, then the regions where its header and frames
+/// lie (they must stay there until the receiver answers).
+pub(crate) fn pull_descriptor(msg: &Message) -> Vec<u8> {
+    let mut prelude = BytesMut::with_capacity(codec::prelude_len(msg.frames.len()));
+    codec::put_prelude(msg, &mut prelude);
+    let mut d = Vec::with_capacity(prelude.len() + 16 * (1 + msg.frames.len()));
+    d.extend_from_slice(&prelude);
+    for b in std::iter::once(&msg.header).chain(&msg.frames) {
+        if !b.is_empty() {
+            d.extend_from_slice(&(b.as_ptr() as u64).to_le_bytes());
+            d.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        }
+    }
+    d
+}
+
+/// Read a `PULL`'s data against the limits: the message's shape, and regions that add up to
+/// exactly its body.
+pub(crate) fn parse_pull_descriptor(
+    d: &[u8],
+    cfg: &TransportConfig,
+) -> Result<(Shape, Vec<(u64, u64)>), TransportError> {
+    let (shape, plen) = parse_prelude(d, cfg)?;
+    let rest = &d[plen..];
+    let bad = |why: &str| TransportError::Other(format!("ucx: bad pull descriptor: {why}"));
+    if !rest.len().is_multiple_of(16) || rest.len() / 16 > 1 + shape.frame_lens.len() {
+        return Err(bad("wrong number of regions"));
+    }
+    let regions: Vec<(u64, u64)> = rest
+        .chunks_exact(16)
+        .map(|c| {
+            (
+                u64::from_le_bytes(c[..8].try_into().expect("8")),
+                u64::from_le_bytes(c[8..].try_into().expect("8")),
+            )
+        })
+        .collect();
+    let total = regions
+        .iter()
+        .try_fold(0u64, |acc, r| acc.checked_add(r.1))
+        .ok_or_else(|| bad("lengths overflow"))?;
+    if total != shape.body_len() as u64 {
+        return Err(bad("regions do not add up to the message"));
+    }
+    Ok((shape, regions))
+}
+
+/// The largest `PULL` descriptor a receiver accepts before reading it.
+pub(crate) fn max_pull_descriptor_len(cfg: &TransportConfig) -> usize {
+    codec::prelude_len(cfg.max_frames)
+        .saturating_add(16usize.saturating_mul(cfg.max_frames.saturating_add(1)))
+}
+
+/// The `PULL` AM header: sequence number and pull id.
+pub(crate) fn pull_header(seq: u64, pull: u64) -> Vec<u8> {
+    let mut h = seq.to_le_bytes().to_vec();
+    h.extend_from_slice(&pull.to_le_bytes());
+    h
+}
+
+/// The `PULL_DONE` AM header.
+pub(crate) fn pull_done(pull: u64, outcome: u8) -> Vec<u8> {
+    let mut h = pull.to_le_bytes().to_vec();
+    h.push(outcome);
+    h
+}
+
+/// Pull id and outcome of a `PULL_DONE` header.
+pub(crate) fn parse_pull_done(h: &[u8]) -> Result<(u64, u8), TransportError> {
+    match h {
+        [id @ .., outcome] if id.len() == 8 => {
+            Ok((u64::from_le_bytes(id.try_into().expect("8")), *outcome))
+        }
+        _ => Err(TransportError::Other(
+            "ucx: bad pull acknowledgement".into(),
+        )),
+    }
 }
 
 /// A message laid out for `ucp_am_send_nbx`: which AM id, the AM header, and the data pieces.
@@ -286,12 +391,39 @@ mod tests {
 
     #[test]
     fn hello_is_checked() {
-        assert!(check_hello(&HELLO).is_ok());
+        assert_eq!(check_hello(&hello(None)), Ok(None));
+        let me = Identity::local().unwrap();
+        assert_eq!(check_hello(&hello(Some(&me))), Ok(Some(me)));
         assert!(
-            check_hello(b"TWU1\x02\0\0\0")
+            check_hello(b"TWU1\x01\0\0\0")
                 .unwrap_err()
-                .contains("version 2")
+                .contains("version 1")
         );
+        assert!(check_hello(&hello(None)[..20]).is_err());
         assert!(check_hello(b"nope").is_err());
+    }
+
+    #[test]
+    fn pull_descriptors_name_the_pieces_and_are_checked() {
+        let cfg = TransportConfig::default();
+        let msg = sample(4);
+        let d = pull_descriptor(&msg);
+        let (shape, regions) = parse_pull_descriptor(&d, &cfg).unwrap();
+        assert_eq!(shape.body_len(), msg.len());
+        assert_eq!(regions[0], (msg.header.as_ptr() as u64, 7));
+        assert_eq!(regions.iter().map(|r| r.1).sum::<u64>(), msg.len() as u64);
+        // A region list that does not match the prelude is refused before any read.
+        let mut short = d.clone();
+        short.truncate(d.len() - 16);
+        assert!(parse_pull_descriptor(&short, &cfg).is_err());
+        let mut lying = d.clone();
+        let at = d.len() - 8;
+        lying[at..].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(parse_pull_descriptor(&lying, &cfg).is_err());
+        assert_eq!(
+            parse_pull_done(&pull_done(9, PULL_REFUSED)).unwrap(),
+            (9, 1)
+        );
+        assert!(parse_pull_done(b"x").is_err());
     }
 }

@@ -2,8 +2,12 @@
 //! SIGKILL (the connection must fail, not hang), messages with more frames than fit in an
 //! active-message header, and rendezvous-sized messages on a fresh connection.
 //!
-//! The killed peer is this test binary run again as a child (`child_peer`, which does nothing
-//! unless `TASKWIRE_UCX_CHILD_CONNECT` is set).
+//! The same-host path (large messages copied out of the sender with `process_vm_readv`) gets
+//! the same treatment: a sender killed in the middle of a stream of large messages, and a
+//! receiver the kernel does not let read the sender's memory (another user).
+//!
+//! The peers are this test binary run again as a child (`child_peer`, which does nothing
+//! unless `TASKWIRE_UCX_CHILD_CONNECT` is set; `TASKWIRE_UCX_CHILD_MODE` says what it does).
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -12,10 +16,38 @@ use taskwire_transport::{Address, Message, Registry, Scheme, TransportConfig};
 use taskwire_transport_ucx::{UcxConfig, UcxTransport};
 
 const CHILD_ENV: &str = "TASKWIRE_UCX_CHILD_CONNECT";
+const MODE_ENV: &str = "TASKWIRE_UCX_CHILD_MODE";
+const TLS_ENV: &str = "TASKWIRE_UCX_CHILD_TLS";
 
 fn registry() -> Registry {
+    registry_with("tcp")
+}
+
+fn registry_with(tls: &str) -> Registry {
     Registry::new(TransportConfig::default())
-        .register(Arc::new(UcxTransport::new(UcxConfig::new().tls("tcp"))))
+        .register(Arc::new(UcxTransport::new(UcxConfig::new().tls(tls))))
+}
+
+/// Message `n` of a stream of large messages: 4 MiB whose bytes depend on `n`.
+fn large(n: u32) -> Message {
+    let body: Bytes = (0..4u32 << 20).map(|i| ((i + n) % 251) as u8).collect();
+    Message::with_frames(Bytes::from(n.to_le_bytes().to_vec()), vec![body])
+}
+
+fn check_large(m: &Message) -> u32 {
+    let n = u32::from_le_bytes(m.header[..4].try_into().expect("header is the index"));
+    assert!(m == &large(n), "large message {n} corrupted");
+    n
+}
+
+/// Start this test binary as a peer that connects to `addr` and does `mode`.
+fn spawn_child(addr: &str, mode: &str, tls: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child_peer", "--nocapture"])
+        .env(CHILD_ENV, addr)
+        .env(MODE_ENV, mode)
+        .env(TLS_ENV, tls);
+    cmd
 }
 
 fn local(port: u16) -> Address {
@@ -32,14 +64,52 @@ async fn child_peer() {
     let Ok(addr) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let conn = registry()
+    let tls = std::env::var(TLS_ENV).unwrap_or_else(|_| "tcp".into());
+    let mut conn = registry_with(&tls)
         .connect(&addr.parse().unwrap())
         .await
         .expect("child connect");
-    conn.send(Message::new(Bytes::from_static(b"child here")))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(120)).await;
+    match std::env::var(MODE_ENV).as_deref() {
+        // Send large messages until killed.
+        Ok("stream") => {
+            for n in 0.. {
+                if conn.send(large(n)).await.is_err() {
+                    break;
+                }
+            }
+        }
+        // Say whether the kernel lets this process read the parent's memory, then send back
+        // whatever arrives.
+        Ok("echo") => {
+            let probe = [0u8; 8];
+            let local = libc::iovec {
+                iov_base: probe.as_ptr().cast_mut().cast(),
+                iov_len: 8,
+            };
+            // The parent's address is irrelevant: permission is checked first.
+            let remote = libc::iovec {
+                iov_base: 4096 as *mut libc::c_void,
+                iov_len: 8,
+            };
+            // SAFETY: local is our own 8-byte buffer; the remote read is checked by the kernel.
+            let r = unsafe { libc::process_vm_readv(libc::getppid(), &local, 1, &remote, 1, 0) };
+            let denied =
+                r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+            let verdict: &'static [u8] = if denied { b"denied" } else { b"allowed" };
+            conn.send(Message::new(Bytes::from_static(verdict)))
+                .await
+                .unwrap();
+            while let Ok(Some(m)) = conn.recv().await {
+                conn.send(m).await.unwrap();
+            }
+        }
+        _ => {
+            conn.send(Message::new(Bytes::from_static(b"child here")))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(120)).await;
+        }
+    }
 }
 
 /// A worker process dies (OOM killer, kill -9) while connected: the survivor's receive fails
@@ -49,11 +119,7 @@ async fn killed_peer_is_an_error() {
     let reg = registry();
     let mut listener = reg.listen(&local(0)).await.unwrap();
     let addr = listener.local_addr().to_string();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_peer", "--nocapture"])
-        .env(CHILD_ENV, &addr)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_child(&addr, "hello", "tcp").spawn().unwrap();
     let mut conn = tokio::time::timeout(Duration::from_secs(30), listener.accept())
         .await
         .expect("child never connected")
@@ -105,10 +171,18 @@ async fn many_frames_and_rendezvous_on_a_fresh_connection() {
     let big: Bytes = (0..64 << 20).map(|i: u32| (i % 251) as u8).collect();
     let large = Message::with_frames(Bytes::from_static(b"large"), vec![big]);
     let small = Message::new(Bytes::from_static(b"small"));
-    for m in [&large, &many, &small, &large] {
+    // Large and made of thousands of frames: more pieces than one process_vm_readv takes.
+    let many_large = Message::with_frames(
+        Bytes::from_static(b"many large"),
+        (0..3000u32)
+            .map(|i| Bytes::from(vec![(i % 199) as u8; 100 + (i % 7) as usize]))
+            .collect(),
+    );
+    let all = [&large, &many, &small, &many_large, &large];
+    for m in all {
         client.send(m.clone()).await.unwrap();
     }
-    for want in [&large, &many, &small, &large] {
+    for want in all {
         let got = tokio::time::timeout(Duration::from_secs(60), server.recv_msg())
             .await
             .expect("hung")
@@ -117,4 +191,108 @@ async fn many_frames_and_rendezvous_on_a_fresh_connection() {
     }
     assert_eq!(client.local.scheme(), Scheme::Ucx);
     assert_eq!(server.peer.host(), Some("127.0.0.1"));
+}
+
+/// A worker dies while it streams large results to a peer on the same host (the receiver
+/// copies them out of its memory): the receiver gets every message intact up to some point,
+/// then an error; never a hang, never a message read from a dead process. With and without
+/// UCX's shared memory transports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_sender_of_large_messages_is_an_error() {
+    for tls in ["tcp", "sm,tcp"] {
+        let reg = registry_with(tls);
+        let mut listener = reg.listen(&local(0)).await.unwrap();
+        let addr = listener.local_addr().to_string();
+        let mut child = spawn_child(&addr, "stream", tls).spawn().unwrap();
+        let mut conn = tokio::time::timeout(Duration::from_secs(30), listener.accept())
+            .await
+            .expect("child never connected")
+            .unwrap();
+        for want in 0..3 {
+            let m = tokio::time::timeout(Duration::from_secs(30), conn.recv_msg())
+                .await
+                .expect("stream hung")
+                .unwrap();
+            assert_eq!(check_large(&m), want, "{tls}: out of order");
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut next = 3;
+            loop {
+                match conn.recv().await {
+                    Ok(Some(m)) => {
+                        assert_eq!(check_large(&m), next, "{tls}: out of order");
+                        next += 1;
+                    }
+                    Ok(None) => panic!("{tls}: a killed peer is not a clean close"),
+                    Err(e) => return e,
+                }
+            }
+        })
+        .await
+        .expect("receive hung after the sender was killed");
+        assert!(
+            ended.to_string().contains("connection failed"),
+            "{tls}: {ended}"
+        );
+    }
+}
+
+/// A receiver that runs as another user may not read the sender's memory (the kernel says
+/// EPERM, as it does under Yama's ptrace_scope or a strict seccomp policy): large messages
+/// still arrive, sent the ordinary way. The other direction (root reads the child's memory)
+/// takes the same-host path. Needs root, to start the child as `nobody`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_same_host_read_falls_back_to_the_ordinary_path() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to start a peer as another user");
+        return;
+    }
+    let reg = registry();
+    let mut listener = reg.listen(&local(0)).await.unwrap();
+    let addr = listener.local_addr().to_string();
+    let mut child = match spawn_child(&addr, "echo", "tcp")
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+    {
+        Ok(child) => child,
+        // The test binary lies where `nobody` may not execute it (a private home directory).
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!("skipped: user nobody cannot run this test binary: {e}");
+            return;
+        }
+        Err(e) => panic!("cannot start the child as nobody: {e}"),
+    };
+    let mut conn = tokio::time::timeout(Duration::from_secs(30), listener.accept())
+        .await
+        .expect("child never connected")
+        .unwrap();
+    let verdict = conn.recv_msg().await.unwrap();
+    assert_eq!(
+        &verdict.header[..],
+        b"denied",
+        "the child can read our memory: this test would not exercise the fallback"
+    );
+    let small = Message::new(Bytes::from_static(b"small"));
+    let sent = [large(0), small.clone(), large(1), large(2), small];
+    for m in &sent {
+        conn.send(m.clone()).await.unwrap();
+    }
+    for want in &sent {
+        let got = tokio::time::timeout(Duration::from_secs(60), conn.recv_msg())
+            .await
+            .expect("echo hung")
+            .unwrap();
+        assert!(&got == want, "echo of {:?} corrupted", want.header);
+    }
+    drop(conn);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "child failed: {status}");
 }
