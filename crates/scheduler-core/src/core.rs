@@ -16,6 +16,7 @@ use crate::graph::GraphTask;
 // Fx: a fast, deterministic hash (the simulator's runs repeat from their seed).
 use crate::heap::WorkerHeap;
 use crate::lifecycle::{RecoveryCounts, Retirement};
+use crate::root_queue::RootQueue;
 use crate::state::{
     GroupInfo, StateCounts, StimulusId, TaskRun, TaskState, TransitionLog, TransitionRecord,
 };
@@ -78,7 +79,7 @@ pub struct Core {
     pub(crate) worker_by_addr: FxHashMap<String, u32>,
     pub(crate) by_occupancy: WorkerHeap,
     pub(crate) free_slots: WorkerHeap,
-    pub(crate) queued: BTreeSet<QueueKey>,
+    pub(crate) queued: RootQueue,
     /// Root tasks per worker thread allowed beyond Dask's saturation count, from the measured
     /// cost of the tasks at the head of the queue (see `adapt_root_slots`).
     pub(crate) root_per_thread: u64,
@@ -151,7 +152,7 @@ impl Core {
             worker_by_addr: FxHashMap::default(),
             by_occupancy: WorkerHeap::default(),
             free_slots: WorkerHeap::default(),
-            queued: BTreeSet::new(),
+            queued: RootQueue::default(),
             root_per_thread: 0,
             pending_inline: None,
             steals: FxHashMap::default(),
