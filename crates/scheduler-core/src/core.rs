@@ -23,7 +23,7 @@ use crate::state::{
 
 /// Finished tasks the core remembers for the task stream.
 pub const MAX_TASK_RUNS: usize = 16_384;
-use crate::task::{Constraint, F_SCATTER, Prefix, QueueKey, Task, TaskRef, key_prefix};
+use crate::task::{Constraint, F_SCATTER, Prefix, Task, TaskRef, key_prefix};
 use crate::worker::{Worker, WorkerStatus, heartbeat_ms};
 use rustc_hash::{FxHashMap, FxHashSet};
 
