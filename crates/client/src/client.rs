@@ -408,7 +408,6 @@ impl Client {
         while let Some((index, sent)) = in_flight.pop_front() {
             take(sent.answered().await, index, &mut failed);
         }
-        drop(take);
         if let Some(e) = failed {
             // The futures of the accepted parts drop here and release their keys: nothing of
             // the graph stays behind.
