@@ -958,8 +958,8 @@ fn scale_tasks(p: &str, leaves: usize) -> Vec<Task> {
         for chunk in level.clone().step_by(SCALE_FAN_IN) {
             let end = (chunk + SCALE_FAN_IN).min(level.end);
             let mut t = Task::function(format!("{p}{}", tasks.len()), "noop");
-            for d in chunk..end {
-                t = t.dep_key(tasks[d].key());
+            for d in &tasks[chunk..end] {
+                t = t.dep_key(d.key());
             }
             tasks.push(t);
         }
