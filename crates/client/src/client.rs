@@ -7,7 +7,7 @@ use crate::peer::PeerPool;
 use crate::state::{KeyEntry, KeyEvent, KeyState, Outgoing, State, coalesce, wake_all};
 use crate::task::Task;
 use bytes::Bytes;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -364,20 +364,54 @@ impl Client {
         let mut part = Vec::new();
         let mut part_index = Vec::new();
         let mut part_bytes = 0;
+        // The parts are pipelined: up to `PARTS_IN_FLIGHT` are sent before the first answer
+        // is awaited, so encoding the next part overlaps the scheduler taking in the last.
+        // The scheduler answers them in order. After a rejection no further part is sent,
+        // the parts in flight are still answered (a rejected one forgets its new keys), and
+        // the first rejection in graph order is the error.
+        let mut in_flight: VecDeque<(Vec<usize>, SentPart)> = VecDeque::new();
+        let mut failed = None;
+        let mut take = |got: Result<Vec<Future>, ClientError>,
+                        index: Vec<usize>,
+                        failed: &mut Option<ClientError>| match got {
+            Ok(got) => {
+                for (i, f) in index.into_iter().zip(got) {
+                    futures[i] = Some(f);
+                }
+            }
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        };
         for (n, &i) in order.iter().enumerate() {
             let task = slots[i].take().expect("each task once");
             part_bytes += task.spec().archived_size_hint();
             part.push(task);
             part_index.push(i);
             if part_bytes >= GRAPH_CHUNK_BYTES || n + 1 == order.len() {
-                // On a rejected part, the futures of the accepted ones drop here and release
-                // their keys: nothing of the graph stays behind.
-                let got = self.submit_one(std::mem::take(&mut part)).await?;
-                for (i, f) in part_index.drain(..).zip(got) {
-                    futures[i] = Some(f);
+                let sent = self.send_part(std::mem::take(&mut part));
+                let index = std::mem::take(&mut part_index);
+                match sent {
+                    Ok(sent) => in_flight.push_back((index, sent)),
+                    Err(e) => take(Err(e), index, &mut failed),
                 }
                 part_bytes = 0;
+                while in_flight.len() >= PARTS_IN_FLIGHT {
+                    let (index, sent) = in_flight.pop_front().expect("in flight");
+                    take(sent.answered().await, index, &mut failed);
+                }
             }
+            if failed.is_some() {
+                break;
+            }
+        }
+        while let Some((index, sent)) = in_flight.pop_front() {
+            take(sent.answered().await, index, &mut failed);
+        }
+        if let Some(e) = failed {
+            // The futures of the accepted parts drop here and release their keys: nothing of
+            // the graph stays behind.
+            return Err(e);
         }
         Ok(futures
             .into_iter()
@@ -386,6 +420,12 @@ impl Client {
     }
 
     async fn submit_one(&self, tasks: Vec<Task>) -> Result<Vec<Future>, ClientError> {
+        self.send_part(tasks)?.answered().await
+    }
+
+    /// Register the futures of one graph message and queue it; the scheduler's answer is
+    /// awaited with [`SentPart::answered`].
+    fn send_part(&self, tasks: Vec<Task>) -> Result<SentPart, ClientError> {
         let submit_id = self.shared.next_id();
         let (reply, answer) = oneshot::channel();
         let mut wanted = Vec::with_capacity(tasks.len());
@@ -446,20 +486,11 @@ impl Client {
         // The graph is queued ahead of any release the dependencies' futures could cause now.
         drop(held);
         drop(specs);
-        match answer.await {
-            Ok(Ok(())) => Ok(futures),
-            Ok(Err(reason)) => {
-                // The scheduler kept nothing: forget the new keys without releasing them.
-                for i in created {
-                    futures[i]
-                        .entry()
-                        .registered
-                        .store(false, Ordering::Relaxed);
-                }
-                Err(ClientError::GraphRejected(reason))
-            }
-            Err(_) => Err(ClientError::Closed),
-        }
+        Ok(SentPart {
+            futures,
+            created,
+            answer,
+        })
     }
 
     fn wrap(&self, acquired: Vec<(Arc<KeyEntry>, bool)>) -> Vec<Future> {
@@ -887,6 +918,39 @@ const MAX_GET_BATCH: usize = 4096;
 /// Graphs whose encoded size is above this go to the scheduler in parts of about this size,
 /// well below the transport's default 64 MiB header limit.
 const GRAPH_CHUNK_BYTES: usize = 16 << 20;
+
+/// Parts of a large graph sent ahead of the scheduler's answer to the earliest of them: enough
+/// to keep the client encoding while the scheduler takes a part in, few enough to bound the
+/// encoded parts held at once (about 64 MiB).
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// A graph message queued for the scheduler: its futures and the scheduler's answer to come.
+struct SentPart {
+    futures: Vec<Future>,
+    /// Indices of the futures whose keys this message made known to the client.
+    created: Vec<usize>,
+    answer: oneshot::Receiver<Result<(), String>>,
+}
+
+impl SentPart {
+    /// The futures once the scheduler accepted the graph; on a rejection the keys it made
+    /// known are forgotten without a release (the scheduler kept nothing).
+    async fn answered(self) -> Result<Vec<Future>, ClientError> {
+        match self.answer.await {
+            Ok(Ok(())) => Ok(self.futures),
+            Ok(Err(reason)) => {
+                for i in self.created {
+                    self.futures[i]
+                        .entry()
+                        .registered
+                        .store(false, Ordering::Relaxed);
+                }
+                Err(ClientError::GraphRejected(reason))
+            }
+            Err(_) => Err(ClientError::Closed),
+        }
+    }
+}
 
 /// Task indices ordered so that every task comes after the tasks of the same graph it depends
 /// on (Kahn's algorithm, stable for independent tasks). A cycle is refused here, as the

@@ -472,6 +472,61 @@ async fn rejected_graph_is_an_error_and_releases_nothing() {
     assert_eq!(fake.releases(), vec!["inc-1".to_string()]);
 }
 
+/// A graph too big for one message goes in parts, several sent before the first answer. When
+/// the scheduler rejects the first part, the submission fails with that part's reason, the
+/// parts sent with it and accepted are released again, and the rejected keys never are.
+#[tokio::test]
+async fn rejected_part_of_a_big_graph_fails_it_and_releases_the_accepted_parts() {
+    let fake = start(false).await;
+    let client = fake.client().await;
+    // 48 tasks with 1 MiB of arguments each: three parts of about 16 MiB.
+    let mut tasks = vec![
+        Task::function("big-0", "hold")
+            .args(vec![0u8; 1 << 20])
+            .dep_key("nowhere"),
+    ];
+    tasks.extend(
+        (1..48).map(|i| Task::function(format!("big-{i}"), "hold").args(vec![0u8; 1 << 20])),
+    );
+    let err = client.submit_graph(tasks).await.unwrap_err();
+    match &err {
+        ClientError::GraphRejected(reason) => assert!(reason.contains("nowhere"), "{reason}"),
+        other => panic!("{other}"),
+    }
+    let parts: Vec<Vec<String>> = fake
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|m| match m {
+            FromClient::UpdateGraph { tasks, .. } => {
+                Some(tasks.iter().map(|t| t.key.clone()).collect())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(parts.len() >= 2, "sent in {} parts", parts.len());
+    assert!(parts[0].contains(&"big-0".to_string()));
+    let mut expected: Vec<String> = parts[1..].concat();
+    expected.sort();
+    let mut released = Vec::new();
+    for _ in 0..500 {
+        released = fake.releases();
+        released.sort();
+        if released.len() >= expected.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(released, expected);
+    // The client still works.
+    let f = client
+        .submit(Task::function("inc-1", "inc").arg_i64(1))
+        .await
+        .unwrap();
+    assert_eq!(f.result_i64().await.unwrap(), 2);
+}
+
 #[tokio::test]
 async fn cancel_resolves_futures_and_tells_the_scheduler() {
     let fake = start(false).await;

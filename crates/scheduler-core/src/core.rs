@@ -16,13 +16,14 @@ use crate::graph::GraphTask;
 // Fx: a fast, deterministic hash (the simulator's runs repeat from their seed).
 use crate::heap::WorkerHeap;
 use crate::lifecycle::{RecoveryCounts, Retirement};
+use crate::root_queue::RootQueue;
 use crate::state::{
     GroupInfo, StateCounts, StimulusId, TaskRun, TaskState, TransitionLog, TransitionRecord,
 };
 
 /// Finished tasks the core remembers for the task stream.
 pub const MAX_TASK_RUNS: usize = 16_384;
-use crate::task::{Constraint, F_SCATTER, Prefix, QueueKey, Task, TaskRef, key_prefix};
+use crate::task::{Constraint, F_SCATTER, Prefix, Task, TaskRef, key_prefix};
 use crate::worker::{Worker, WorkerStatus, heartbeat_ms};
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -78,7 +79,7 @@ pub struct Core {
     pub(crate) worker_by_addr: FxHashMap<String, u32>,
     pub(crate) by_occupancy: WorkerHeap,
     pub(crate) free_slots: WorkerHeap,
-    pub(crate) queued: BTreeSet<QueueKey>,
+    pub(crate) queued: RootQueue,
     /// Root tasks per worker thread allowed beyond Dask's saturation count, from the measured
     /// cost of the tasks at the head of the queue (see `adapt_root_slots`).
     pub(crate) root_per_thread: u64,
@@ -153,7 +154,7 @@ impl Core {
             worker_by_addr: FxHashMap::default(),
             by_occupancy: WorkerHeap::default(),
             free_slots: WorkerHeap::default(),
-            queued: BTreeSet::new(),
+            queued: RootQueue::default(),
             root_per_thread: 0,
             pending_inline: None,
             steals: FxHashMap::default(),

@@ -323,6 +323,12 @@ impl Core {
             nschedulable == self.by_occupancy.len(),
             "occupancy order size"
         );
+        ensure!(
+            self.queued.len() == self.counts.queued,
+            "{} tasks in the queue, {} queued",
+            self.queued.len(),
+            self.counts.queued
+        );
         if !self.queued.is_empty() {
             ensure!(
                 self.free_slots.is_empty(),

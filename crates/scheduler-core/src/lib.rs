@@ -125,6 +125,7 @@ mod invariants;
 mod lifecycle;
 mod placement;
 mod placement_cost;
+mod root_queue;
 mod small;
 mod state;
 mod stealing;

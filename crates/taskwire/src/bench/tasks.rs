@@ -972,29 +972,22 @@ fn scale_leaves(n: usize) -> usize {
 /// `noop` leaves and a `noop` reduction tree; the root is the last task.
 fn scale_tasks(p: &str, leaves: usize) -> Vec<Task> {
     let mut tasks = Vec::with_capacity(leaves + reductions(leaves));
-    let mut level: Vec<String> = (0..leaves)
-        .map(|i| {
-            // Decimal indices: a hex one such as `abc` reads as part of the name (as in
-            // Dask's key_split), giving every such leaf a prefix of its own.
-            let key = format!("{p}{i}");
-            tasks.push(Task::function(key.clone(), "noop"));
-            key
-        })
-        .collect();
-    let mut next_id = leaves;
+    // Decimal indices: a hex one such as `abc` reads as part of the name (as in Dask's
+    // key_split), giving every such leaf a prefix of its own.
+    tasks.extend((0..leaves).map(|i| Task::function(format!("{p}{i}"), "noop")));
+    // A level of the tree: the range of its tasks in `tasks`.
+    let mut level = 0..leaves;
     while level.len() > 1 {
-        let mut next = Vec::with_capacity(level.len().div_ceil(SCALE_FAN_IN));
-        for chunk in level.chunks(SCALE_FAN_IN) {
-            let key = format!("{p}{next_id}");
-            next_id += 1;
-            let mut t = Task::function(key.clone(), "noop");
-            for d in chunk {
-                t = t.dep_key(d.as_str());
+        let start = tasks.len();
+        for chunk in level.clone().step_by(SCALE_FAN_IN) {
+            let end = (chunk + SCALE_FAN_IN).min(level.end);
+            let mut t = Task::function(format!("{p}{}", tasks.len()), "noop");
+            for d in &tasks[chunk..end] {
+                t = t.dep_key(d.key());
             }
             tasks.push(t);
-            next.push(key);
         }
-        level = next;
+        level = start..tasks.len();
     }
     tasks
 }
@@ -1327,6 +1320,25 @@ mod tests {
                     .iter()
                     .all(|t| t.clone().into_spec().deps.len() <= SCALE_FAN_IN)
             );
+            if n <= 10_000 {
+                // A tree: unique keys, each task but the last (the root) an input of exactly
+                // one later task.
+                let mut uses: std::collections::HashMap<String, (usize, usize)> = tasks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (t.key().to_string(), (i, 0)))
+                    .collect();
+                assert_eq!(uses.len(), total);
+                for (i, t) in tasks.iter().enumerate() {
+                    for d in t.clone().into_spec().deps {
+                        let u = uses.get_mut(&d).expect("input in the graph");
+                        assert!(u.0 < i, "input '{d}' after its dependent");
+                        u.1 += 1;
+                    }
+                }
+                let root = tasks.last().expect("a root").key();
+                assert!(uses.iter().all(|(k, u)| u.1 == usize::from(k != root)));
+            }
         }
     }
 
