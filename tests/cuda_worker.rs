@@ -357,7 +357,12 @@ fn real_gpus_run_gpu_functions_on_their_own_device() {
         )
         .await;
         let mut uuids = Vec::new();
-        for (i, w) in ws.iter().enumerate() {
+        // The nanny's worker i is `ci-gpu{i}`; the scheduler lists workers in its own order.
+        for i in 0..n_gpus {
+            let w = ws
+                .iter()
+                .find(|w| w.name == format!("ci-gpu{i}"))
+                .expect("a worker per GPU, named by its index");
             let m = &w.metrics;
             eprintln!(
                 "{}: GPU memory used {} of {} MiB, limit {} MiB; resources {:?}",
@@ -411,7 +416,7 @@ fn real_gpus_run_gpu_functions_on_their_own_device() {
             assert!(t.elapsed() < SOON, "worker 0 was not restarted");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let name = ws[0].name.clone();
+        let name = "ci-gpu0".to_string();
         workers_until(&client, "GPU worker 0 back", |ws| {
             ws.iter()
                 .any(|w| w.name == name && w.restarts == restarts as u32 + 1)
