@@ -368,8 +368,10 @@ impl Client {
         // is awaited, so encoding the next part overlaps the scheduler taking in the last.
         // The scheduler answers them in order. After a rejection no further part is sent,
         // the parts in flight are still answered (a rejected one forgets its new keys), and
-        // the first rejection in graph order is the error.
-        let mut in_flight: VecDeque<(Vec<usize>, SentPart)> = VecDeque::new();
+        // the first rejection in graph order is the error. A part that could not be sent
+        // (the connection is gone) ends the sending and takes its place in line, so that the
+        // answers to the parts before it come first.
+        let mut in_flight: VecDeque<(Vec<usize>, Result<SentPart, ClientError>)> = VecDeque::new();
         let mut failed = None;
         let mut take = |got: Result<Vec<Future>, ClientError>,
                         index: Vec<usize>,
@@ -390,15 +392,15 @@ impl Client {
             part_index.push(i);
             if part_bytes >= GRAPH_CHUNK_BYTES || n + 1 == order.len() {
                 let sent = self.send_part(std::mem::take(&mut part));
-                let index = std::mem::take(&mut part_index);
-                match sent {
-                    Ok(sent) => in_flight.push_back((index, sent)),
-                    Err(e) => take(Err(e), index, &mut failed),
-                }
+                let unsent = sent.is_err();
+                in_flight.push_back((std::mem::take(&mut part_index), sent));
                 part_bytes = 0;
+                if unsent {
+                    break;
+                }
                 while in_flight.len() >= PARTS_IN_FLIGHT {
                     let (index, sent) = in_flight.pop_front().expect("in flight");
-                    take(sent.answered().await, index, &mut failed);
+                    take(SentPart::answered(sent).await, index, &mut failed);
                 }
             }
             if failed.is_some() {
@@ -406,7 +408,7 @@ impl Client {
             }
         }
         while let Some((index, sent)) = in_flight.pop_front() {
-            take(sent.answered().await, index, &mut failed);
+            take(SentPart::answered(sent).await, index, &mut failed);
         }
         if let Some(e) = failed {
             // The futures of the accepted parts drop here and release their keys: nothing of
@@ -420,7 +422,7 @@ impl Client {
     }
 
     async fn submit_one(&self, tasks: Vec<Task>) -> Result<Vec<Future>, ClientError> {
-        self.send_part(tasks)?.answered().await
+        SentPart::answered(self.send_part(tasks)).await
     }
 
     /// Register the futures of one graph message and queue it; the scheduler's answer is
@@ -933,14 +935,16 @@ struct SentPart {
 }
 
 impl SentPart {
-    /// The futures once the scheduler accepted the graph; on a rejection the keys it made
-    /// known are forgotten without a release (the scheduler kept nothing).
-    async fn answered(self) -> Result<Vec<Future>, ClientError> {
-        match self.answer.await {
-            Ok(Ok(())) => Ok(self.futures),
+    /// The futures once the scheduler accepted the graph (or why the part was not sent); on a
+    /// rejection the keys it made known are forgotten without a release (the scheduler kept
+    /// nothing).
+    async fn answered(sent: Result<SentPart, ClientError>) -> Result<Vec<Future>, ClientError> {
+        let sent = sent?;
+        match sent.answer.await {
+            Ok(Ok(())) => Ok(sent.futures),
             Ok(Err(reason)) => {
-                for i in self.created {
-                    self.futures[i]
+                for i in sent.created {
+                    sent.futures[i]
                         .entry()
                         .registered
                         .store(false, Ordering::Relaxed);
