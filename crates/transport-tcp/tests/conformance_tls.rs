@@ -5,6 +5,9 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
+mod common;
+
+use common::Raw;
 use taskwire_transport::conformance::{Harness, RawStream};
 use taskwire_transport::{Address, BoxFuture, Message, Registry, Scheme, TransportConfig};
 use taskwire_transport_tcp::tls::{self, GenerateOptions};
@@ -47,47 +50,6 @@ fn registry(tls: &TlsConfig) -> Registry {
 
 struct Tls;
 
-struct Raw(tokio_rustls::client::TlsStream<TcpStream>);
-
-impl tokio::io::AsyncRead for Raw {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Raw {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl RawStream for Raw {
-    fn abort(self: Box<Self>) {
-        // SO_LINGER 0 makes close send a reset, as when a peer process is killed mid-write.
-        let _ = socket2::SockRef::from(self.0.get_ref().0).set_linger(Some(Duration::ZERO));
-    }
-}
-
 impl Harness for Tls {
     fn registry(&self) -> Registry {
         registry(ours())
@@ -109,7 +71,10 @@ impl Harness for Tls {
             let connector = tokio_rustls::TlsConnector::from(ours().client_config());
             let name = rustls::pki_types::ServerName::try_from("taskwire").unwrap();
             let tls = connector.connect(name, s).await.expect("raw TLS handshake");
-            Box::new(Raw(tls)) as Box<dyn RawStream>
+            Box::new(Raw {
+                io: tls,
+                socket: |t| t.get_ref().0,
+            }) as Box<dyn RawStream>
         })
     }
 }
