@@ -497,15 +497,7 @@ fn ssh_cluster_scales_through_the_cluster_trait() {
         assert!(err.contains("3 worker hosts"), "{err}");
         cluster.scale(2).await.unwrap();
         assert_eq!(Cluster::workers(&cluster), ["127.0.0.2-0", "127.0.0.3-1"]);
-        let mut all: Vec<u32> = cluster.remote_pids().iter().map(|p| p.1).collect();
-        for &p in &all.clone()[1..] {
-            all.extend(child_pids(p));
-        }
-        tokio::time::timeout(SOON, Cluster::close(cluster))
-            .await
-            .expect("close in time")
-            .unwrap();
-        all_gone_within(&all, Duration::from_secs(10));
+        close_and_check_gone(cluster).await;
     });
 }
 
@@ -611,23 +603,9 @@ fn ssh_cluster_adapts_over_its_hosts_with_a_forwarded_token() {
         client.close().await;
 
         let cluster = adaptive.stop().await;
-        let mut all: Vec<u32> = cluster.remote_pids().iter().map(|p| p.1).collect();
-        for &p in &all.clone()[1..] {
-            all.extend(child_pids(p));
-        }
-        tokio::time::timeout(SOON, Cluster::close(cluster))
-            .await
-            .expect("close in time")
-            .unwrap();
-        all_gone_within(&all, Duration::from_secs(10));
+        close_and_check_gone(cluster).await;
         // Each token file went with its process (the wrappers remove them).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while token_files.iter().any(|f| f.exists()) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        for f in &token_files {
-            assert!(!f.exists(), "{} left behind", f.display());
-        }
+        removed_within_10s(&token_files).await;
     });
 }
 
@@ -762,13 +740,33 @@ fn ssh_cluster_stops_workers_one_by_one_within_groups() {
         workers_until(&client, "4 registered", |ws| ws.len() == 4).await;
         assert_eq!(tree_sum(&client, "groups").await, (1..=32).sum::<i64>());
         client.close().await;
-        let mut all: Vec<u32> = cluster.remote_pids().iter().map(|p| p.1).collect();
-        for &p in &all.clone()[1..] {
-            all.extend(child_pids(p));
-        }
-        Cluster::close(cluster).await.unwrap();
-        all_gone_within(&all, Duration::from_secs(10));
+        close_and_check_gone(cluster).await;
     });
+}
+
+/// Close `cluster` in time and check that every process it started remotely, and their
+/// children, are gone within 10 s.
+async fn close_and_check_gone(cluster: SshCluster) {
+    let mut all: Vec<u32> = cluster.remote_pids().iter().map(|p| p.1).collect();
+    for &p in &all.clone()[1..] {
+        all.extend(child_pids(p));
+    }
+    tokio::time::timeout(SOON, Cluster::close(cluster))
+        .await
+        .expect("close in time")
+        .unwrap();
+    all_gone_within(&all, Duration::from_secs(10));
+}
+
+/// Every one of `files` is removed within 10 s.
+async fn removed_within_10s(files: &[PathBuf]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while files.iter().any(|f| f.exists()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for f in files {
+        assert!(!f.exists(), "{} left behind", f.display());
+    }
 }
 
 /// The `--FLAG` argument of process `pid`, if it has one.
@@ -866,21 +864,7 @@ fn ssh_cluster_with_tls_forwards_the_certificates() {
         let refused = taskwire::Client::connect(&plain).await;
         assert!(refused.is_err(), "a plain client was accepted");
 
-        let mut all: Vec<u32> = cluster.remote_pids().iter().map(|p| p.1).collect();
-        for &p in &all.clone()[1..] {
-            all.extend(child_pids(p));
-        }
-        tokio::time::timeout(SOON, Cluster::close(cluster))
-            .await
-            .expect("close in time")
-            .unwrap();
-        all_gone_within(&all, Duration::from_secs(10));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while forwarded.iter().any(|f| f.exists()) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        for f in &forwarded {
-            assert!(!f.exists(), "{} left behind", f.display());
-        }
+        close_and_check_gone(cluster).await;
+        removed_within_10s(&forwarded).await;
     });
 }
