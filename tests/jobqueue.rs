@@ -283,22 +283,29 @@ fn slurm_jobs_run_workers_and_leave_nothing_behind() {
     refused_jobs_quote_sbatch(&slurm, &logs);
 }
 
+/// `taskwire jobqueue slurm` against this Slurm: one core and 300 MB per job, the scheduler on
+/// 127.0.0.1 (any port), the jobs' logs in `logs`; the caller adds the rest.
+fn jobqueue_slurm(slurm: &Slurm, logs: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["jobqueue", "slurm", "--cores", "1", "--memory", "300MB"])
+        .args(["--host", "127.0.0.1", "--port", "0", "--log-directory"])
+        .arg(logs)
+        .env("SLURM_CONF", &slurm.conf);
+    cmd
+}
+
 /// `taskwire jobqueue slurm --jobs 2`: two jobs run a worker each, a graph runs on them, and
 /// Ctrl-C cancels the jobs: gone from the queue, and every process they ran gone.
 fn cli_runs_a_graph_and_ctrl_c_cancels_the_jobs(slurm: &Slurm, logs: &Path) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["jobqueue", "slurm", "--cores", "1", "--memory", "300MB"])
-        .args([
-            "--walltime",
-            "00:10:00",
-            "--jobs",
-            "2",
-            "--host",
-            "127.0.0.1",
-        ])
-        .args(["--port", "0", "--dashboard-port", "0", "--log-directory"])
-        .arg(logs)
-        .env("SLURM_CONF", &slurm.conf);
+    let mut cmd = jobqueue_slurm(slurm, logs);
+    cmd.args([
+        "--walltime",
+        "00:10:00",
+        "--jobs",
+        "2",
+        "--dashboard-port",
+        "0",
+    ]);
     let mut jq = Proc::start_cmd(cmd);
     let address = jq.line("Scheduler at:");
     let ids: Vec<String> = (0..2)
@@ -435,19 +442,15 @@ fn submitted(lines: &[String]) -> Vec<String> {
 /// complete by themselves; Ctrl-C cancels the last job and leaves no process behind.
 fn cli_adapts_jobs_to_the_work(slurm: &Slurm, logs: &Path) {
     let runs = logs.join("adaptive-runs.log");
-    let mut cmd = Command::new(BIN);
-    cmd.args(["jobqueue", "slurm", "--cores", "1", "--memory", "300MB"])
-        .args([
-            "--walltime",
-            "00:10:00",
-            "--adapt",
-            "1:3",
-            "--host",
-            "127.0.0.1",
-        ])
-        .args(["--port", "0", "--dashboard-port", "0", "--log-directory"])
-        .arg(logs)
-        .env("SLURM_CONF", &slurm.conf);
+    let mut cmd = jobqueue_slurm(slurm, logs);
+    cmd.args([
+        "--walltime",
+        "00:10:00",
+        "--adapt",
+        "1:3",
+        "--dashboard-port",
+        "0",
+    ]);
     let mut jq = Proc::start_cmd(cmd);
     let address = jq.line("Scheduler at:");
     let dashboard = jq.line("dashboard at:");
@@ -565,14 +568,9 @@ fn cli_adapts_jobs_to_the_work(slurm: &Slurm, logs: &Path) {
 fn cli_with_a_token_runs_workers_that_prove_it(slurm: &Slurm, logs: &Path, dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let token = dir.join("cluster.token");
-    let mut cmd = Command::new(BIN);
-    cmd.args(["jobqueue", "slurm", "--cores", "1", "--memory", "300MB"])
-        .args(["--jobs", "1", "--host", "127.0.0.1", "--port", "0"])
-        .args(["--no-dashboard", "--auth-token-file"])
-        .arg(&token)
-        .arg("--log-directory")
-        .arg(logs)
-        .env("SLURM_CONF", &slurm.conf);
+    let mut cmd = jobqueue_slurm(slurm, logs);
+    cmd.args(["--jobs", "1", "--no-dashboard", "--auth-token-file"])
+        .arg(&token);
     let mut jq = Proc::start_cmd(cmd);
     assert_eq!(
         jq.line("Created cluster token file:"),
@@ -637,18 +635,10 @@ fn cli_with_tls_runs_workers_over_tls(slurm: &Slurm, logs: &Path, dir: &Path) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let mut cmd = Command::new(BIN);
-    cmd.args(["jobqueue", "slurm", "--cores", "1", "--memory", "300MB"])
-        .args(["--jobs", "1", "--host", "127.0.0.1", "--port", "0"])
-        .args([
-            "--no-dashboard",
-            "--require-encryption",
-            "--security-config",
-        ])
-        .arg(certs.join("security.json"))
-        .arg("--log-directory")
-        .arg(logs)
-        .env("SLURM_CONF", &slurm.conf);
+    let mut cmd = jobqueue_slurm(slurm, logs);
+    cmd.args(["--jobs", "1", "--no-dashboard", "--require-encryption"])
+        .arg("--security-config")
+        .arg(certs.join("security.json"));
     let mut jq = Proc::start_cmd(cmd);
     let address = jq.line("Scheduler at:");
     assert!(address.starts_with("tls://127.0.0.1:"), "{address}");
