@@ -40,6 +40,26 @@ async fn raw(addr: &str) -> TcpStream {
         .unwrap()
 }
 
+/// Send `bytes` one at a time, `gap` apart, until the peer cuts the connection off; how many
+/// were sent.
+async fn trickle(s: &mut TcpStream, bytes: &[u8], gap: Duration) -> usize {
+    let mut sent = 0;
+    let mut buf = [0u8; 256];
+    for b in bytes {
+        if s.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        sent += 1;
+        tokio::time::sleep(gap).await;
+        match s.try_read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            // Closed (0 bytes), reset, or a refusal on its way: cut off.
+            _ => break,
+        }
+    }
+    sent
+}
+
 fn wire(header: bytes::Bytes) -> Vec<u8> {
     let mut b = BytesMut::new();
     codec::encode_into(&Message::new(header), &mut b);
@@ -341,20 +361,7 @@ fn no_silent_downgrade_and_limits_on_an_open_scheduler() {
         // timeout, long before it is done.
         let hello = wire(ClientHandshake::new(Role::Client, "trickle", None).hello());
         let mut s = raw(&addr).await;
-        let mut sent = 0;
-        let mut buf = [0u8; 256];
-        for b in &hello {
-            if s.write_all(&[*b]).await.is_err() {
-                break;
-            }
-            sent += 1;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            match s.try_read(&mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                // Closed (0 bytes), reset, or a refusal on its way: cut off.
-                _ => break,
-            }
-        }
+        let sent = trickle(&mut s, &hello, Duration::from_millis(200)).await;
         assert!(
             sent < hello.len(),
             "a trickled handshake of {} bytes was never cut off",
@@ -663,19 +670,7 @@ fn hostile_peers_against_an_open_scheduler() {
             },
         ));
         let t = Instant::now();
-        let mut sent = 0;
-        let mut byte = [0u8; 64];
-        for b in &graph {
-            if s.write_all(&[*b]).await.is_err() {
-                break;
-            }
-            sent += 1;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            match s.try_read(&mut byte) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                _ => break,
-            }
-        }
+        let sent = trickle(&mut s, &graph, Duration::from_secs(1)).await;
         assert!(
             sent < graph.len() && t.elapsed() < Duration::from_secs(20),
             "a message of {} bytes trickled for {:?} ({sent} bytes) was not cut off",
