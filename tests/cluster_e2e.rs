@@ -234,3 +234,36 @@ fn graphs_commands_errors_and_cancellation_across_two_worker_processes() {
         "{stderr}"
     );
 }
+
+/// A busy worker holds finished-task reports for a few milliseconds to batch them. When its
+/// queue runs dry, the last task's report carries the held ones: it must not overtake them,
+/// or the scheduler (and the client) hear of the later task first and count the earlier one
+/// as still running.
+#[test]
+fn a_task_that_finished_first_is_reported_first() {
+    let (sched, address) = scheduler(&[]);
+    let (worker, _) = spawn(
+        &["worker", &address, "--nthreads", "1", "--name", "order-0"],
+        &["Registered to:"],
+    );
+    let _procs = [sched, worker];
+    rt().block_on(async {
+        let client = Client::connect(&address).await.unwrap();
+        for round in 0..5 {
+            // One thread: `first` runs, then `second` (queued behind it while `first` ran),
+            // which finishes within the batching delay.
+            let tasks = vec![
+                Task::function(format!("first-{round}"), "sleep").arg_u64(1),
+                Task::function(format!("second-{round}"), "sleep").arg_u64(2),
+            ];
+            let futures = client.submit_graph(tasks).await.unwrap();
+            let status = tokio::time::timeout(Duration::from_secs(30), futures[1].done())
+                .await
+                .expect("the second task completes within 30 s");
+            assert_eq!(status, Status::Finished);
+            // Reported with (or before) the second, so already known when the second is.
+            assert_eq!(futures[0].status(), Status::Finished, "round {round}");
+        }
+        client.close().await;
+    });
+}

@@ -714,7 +714,10 @@ impl Reporter {
             return None;
         }
         let small = matches!(&outcome.result, Ok(v) if v.len() <= MAX_INLINE_RESULT);
-        if !small {
+        // Outcomes held while the worker was busy go first: the loop reports them with this
+        // one at once. Sent alone from here, this task would overtake them by up to
+        // REPORT_DELAY, and the scheduler would meanwhile count them as still running.
+        if !small || !self.held.lock().map_or(true, |h| h.is_empty()) {
             return Some(outcome);
         }
         let Ok(value) = outcome.result else {
@@ -840,8 +843,17 @@ impl State {
                     if n == 0 {
                         break StopReason::Failed("the executor stopped".into());
                     }
-                    for outcome in outcome_batch.drain(..) {
+                    // In the order they finished: held outcomes came before these.
+                    let held = std::mem::take(
+                        &mut *reporter.held.lock().unwrap_or_else(|p| p.into_inner()),
+                    );
+                    for outcome in held.into_iter().chain(outcome_batch.drain(..)) {
                         self.finish(outcome);
+                    }
+                    // The executor ran dry: nothing will run before the scheduler hears of
+                    // these, so they go now, not at `report_at`.
+                    if self.executor.queued() == 0 {
+                        report_now = true;
                     }
                 }
                 () = reporter.held_ready.notified() => {
