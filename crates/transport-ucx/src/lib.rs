@@ -55,6 +55,7 @@
 //! that, and payloads here are host `Bytes`.
 
 mod engine;
+mod err_mode;
 mod same_host;
 mod status;
 #[allow(

@@ -27,6 +27,12 @@ pub(crate) const MIN_LEN: usize = 64 << 10;
 /// Set to `0` to turn the same-host path off (to compare, or to rule it out).
 pub(crate) const ENV_SWITCH: &str = "TASKWIRE_UCX_SAME_HOST";
 
+/// Whether this process takes part in the same-host path ([`ENV_SWITCH`] is not `0`). The
+/// identity is exchanged either way: the peer's pidfd also tells when it dies.
+pub(crate) fn path_enabled() -> bool {
+    !std::env::var(ENV_SWITCH).is_ok_and(|v| v.trim() == "0")
+}
+
 /// Bytes of an [`Identity`] on the wire.
 pub(crate) const IDENTITY_LEN: usize = 4 + 8 + 8 + 16;
 
@@ -41,12 +47,9 @@ pub(crate) struct Identity {
 }
 
 impl Identity {
-    /// This process's identity, or `None` when the path is switched off or the facts cannot
-    /// be read (no `/proc`): then every message takes the ordinary path.
+    /// This process's identity, or `None` when the facts cannot be read (no `/proc`): then
+    /// every message takes the ordinary path, and peers cannot watch this process's pid.
     pub(crate) fn local() -> Option<Identity> {
-        if std::env::var(ENV_SWITCH).is_ok_and(|v| v.trim() == "0") {
-            return None;
-        }
         use std::os::unix::fs::MetadataExt;
         let ns = std::fs::metadata("/proc/self/ns/pid").ok()?;
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
@@ -150,6 +153,11 @@ impl Peer {
     /// The peer's pid.
     pub(crate) fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// A second descriptor of the pidfd, to wait on (it turns readable when the process exits).
+    pub(crate) fn watch_fd(&self) -> Option<OwnedFd> {
+        self.pidfd.try_clone().ok()
     }
 
     /// True once the peer process has exited (its pidfd turns readable).

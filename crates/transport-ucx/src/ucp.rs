@@ -5,6 +5,7 @@
 //! made from it) must only be touched by the thread that owns it. The engine thread
 //! (`engine.rs`) is that thread.
 
+use crate::err_mode::ErrMode;
 use crate::status::{Status, StatusPtr, UcxError};
 use crate::sys;
 use std::ffi::{CString, c_void};
@@ -303,21 +304,25 @@ pub(crate) enum EpTarget {
     Accept(sys::ucp_conn_request_h),
 }
 
-/// Create an endpoint with peer error handling (both sides must use the same mode); `err_cb`
-/// gets `arg` and the endpoint when the peer fails or disconnects.
+/// Create an endpoint with error-handling mode `mode` (both sides must use the same mode, see
+/// `err_mode`); `err_cb` gets `arg` and the endpoint when UCX reports the endpoint failed.
 ///
 /// # Safety
 /// `arg` must stay valid until the endpoint is closed; an `Accept` request must be pending.
 pub(crate) unsafe fn ep_create(
     worker: &Worker,
     target: EpTarget,
+    mode: ErrMode,
     err_cb: sys::ucp_err_handler_cb_t,
     arg: *mut c_void,
 ) -> Result<sys::ucp_ep_h, UcxError> {
     let mut params = sys::ucp_ep_params_t {
         field_mask: (sys::UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE
             | sys::UCP_EP_PARAM_FIELD_ERR_HANDLER) as u64,
-        err_mode: sys::UCP_ERR_HANDLING_MODE_PEER,
+        err_mode: match mode {
+            ErrMode::Peer => sys::UCP_ERR_HANDLING_MODE_PEER,
+            ErrMode::None => sys::UCP_ERR_HANDLING_MODE_NONE,
+        },
         err_handler: sys::ucp_err_handler_t { cb: err_cb, arg },
         ..Default::default()
     };
