@@ -392,10 +392,13 @@ impl Engine {
             worker: worker.raw(),
             me: Identity::local(),
             pull_ok: same_host::path_enabled(),
-            err_setting: ErrModeSetting::from_env().unwrap_or_else(|e| {
-                eprintln!("taskwire-transport-ucx: {e}; using auto");
-                ErrModeSetting::Auto
-            }),
+            err_setting: match config.fixed_err_mode() {
+                Some(m) => ErrModeSetting::Fixed(m),
+                None => ErrModeSetting::from_env().unwrap_or_else(|e| {
+                    eprintln!("taskwire-transport-ucx: {e}; using auto");
+                    ErrModeSetting::Auto
+                }),
+            },
             max_am_header: worker.max_am_header()?.min(4096),
             kick: Notify::new(),
             actions: RefCell::new(Vec::new()),
@@ -1110,6 +1113,14 @@ impl Engine {
         while !self.state.closing.borrow().is_empty() && tokio::time::Instant::now() < deadline {
             self.progress_until_idle();
             tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        // Closes still flushing (a peer without peer error handling that is stopped or
+        // unreachable never answers): hand the requests back to UCX, which frees them when they
+        // end. ucp_worker_destroy then destroys their endpoints; with a close request not yet
+        // released it fails an assertion (`UCP_REQUEST_FLAG_RELEASED`, ucp_ep.c:382).
+        for req in self.state.closing.borrow_mut().drain(..) {
+            // SAFETY: a close request we have not freed; it is freed once, here.
+            unsafe { ucp::request_free(req) };
         }
     }
 }

@@ -23,9 +23,11 @@ use std::net::IpAddr;
 /// `none` for this host and `peer` otherwise.
 pub(crate) const ENV_ERR_MODE: &str = "TASKWIRE_UCX_ERR_MODE";
 
-/// The error-handling mode of one endpoint.
+/// The UCX error-handling mode of an endpoint. By default an endpoint to a process of this
+/// host gets [`ErrMode::None`] and any other [`ErrMode::Peer`]; `TASKWIRE_UCX_ERR_MODE` or
+/// [`UcxConfig::err_mode`](crate::UcxConfig::err_mode) fixes one for every endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ErrMode {
+pub enum ErrMode {
     /// `UCP_ERR_HANDLING_MODE_PEER`: UCX reports a peer that fails or disconnects.
     Peer,
     /// `UCP_ERR_HANDLING_MODE_NONE`: shared memory allowed; the engine watches the peer's pid.
@@ -33,7 +35,8 @@ pub(crate) enum ErrMode {
 }
 
 impl ErrMode {
-    pub(crate) fn name(self) -> &'static str {
+    /// `"peer"` or `"none"`, as `TASKWIRE_UCX_ERR_MODE` spells it.
+    pub fn name(self) -> &'static str {
         match self {
             ErrMode::Peer => "peer",
             ErrMode::None => "none",

@@ -72,6 +72,7 @@ mod sys;
 mod ucp;
 mod wire;
 
+pub use err_mode::ErrMode;
 pub use status::{Status, UcxError};
 pub use ucp::{UcxConfig, ucx_version};
 

@@ -20,6 +20,7 @@ use std::os::fd::RawFd;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UcxConfig {
     settings: Vec<(String, String)>,
+    err_mode: Option<ErrMode>,
 }
 
 impl UcxConfig {
@@ -44,6 +45,18 @@ impl UcxConfig {
     /// The settings, in the order they were given.
     pub fn settings(&self) -> &[(String, String)] {
         &self.settings
+    }
+
+    /// Give every endpoint this error-handling mode instead of choosing by address (see
+    /// [`ErrMode`]); wins over `TASKWIRE_UCX_ERR_MODE`. Every process of a cluster must agree.
+    pub fn err_mode(mut self, mode: ErrMode) -> UcxConfig {
+        self.err_mode = Some(mode);
+        self
+    }
+
+    /// The error-handling mode set with [`UcxConfig::err_mode`], if any.
+    pub fn fixed_err_mode(&self) -> Option<ErrMode> {
+        self.err_mode
     }
 }
 
