@@ -113,13 +113,16 @@ pub(crate) fn interface_addresses() -> Vec<IpAddr> {
             match family {
                 libc::AF_INET => {
                     // SAFETY: an AF_INET sockaddr is a sockaddr_in.
-                    let sin = unsafe { std::ptr::read_unaligned(ifa.ifa_addr.cast::<libc::sockaddr_in>()) };
+                    let sin = unsafe {
+                        std::ptr::read_unaligned(ifa.ifa_addr.cast::<libc::sockaddr_in>())
+                    };
                     out.push(IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()));
                 }
                 libc::AF_INET6 => {
                     // SAFETY: an AF_INET6 sockaddr is a sockaddr_in6.
-                    let sin6 =
-                        unsafe { std::ptr::read_unaligned(ifa.ifa_addr.cast::<libc::sockaddr_in6>()) };
+                    let sin6 = unsafe {
+                        std::ptr::read_unaligned(ifa.ifa_addr.cast::<libc::sockaddr_in6>())
+                    };
                     out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
                 }
                 _ => {}
@@ -169,18 +172,27 @@ mod tests {
             assert_eq!(ErrModeSetting::Auto.mode_for(*a), ErrMode::None, "{a}");
         }
         // TEST-NET-3 (RFC 5737) is nobody's interface address.
-        assert_eq!(ErrModeSetting::Auto.mode_for(ip("203.0.113.7")), ErrMode::Peer);
+        assert_eq!(
+            ErrModeSetting::Auto.mode_for(ip("203.0.113.7")),
+            ErrMode::Peer
+        );
     }
 
     #[test]
     fn the_setting_parses_and_overrides() {
         assert_eq!(ErrModeSetting::parse(None), Ok(ErrModeSetting::Auto));
-        assert_eq!(ErrModeSetting::parse(Some("AUTO ")), Ok(ErrModeSetting::Auto));
+        assert_eq!(
+            ErrModeSetting::parse(Some("AUTO ")),
+            Ok(ErrModeSetting::Auto)
+        );
         let peer = ErrModeSetting::parse(Some("peer")).unwrap();
         let none = ErrModeSetting::parse(Some("none")).unwrap();
         assert_eq!(peer.mode_for(ip("127.0.0.1")), ErrMode::Peer);
         assert_eq!(none.mode_for(ip("203.0.113.7")), ErrMode::None);
         let bad = ErrModeSetting::parse(Some("sometimes")).unwrap_err();
-        assert!(bad.contains(ENV_ERR_MODE) && bad.contains("sometimes"), "{bad}");
+        assert!(
+            bad.contains(ENV_ERR_MODE) && bad.contains("sometimes"),
+            "{bad}"
+        );
     }
 }

@@ -1,11 +1,15 @@
 //! The same-host path for large messages: the receiver copies the payload straight out of the
 //! sender's memory with `process_vm_readv` (one copy, as UCX's `cma` transport does).
 //!
-//! Why it exists: every endpoint uses UCX's peer error handling (a dead peer must be an error,
-//! not a hang), and UCX 1.13 turns its shared-memory transports off for such endpoints, so
-//! between two processes on one host UCX moves data over loopback TCP with bounce-buffer
-//! copies. The endpoint (and its error handling) stays as it is; only the bytes of large
-//! messages take this path, announced and acknowledged by small active messages on it.
+//! Why it exists: it was built when every endpoint had UCX's peer error handling, under which
+//! UCX 1.13 turns its shared-memory transports off and moves data between two processes of one
+//! host over loopback TCP with bounce-buffer copies. Same-host endpoints now have no UCX error
+//! handling (`err_mode`) and UCX may use shared memory itself; the path stays where it is
+//! measured faster (BENCHMARKS.md). Only the bytes of large messages take it, announced and
+//! acknowledged by small active messages on the endpoint.
+//!
+//! The pidfd opened here also tells the engine when the peer process exits (`engine.rs`
+//! waits on a clone of it), which is how a dead peer is noticed without UCX error handling.
 //!
 //! Which peers qualify: both sides put an [`Identity`] (boot id, pid namespace, pid) in their
 //! hello; equal boot ids and pid namespaces mean the pid names the peer process here. The

@@ -458,7 +458,9 @@ async fn peer_killed_while_connecting_without_peer_error_handling() {
                 assert!(outcome.is_err(), "{tls}, {delay_ms} ms: {outcome:?}");
             }
         }
-        eprintln!("{tls}: of 16 children killed after 0 to 22.5 ms, these were accepted (ms): {accepted:?}");
+        eprintln!(
+            "{tls}: of 16 children killed after 0 to 22.5 ms, these were accepted (ms): {accepted:?}"
+        );
         // The listener (and the engine) still work.
         let (client, server) = tokio::join!(reg.connect(&addr), listener.accept());
         let (client, mut server) = (client.unwrap(), server.unwrap());
