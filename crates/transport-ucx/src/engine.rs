@@ -252,8 +252,11 @@ struct Conn {
     order: RefCell<RecvOrder>,
     /// Same host, receiving side: the peer process we copy pulled messages from.
     peer: RefCell<Option<Peer>>,
-    /// Same host, sending side: large messages go as `PULL` (until the peer refuses one).
+    /// Same host, sending side: large messages go as `PULL` (until the peer refuses one, or
+    /// the endpoint turns out to have a single-copy transport of UCX's own).
     pull_to_peer: Cell<bool>,
+    /// Whether UCX's own single-copy path (`cma`) was looked for on this endpoint yet.
+    lanes_checked: Cell<bool>,
     /// Messages the peer is pulling (or about to), by pull id, with their sequence numbers:
     /// their memory must stay where the `PULL` said until the peer answers.
     pulls: RefCell<HashMap<u64, (u64, Message)>>,
@@ -330,6 +333,8 @@ struct State {
     me: Option<Identity>,
     /// Whether this process takes part in the same-host path (`TASKWIRE_UCX_SAME_HOST`).
     pull_ok: bool,
+    /// Pull even where UCX has its own single-copy path (`TASKWIRE_UCX_SAME_HOST=always`).
+    pull_always: bool,
     /// How endpoints get their error-handling mode (`TASKWIRE_UCX_ERR_MODE`).
     err_setting: ErrModeSetting,
     max_am_header: usize,
@@ -392,6 +397,7 @@ impl Engine {
             worker: worker.raw(),
             me: Identity::local(),
             pull_ok: same_host::path_enabled(),
+            pull_always: same_host::path_forced(),
             err_setting: match config.fixed_err_mode() {
                 Some(m) => ErrModeSetting::Fixed(m),
                 None => ErrModeSetting::from_env().unwrap_or_else(|e| {
@@ -681,6 +687,7 @@ impl Engine {
             order: RefCell::new(RecvOrder::default()),
             peer: RefCell::new(None),
             pull_to_peer: Cell::new(false),
+            lanes_checked: Cell::new(false),
             pulls: RefCell::new(HashMap::new()),
             next_pull: Cell::new(0),
         });
@@ -1333,6 +1340,24 @@ fn post_pull(st: &State, conn: &Rc<Conn>, seq: u64, msg: Message) -> Result<(), 
     )
 }
 
+/// Whether large messages on `conn` go as `PULL`s. Checked at the first large message (the
+/// endpoint is wired up by then): where UCX itself has a single-copy transport for the
+/// endpoint (`cma`, i.e. no peer error handling and `sm` in `UCX_TLS`), its rendezvous was
+/// measured as fast or faster than pulling (BENCHMARKS.md), so the path steps aside.
+fn pulls_to(st: &State, conn: &Conn) -> bool {
+    if !conn.pull_to_peer.get() {
+        return false;
+    }
+    if !conn.lanes_checked.replace(true)
+        && !st.pull_always
+        && let Some(ep) = conn.ep.get()
+        && ucp::ep_has_single_copy(ep)
+    {
+        conn.pull_to_peer.set(false);
+    }
+    conn.pull_to_peer.get()
+}
+
 /// Drain one connection's send queue into active messages.
 async fn send_loop(st: Rc<State>, conn: Rc<Conn>, mut outbox: Outbox) {
     loop {
@@ -1375,7 +1400,7 @@ async fn send_loop(st: Rc<State>, conn: Rc<Conn>, mut outbox: Outbox) {
         while let Some(m) = msg.take() {
             let seq = conn.next_seq.get();
             conn.next_seq.set(seq + 1);
-            let posted = if conn.pull_to_peer.get() && m.len() >= same_host::MIN_LEN {
+            let posted = if m.len() >= same_host::MIN_LEN && pulls_to(&st, &conn) {
                 post_pull(&st, &conn, seq, m)
             } else {
                 let mut out = wire::Outgoing::new(seq, m, st.max_am_header);

@@ -37,6 +37,12 @@ pub(crate) fn path_enabled() -> bool {
     !std::env::var(ENV_SWITCH).is_ok_and(|v| v.trim() == "0")
 }
 
+/// Whether [`ENV_SWITCH`] is `always`: pull even where UCX has a single-copy transport of its
+/// own for the endpoint (`cma`), which is otherwise preferred (measured faster, BENCHMARKS.md).
+pub(crate) fn path_forced() -> bool {
+    std::env::var(ENV_SWITCH).is_ok_and(|v| v.trim() == "always")
+}
+
 /// Bytes of an [`Identity`] on the wire.
 pub(crate) const IDENTITY_LEN: usize = 4 + 8 + 8 + 16;
 

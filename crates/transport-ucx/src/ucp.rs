@@ -364,6 +364,45 @@ pub(crate) unsafe fn ep_create(
     Ok(ep)
 }
 
+unsafe extern "C" {
+    // Not in the generated bindings (it takes a C `FILE *`).
+    fn ucp_ep_print_info(ep: sys::ucp_ep_h, stream: *mut libc::FILE);
+}
+
+/// What `ucp_ep_print_info` says about an endpoint: its configuration and lanes, e.g.
+/// `lane[1]: 6:cma/memory.0 md[6] ... am_bw#0`.
+pub(crate) fn ep_info(ep: sys::ucp_ep_h) -> String {
+    let mut buf: *mut libc::c_char = std::ptr::null_mut();
+    let mut len: libc::size_t = 0;
+    // SAFETY: open_memstream takes two out pointers and returns a stream or NULL.
+    let f = unsafe { libc::open_memstream(&mut buf, &mut len) };
+    if f.is_null() {
+        return String::new();
+    }
+    // SAFETY: ep is a live endpoint; f is a writable stream until fclose.
+    unsafe { ucp_ep_print_info(ep, f) };
+    // SAFETY: f came from open_memstream and is closed once; afterwards buf holds len bytes
+    // (NUL-terminated) that we own and free once.
+    unsafe {
+        libc::fclose(f);
+        let out = if buf.is_null() {
+            String::new()
+        } else {
+            String::from_utf8_lossy(std::slice::from_raw_parts(buf.cast::<u8>(), len)).into_owned()
+        };
+        libc::free(buf.cast());
+        out
+    }
+}
+
+/// Whether UCX moves this endpoint's large messages with a single-copy shared-memory transport
+/// (`cma`, `knem`, `xpmem`): only the case between processes of one host, and only without
+/// peer error handling in UCX 1.13.
+pub(crate) fn ep_has_single_copy(ep: sys::ucp_ep_h) -> bool {
+    let info = ep_info(ep);
+    ["cma/", "knem/", "xpmem/"].iter().any(|t| info.contains(t))
+}
+
 /// The local socket address of a client-server endpoint, once known.
 pub(crate) fn ep_local_addr(ep: sys::ucp_ep_h) -> Option<SocketAddr> {
     let mut attr = sys::ucp_ep_attr_t {
