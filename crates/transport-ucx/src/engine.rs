@@ -1341,9 +1341,10 @@ fn post_pull(st: &State, conn: &Rc<Conn>, seq: u64, msg: Message) -> Result<(), 
 }
 
 /// Whether large messages on `conn` go as `PULL`s. Checked at the first large message (the
-/// endpoint is wired up by then): where UCX itself has a single-copy transport for the
-/// endpoint (`cma`, i.e. no peer error handling and `sm` in `UCX_TLS`), its rendezvous was
-/// measured as fast or faster than pulling (BENCHMARKS.md), so the path steps aside.
+/// endpoint is wired up by then): where UCX has shared memory for the endpoint (a single-copy
+/// transport such as `cma` among its lanes, which UCX 1.13 sets up only without peer error
+/// handling and with `sm` in `UCX_TLS`), its own rendezvous was measured as fast or faster than
+/// pulling at most sizes (BENCHMARKS.md), so the path steps aside.
 fn pulls_to(st: &State, conn: &Conn) -> bool {
     if !conn.pull_to_peer.get() {
         return false;

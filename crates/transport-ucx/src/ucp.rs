@@ -395,9 +395,10 @@ pub(crate) fn ep_info(ep: sys::ucp_ep_h) -> String {
     }
 }
 
-/// Whether UCX moves this endpoint's large messages with a single-copy shared-memory transport
-/// (`cma`, `knem`, `xpmem`): only the case between processes of one host, and only without
-/// peer error handling in UCX 1.13.
+/// Whether the endpoint has a single-copy shared-memory transport (`cma`, `knem`, `xpmem`)
+/// among its lanes, i.e. UCX has shared memory for it: only between processes of one host,
+/// and in UCX 1.13 only without peer error handling. (UCX may still move an active message's
+/// rendezvous through `sysv` with `am_bcopy`, as a profile at 1 MiB showed.)
 pub(crate) fn ep_has_single_copy(ep: sys::ucp_ep_h) -> bool {
     let info = ep_info(ep);
     ["cma/", "knem/", "xpmem/"].iter().any(|t| info.contains(t))
