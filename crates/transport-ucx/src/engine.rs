@@ -767,7 +767,22 @@ impl Engine {
                         // UCX failed the endpoint: it can only be force-closed.
                         c.may_force.set(true);
                     }
-                    self.fail_conn(&c, format!("ucx: {status}"));
+                    let mut reason = format!("ucx: {status}");
+                    if matches!(
+                        status.0,
+                        sys::UCS_ERR_NOT_CONNECTED | sys::UCS_ERR_ENDPOINT_TIMEOUT
+                    ) && matches!(*c.role.borrow(), Role::Connecting { .. })
+                    {
+                        // What a client sees when the server's UCX refuses its endpoint for a
+                        // different error-handling mode ("asymmetric endpoint configuration",
+                        // logged on the server), among other causes.
+                        reason.push_str(&format!(
+                            " during set-up (also what a peer whose error-handling mode \
+                             differs answers: see {})",
+                            crate::err_mode::ENV_ERR_MODE
+                        ));
+                    }
+                    self.fail_conn(&c, reason);
                 }
             }
             Action::PeerExited(id, pid) => {

@@ -14,8 +14,9 @@
 //! connecting side to its destination, the accepting side to the connection request's client
 //! address. An address is "this host" if it is a loopback or unspecified address, or one of the
 //! addresses of this host's network interfaces. `TASKWIRE_UCX_ERR_MODE=peer|none|auto`
-//! (default `auto`) overrides the rule; the hello carries the mode, and a connection whose two
-//! ends disagree fails with a message that names the variable.
+//! (default `auto`) overrides the rule. Two ends that disagree do not connect: UCX refuses the
+//! endpoint during set-up (the client's error then names the variable), and the hello carries
+//! the mode as a second check.
 
 use std::net::IpAddr;
 

@@ -537,3 +537,40 @@ async fn hung_peer_does_not_hang_the_survivor() {
         echo.wait().unwrap();
     }
 }
+
+/// Two processes that disagree on the error-handling mode (one forced to `peer`, the other
+/// `none`, as when the address rule sees the connection differently from the two ends) get a
+/// clear connection error naming the variable, not a connection that half works. Both sides
+/// stay usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disagreeing_error_modes_fail_the_connection_clearly() {
+    let _serial = SERIAL.lock().await;
+    for (tls, server_mode, client_mode) in [
+        ("tcp", ErrMode::None, ErrMode::Peer),
+        ("sm,tcp", ErrMode::None, ErrMode::Peer),
+        ("sm,tcp", ErrMode::Peer, ErrMode::None),
+    ] {
+        let server = registry_mode(tls, server_mode);
+        let client = registry_mode(tls, client_mode);
+        let mut listener = server.listen(&local(0)).await.unwrap();
+        let addr = listener.local_addr().clone();
+        let err = tokio::time::timeout(Duration::from_secs(30), client.connect(&addr))
+            .await
+            .expect("connect hung")
+            .expect_err("modes disagree: the connection must fail");
+        assert!(
+            err.to_string().contains("TASKWIRE_UCX_ERR_MODE"),
+            "{tls}: {err}"
+        );
+        // The listener still accepts a client that agrees.
+        let agreeing = registry_mode(tls, server_mode);
+        let (c, s) = tokio::join!(agreeing.connect(&addr), listener.accept());
+        let (c, mut s) = (c.unwrap(), s.unwrap());
+        c.send(small(1)).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(30), s.recv_msg())
+            .await
+            .expect("hung after a refused client")
+            .unwrap();
+        assert_eq!(check_small(&got), 1);
+    }
+}
