@@ -10,6 +10,7 @@
 //! and then sleeps on the worker's event fd (through `AsyncFd`), a command, or a kick from a
 //! task that posted work: no busy polling when idle.
 
+use crate::err_mode::{ErrMode, ErrModeSetting};
 use crate::same_host::{self, Identity, Peer, ReadError};
 use crate::status::{Status, StatusPtr, UcxError};
 use crate::sys;
@@ -20,7 +21,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_void;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
@@ -187,8 +188,10 @@ enum Action {
     Accept(u64, sys::ucp_conn_request_h),
     Failed(u64, Status),
     ProtocolError(u64, String),
-    HelloReceived(u64, Result<Option<Identity>, String>),
-    HelloAcked(u64, Result<Option<Identity>, String>),
+    HelloReceived(u64, Result<wire::Hello, String>),
+    HelloAcked(u64, Result<wire::Hello, String>),
+    /// The peer process (on this host) has exited: its pidfd turned readable.
+    PeerExited(u64, u32),
     SenderDone(u64),
     /// Copy a message out of the (same-host) peer's memory: connection, seq, pull id, shape,
     /// regions.
@@ -227,6 +230,15 @@ struct RecvOrder {
 struct Conn {
     id: u64,
     ep: Cell<Option<sys::ucp_ep_h>>,
+    /// The endpoint's error-handling mode (both ends chose it by the same rule).
+    err_mode: ErrMode,
+    /// Whether the endpoint may be force-closed. UCX allows that only where both ends have peer
+    /// error handling (the peer may see transport errors, which without it are fatal), or where
+    /// nobody is left on the other side: true for `Peer` until a hello says the peer chose
+    /// otherwise, and once the peer process exited or UCX failed the endpoint.
+    may_force: Cell<bool>,
+    /// Notified when the endpoint is closed: ends the pidfd watch.
+    closed: Rc<Notify>,
     cfg: Arc<TransportConfig>,
     role: RefCell<Role>,
     next_seq: Cell<u64>,
@@ -240,8 +252,11 @@ struct Conn {
     order: RefCell<RecvOrder>,
     /// Same host, receiving side: the peer process we copy pulled messages from.
     peer: RefCell<Option<Peer>>,
-    /// Same host, sending side: large messages go as `PULL` (until the peer refuses one).
+    /// Same host, sending side: large messages go as `PULL` (until the peer refuses one, or
+    /// the endpoint turns out to have a single-copy transport of UCX's own).
     pull_to_peer: Cell<bool>,
+    /// Whether UCX's own single-copy path (`cma`) was looked for on this endpoint yet.
+    lanes_checked: Cell<bool>,
     /// Messages the peer is pulling (or about to), by pull id, with their sequence numbers:
     /// their memory must stay where the `PULL` said until the peer answers.
     pulls: RefCell<HashMap<u64, (u64, Message)>>,
@@ -314,8 +329,14 @@ struct ListenerArg {
 /// Engine state reachable from callbacks (through the `arg` pointer) and tasks.
 struct State {
     worker: sys::ucp_worker_h,
-    /// This process, as offered to peers for the same-host path (`None`: not offered).
+    /// This process, as told to peers in the hello (`None`: unknown, no `/proc`).
     me: Option<Identity>,
+    /// Whether this process takes part in the same-host path (`TASKWIRE_UCX_SAME_HOST`).
+    pull_ok: bool,
+    /// Pull even where UCX has its own single-copy path (`TASKWIRE_UCX_SAME_HOST=always`).
+    pull_always: bool,
+    /// How endpoints get their error-handling mode (`TASKWIRE_UCX_ERR_MODE`).
+    err_setting: ErrModeSetting,
     max_am_header: usize,
     kick: Notify,
     actions: RefCell<Vec<Action>>,
@@ -375,6 +396,15 @@ impl Engine {
         let state = Rc::new(State {
             worker: worker.raw(),
             me: Identity::local(),
+            pull_ok: same_host::path_enabled(),
+            pull_always: same_host::path_forced(),
+            err_setting: match config.fixed_err_mode() {
+                Some(m) => ErrModeSetting::Fixed(m),
+                None => ErrModeSetting::from_env().unwrap_or_else(|e| {
+                    eprintln!("taskwire-transport-ucx: {e}; using auto");
+                    ErrModeSetting::Auto
+                }),
+            },
             max_am_header: worker.max_am_header()?.min(4096),
             kick: Notify::new(),
             actions: RefCell::new(Vec::new()),
@@ -621,6 +651,7 @@ impl Engine {
         cfg: Arc<TransportConfig>,
         local: SocketAddr,
         peer: SocketAddr,
+        err_mode: ErrMode,
     ) -> (Rc<Conn>, Connection, Outbox) {
         let id = self.state.id();
         let (to_app, from_engine) = mpsc::unbounded_channel();
@@ -640,6 +671,9 @@ impl Engine {
         let conn = Rc::new(Conn {
             id,
             ep: Cell::new(Some(ep)),
+            err_mode,
+            may_force: Cell::new(err_mode == ErrMode::Peer),
+            closed: Rc::new(Notify::new()),
             cfg,
             role: RefCell::new(Role::Open),
             next_seq: Cell::new(0),
@@ -653,6 +687,7 @@ impl Engine {
             order: RefCell::new(RecvOrder::default()),
             peer: RefCell::new(None),
             pull_to_peer: Cell::new(false),
+            lanes_checked: Cell::new(false),
             pulls: RefCell::new(HashMap::new()),
             next_pull: Cell::new(0),
         });
@@ -668,12 +703,14 @@ impl Engine {
         reply: oneshot::Sender<Result<Connection, TransportError>>,
     ) {
         let addr_str = ucx_address(addr).to_string();
+        let mode = self.state.err_setting.mode_for(addr.ip());
         // SAFETY: the state pointer outlives every endpoint (closed in shutdown before the
         // worker and state go).
         let ep = match unsafe {
             ucp::ep_create(
                 &self.worker,
                 EpTarget::Connect(addr),
+                mode,
                 Some(on_ep_error),
                 Rc::as_ptr(&self.state).cast_mut().cast(),
             )
@@ -688,7 +725,7 @@ impl Engine {
             }
         };
         let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-        let (conn, connection, outbox) = self.new_conn(ep, cfg.clone(), unspecified, addr);
+        let (conn, connection, outbox) = self.new_conn(ep, cfg.clone(), unspecified, addr, mode);
         *conn.role.borrow_mut() = Role::Connecting {
             reply,
             conn: connection,
@@ -699,7 +736,7 @@ impl Engine {
             &self.state,
             &conn,
             wire::AM_HELLO,
-            wire::hello(self.state.me.as_ref()),
+            self.hello(&conn),
             Data::None,
         ) {
             self.fail_conn(&conn, e.to_string());
@@ -726,7 +763,32 @@ impl Engine {
             Action::Accept(listener, req) => self.accept(listener, req),
             Action::Failed(id, status) => {
                 if let Some(c) = self.state.conn(id) {
-                    self.fail_conn(&c, format!("ucx: {status}"));
+                    if status.0 != sys::UCS_ERR_TIMED_OUT {
+                        // UCX failed the endpoint: it can only be force-closed.
+                        c.may_force.set(true);
+                    }
+                    let mut reason = format!("ucx: {status}");
+                    if matches!(
+                        status.0,
+                        sys::UCS_ERR_NOT_CONNECTED | sys::UCS_ERR_ENDPOINT_TIMEOUT
+                    ) && matches!(*c.role.borrow(), Role::Connecting { .. })
+                    {
+                        // What a client sees when the server's UCX refuses its endpoint for a
+                        // different error-handling mode ("asymmetric endpoint configuration",
+                        // logged on the server), among other causes.
+                        reason.push_str(&format!(
+                            " during set-up (also what a peer whose error-handling mode \
+                             differs answers: see {})",
+                            crate::err_mode::ENV_ERR_MODE
+                        ));
+                    }
+                    self.fail_conn(&c, reason);
+                }
+            }
+            Action::PeerExited(id, pid) => {
+                if let Some(c) = self.state.conn(id) {
+                    c.may_force.set(true);
+                    self.fail_conn(&c, format!("ucx: peer process {pid} has exited"));
                 }
             }
             Action::ProtocolError(id, reason) => {
@@ -736,12 +798,9 @@ impl Engine {
             }
             Action::HelloReceived(id, check) => {
                 let Some(c) = self.state.conn(id) else { return };
-                match check {
-                    Err(e) => {
-                        self.fail_conn(&c, e);
-                        return;
-                    }
-                    Ok(peer) => self.same_host(&c, peer),
+                if let Err(e) = self.check_peer(&c, check) {
+                    self.fail_conn(&c, e);
+                    return;
                 }
                 let role = std::mem::replace(&mut *c.role.borrow_mut(), Role::Open);
                 let Role::Accepting {
@@ -758,7 +817,7 @@ impl Engine {
                     &self.state,
                     &c,
                     wire::AM_HELLO_ACK,
-                    wire::hello(self.state.me.as_ref()),
+                    self.hello(&c),
                     Data::None,
                 ) {
                     drop(conn);
@@ -781,12 +840,9 @@ impl Engine {
             }
             Action::HelloAcked(id, check) => {
                 let Some(c) = self.state.conn(id) else { return };
-                match check {
-                    Err(e) => {
-                        self.fail_conn(&c, e);
-                        return;
-                    }
-                    Ok(peer) => self.same_host(&c, peer),
+                if let Err(e) = self.check_peer(&c, check) {
+                    self.fail_conn(&c, e);
+                    return;
                 }
                 let role = std::mem::replace(&mut *c.role.borrow_mut(), Role::Open);
                 let Role::Connecting {
@@ -821,16 +877,71 @@ impl Engine {
         }
     }
 
-    /// After the hello: if the peer is a process on this host, set up the same-host path both
-    /// ways (we send it `PULL`s; we hold a pidfd to read the ones it sends).
-    fn same_host(&self, c: &Rc<Conn>, peer: Option<Identity>) {
-        let (Some(me), Some(peer)) = (self.state.me.as_ref(), peer) else {
+    /// This side's hello (or ack) on `c`.
+    fn hello(&self, c: &Conn) -> Vec<u8> {
+        wire::hello(&wire::Hello {
+            identity: self.state.me,
+            takes_pulls: self.state.pull_ok,
+            err_mode: c.err_mode,
+        })
+    }
+
+    /// After the peer's hello: check that it chose the same error-handling mode, and if it is
+    /// a process on this host, hold a pidfd on it (to read its `PULL`s, and to notice when it
+    /// exits) and send it `PULL`s if both sides take part in the same-host path.
+    fn check_peer(&self, c: &Rc<Conn>, hello: Result<wire::Hello, String>) -> Result<(), String> {
+        let hello = hello?;
+        if hello.err_mode != c.err_mode {
+            c.may_force.set(false);
+            return Err(format!(
+                "ucx: this side chose error-handling mode {}, the peer {}: set {}=peer (or the \
+                 same value) on both",
+                c.err_mode.name(),
+                hello.err_mode.name(),
+                crate::err_mode::ENV_ERR_MODE,
+            ));
+        }
+        let (Some(me), Some(peer)) = (self.state.me.as_ref(), hello.identity) else {
+            return Ok(());
+        };
+        if !me.shares_host_with(&peer) {
+            return Ok(());
+        }
+        let Some(p) = Peer::open(peer.pid) else {
+            return Ok(());
+        };
+        if let Some(fd) = p.watch_fd() {
+            self.watch_peer(c, fd, peer.pid);
+        }
+        c.pull_to_peer.set(self.state.pull_ok && hello.takes_pulls);
+        *c.peer.borrow_mut() = Some(p);
+        Ok(())
+    }
+
+    /// Turn the exit of the peer process into an error on `c`, promptly and whatever UCX says
+    /// (without peer error handling it may say nothing). Ends when the endpoint is closed.
+    fn watch_peer(&self, c: &Rc<Conn>, fd: OwnedFd, pid: u32) {
+        // SAFETY: the AsyncFd owns the descriptor and closes it only when dropped, after
+        // deregistering it.
+        let registered =
+            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) };
+        let Ok(afd) = registered else {
             return;
         };
-        if me.shares_host_with(&peer) {
-            c.pull_to_peer.set(true);
-            *c.peer.borrow_mut() = Peer::open(peer.pid);
-        }
+        let st = self.state.clone();
+        let id = c.id;
+        let closed = c.closed.clone();
+        tokio::task::spawn_local(async move {
+            tokio::select! {
+                r = afd.readable() => {
+                    if r.is_ok() {
+                        st.push(Action::PeerExited(id, pid));
+                        st.kick.notify_one();
+                    }
+                }
+                _ = closed.notified() => {}
+            }
+        });
     }
 
     /// Copy a `PULL`ed message out of the peer's memory, deliver it, and tell the peer.
@@ -866,6 +977,7 @@ impl Engine {
                     wire::PULL_REFUSED
                 }
                 Err(ReadError::Gone) => {
+                    c.may_force.set(true);
                     let pid = c.peer.borrow().as_ref().map_or(0, Peer::pid);
                     self.fail_conn(c, format!("ucx: peer process {pid} has exited"));
                     return;
@@ -916,13 +1028,21 @@ impl Engine {
                 None => return,
             }
         };
-        let peer = ucp::conn_request_client(req).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let client = ucp::conn_request_client(req);
+        // The client applied the same rule to its destination; an unknown client address
+        // gets peer error handling (and the hello says so if the client chose otherwise).
+        let mode = match client {
+            Some(a) => self.state.err_setting.mode_for(a.ip()),
+            None => ErrMode::Peer,
+        };
+        let peer = client.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         // SAFETY: req is a pending request from our listener's callback, consumed here; the
         // state pointer outlives the endpoint.
         let ep = match unsafe {
             ucp::ep_create(
                 &self.worker,
                 EpTarget::Accept(req),
+                mode,
                 Some(on_ep_error),
                 Rc::as_ptr(&self.state).cast_mut().cast(),
             )
@@ -930,12 +1050,27 @@ impl Engine {
             Ok(ep) => ep,
             Err(_) => return,
         };
-        let (conn, connection, outbox) = self.new_conn(ep, cfg, local, peer);
+        let timeout = cfg.connect_timeout;
+        let (conn, connection, outbox) = self.new_conn(ep, cfg, local, peer, mode);
         *conn.role.borrow_mut() = Role::Accepting {
             listener,
             conn: connection,
             outbox,
         };
+        // A client that never says hello (it died right after connecting, before anyone held
+        // a pidfd on it, and UCX did not report it) is dropped after the connect timeout, so
+        // its endpoint does not stay forever.
+        let st = self.state.clone();
+        let id = conn.id;
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(c) = st.conn(id)
+                && matches!(*c.role.borrow(), Role::Accepting { .. })
+            {
+                st.push(Action::Failed(id, Status(sys::UCS_ERR_TIMED_OUT)));
+                st.kick.notify_one();
+            }
+        });
     }
 
     fn fail_conn(&self, c: &Rc<Conn>, reason: String) {
@@ -971,6 +1106,9 @@ impl Engine {
 
     fn close_ep(&self, c: &Rc<Conn>, force: bool) {
         let Some(ep) = c.ep.take() else { return };
+        c.closed.notify_one();
+        // Otherwise the endpoint is flushed and closed in order (see `may_force`).
+        let force = force && c.may_force.get();
         self.state.by_ep.borrow_mut().remove(&(ep as usize));
         self.state.conns.borrow_mut().remove(&c.id);
         let abandoned = std::mem::take(&mut *c.pulls.borrow_mut());
@@ -997,6 +1135,14 @@ impl Engine {
         while !self.state.closing.borrow().is_empty() && tokio::time::Instant::now() < deadline {
             self.progress_until_idle();
             tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        // Closes still flushing (a peer without peer error handling that is stopped or
+        // unreachable never answers): hand the requests back to UCX, which frees them when they
+        // end. ucp_worker_destroy then destroys their endpoints; with a close request not yet
+        // released it fails an assertion (`UCP_REQUEST_FLAG_RELEASED`, ucp_ep.c:382).
+        for req in self.state.closing.borrow_mut().drain(..) {
+            // SAFETY: a close request we have not freed; it is freed once, here.
+            unsafe { ucp::request_free(req) };
         }
     }
 }
@@ -1209,6 +1355,25 @@ fn post_pull(st: &State, conn: &Rc<Conn>, seq: u64, msg: Message) -> Result<(), 
     )
 }
 
+/// Whether large messages on `conn` go as `PULL`s. Checked at the first large message (the
+/// endpoint is wired up by then): where UCX has shared memory for the endpoint (a single-copy
+/// transport such as `cma` among its lanes, which UCX 1.13 sets up only without peer error
+/// handling and with `sm` in `UCX_TLS`), its own rendezvous was measured as fast or faster than
+/// pulling at most sizes (BENCHMARKS.md), so the path steps aside.
+fn pulls_to(st: &State, conn: &Conn) -> bool {
+    if !conn.pull_to_peer.get() {
+        return false;
+    }
+    if !conn.lanes_checked.replace(true)
+        && !st.pull_always
+        && let Some(ep) = conn.ep.get()
+        && ucp::ep_has_single_copy(ep)
+    {
+        conn.pull_to_peer.set(false);
+    }
+    conn.pull_to_peer.get()
+}
+
 /// Drain one connection's send queue into active messages.
 async fn send_loop(st: Rc<State>, conn: Rc<Conn>, mut outbox: Outbox) {
     loop {
@@ -1251,7 +1416,7 @@ async fn send_loop(st: Rc<State>, conn: Rc<Conn>, mut outbox: Outbox) {
         while let Some(m) = msg.take() {
             let seq = conn.next_seq.get();
             conn.next_seq.set(seq + 1);
-            let posted = if conn.pull_to_peer.get() && m.len() >= same_host::MIN_LEN {
+            let posted = if m.len() >= same_host::MIN_LEN && pulls_to(&st, &conn) {
                 post_pull(&st, &conn, seq, m)
             } else {
                 let mut out = wire::Outgoing::new(seq, m, st.max_am_header);

@@ -9,18 +9,19 @@
 //! # How it works
 //!
 //! - **Connections.** A listener is `ucp_listener_create` on a socket address; a connection is
-//!   a UCP endpoint created from a connection request (server) or a socket address (client),
-//!   both with peer error handling, so a peer that dies or disconnects becomes an error on the
-//!   connection instead of a hang. `connect` finishes after a hello/ack round trip, which also
+//!   a UCP endpoint created from a connection request (server) or a socket address (client).
+//!   Endpoints to other hosts get UCX's peer error handling, so a peer that dies or disconnects
+//!   becomes an error on the connection instead of a hang; endpoints between processes of one
+//!   host get none (so UCX may use shared memory), and the engine watches the peer process
+//!   through a pidfd instead (`err_mode`; `TASKWIRE_UCX_ERR_MODE=peer|none|auto`). `connect` finishes after a hello/ack round trip, which also
 //!   completes UCX's wire-up before any bulk data flows.
 //! - **Messages.** Each [`Message`](taskwire_transport::Message) is one UCP active message
 //!   whose header carries a sequence number and the frame lengths, and whose data is the
 //!   message header plus payload frames, sent from where they lie (IOV). Large messages use
 //!   UCX's rendezvous protocol and land directly in a buffer we allocate for them, which is then
 //!   split into `Bytes` without copying. A dropped sender ends the stream with a close marker.
-//! - **Same host.** UCX 1.13 has no shared memory for endpoints with peer error handling, so
-//!   between two processes of one host large messages (64 KiB and up) skip UCX's TCP lanes:
-//!   the receiver copies them out of the sender's memory with `process_vm_readv` and
+//! - **Same host.** Between two processes of one host large messages (64 KiB and up) skip
+//!   UCX: the receiver copies them out of the sender's memory with `process_vm_readv` and
 //!   acknowledges, checking a pidfd so a dead sender is an error, and falling back to the
 //!   ordinary path where the kernel refuses the read (`same_host`).
 //! - **Threading.** A UCP worker in single-thread mode (and its endpoints and requests) must
@@ -55,6 +56,7 @@
 //! that, and payloads here are host `Bytes`.
 
 mod engine;
+mod err_mode;
 mod same_host;
 mod status;
 #[allow(
@@ -71,6 +73,7 @@ mod sys;
 mod ucp;
 mod wire;
 
+pub use err_mode::ErrMode;
 pub use status::{Status, UcxError};
 pub use ucp::{UcxConfig, ucx_version};
 

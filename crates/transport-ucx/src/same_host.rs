@@ -1,11 +1,15 @@
 //! The same-host path for large messages: the receiver copies the payload straight out of the
 //! sender's memory with `process_vm_readv` (one copy, as UCX's `cma` transport does).
 //!
-//! Why it exists: every endpoint uses UCX's peer error handling (a dead peer must be an error,
-//! not a hang), and UCX 1.13 turns its shared-memory transports off for such endpoints, so
-//! between two processes on one host UCX moves data over loopback TCP with bounce-buffer
-//! copies. The endpoint (and its error handling) stays as it is; only the bytes of large
-//! messages take this path, announced and acknowledged by small active messages on it.
+//! Why it exists: it was built when every endpoint had UCX's peer error handling, under which
+//! UCX 1.13 turns its shared-memory transports off and moves data between two processes of one
+//! host over loopback TCP with bounce-buffer copies. Same-host endpoints now have no UCX error
+//! handling (`err_mode`) and UCX may use shared memory itself; the path stays where it is
+//! measured faster (BENCHMARKS.md). Only the bytes of large messages take it, announced and
+//! acknowledged by small active messages on the endpoint.
+//!
+//! The pidfd opened here also tells the engine when the peer process exits (`engine.rs`
+//! waits on a clone of it), which is how a dead peer is noticed without UCX error handling.
 //!
 //! Which peers qualify: both sides put an [`Identity`] (boot id, pid namespace, pid) in their
 //! hello; equal boot ids and pid namespaces mean the pid names the peer process here. The
@@ -27,6 +31,18 @@ pub(crate) const MIN_LEN: usize = 64 << 10;
 /// Set to `0` to turn the same-host path off (to compare, or to rule it out).
 pub(crate) const ENV_SWITCH: &str = "TASKWIRE_UCX_SAME_HOST";
 
+/// Whether this process takes part in the same-host path ([`ENV_SWITCH`] is not `0`). The
+/// identity is exchanged either way: the peer's pidfd also tells when it dies.
+pub(crate) fn path_enabled() -> bool {
+    !std::env::var(ENV_SWITCH).is_ok_and(|v| v.trim() == "0")
+}
+
+/// Whether [`ENV_SWITCH`] is `always`: pull even where UCX has a single-copy transport of its
+/// own for the endpoint (`cma`), which is otherwise preferred (measured faster, BENCHMARKS.md).
+pub(crate) fn path_forced() -> bool {
+    std::env::var(ENV_SWITCH).is_ok_and(|v| v.trim() == "always")
+}
+
 /// Bytes of an [`Identity`] on the wire.
 pub(crate) const IDENTITY_LEN: usize = 4 + 8 + 8 + 16;
 
@@ -41,12 +57,9 @@ pub(crate) struct Identity {
 }
 
 impl Identity {
-    /// This process's identity, or `None` when the path is switched off or the facts cannot
-    /// be read (no `/proc`): then every message takes the ordinary path.
+    /// This process's identity, or `None` when the facts cannot be read (no `/proc`): then
+    /// every message takes the ordinary path, and peers cannot watch this process's pid.
     pub(crate) fn local() -> Option<Identity> {
-        if std::env::var(ENV_SWITCH).is_ok_and(|v| v.trim() == "0") {
-            return None;
-        }
         use std::os::unix::fs::MetadataExt;
         let ns = std::fs::metadata("/proc/self/ns/pid").ok()?;
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
@@ -150,6 +163,11 @@ impl Peer {
     /// The peer's pid.
     pub(crate) fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// A second descriptor of the pidfd, to wait on (it turns readable when the process exits).
+    pub(crate) fn watch_fd(&self) -> Option<OwnedFd> {
+        self.pidfd.try_clone().ok()
     }
 
     /// True once the peer process has exited (its pidfd turns readable).

@@ -5,6 +5,7 @@
 //! made from it) must only be touched by the thread that owns it. The engine thread
 //! (`engine.rs`) is that thread.
 
+use crate::err_mode::ErrMode;
 use crate::status::{Status, StatusPtr, UcxError};
 use crate::sys;
 use std::ffi::{CString, c_void};
@@ -19,6 +20,7 @@ use std::os::fd::RawFd;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UcxConfig {
     settings: Vec<(String, String)>,
+    err_mode: Option<ErrMode>,
 }
 
 impl UcxConfig {
@@ -43,6 +45,18 @@ impl UcxConfig {
     /// The settings, in the order they were given.
     pub fn settings(&self) -> &[(String, String)] {
         &self.settings
+    }
+
+    /// Give every endpoint this error-handling mode instead of choosing by address (see
+    /// [`ErrMode`]); wins over `TASKWIRE_UCX_ERR_MODE`. Every process of a cluster must agree.
+    pub fn err_mode(mut self, mode: ErrMode) -> UcxConfig {
+        self.err_mode = Some(mode);
+        self
+    }
+
+    /// The error-handling mode set with [`UcxConfig::err_mode`], if any.
+    pub fn fixed_err_mode(&self) -> Option<ErrMode> {
+        self.err_mode
     }
 }
 
@@ -303,21 +317,25 @@ pub(crate) enum EpTarget {
     Accept(sys::ucp_conn_request_h),
 }
 
-/// Create an endpoint with peer error handling (both sides must use the same mode); `err_cb`
-/// gets `arg` and the endpoint when the peer fails or disconnects.
+/// Create an endpoint with error-handling mode `mode` (both sides must use the same mode, see
+/// `err_mode`); `err_cb` gets `arg` and the endpoint when UCX reports the endpoint failed.
 ///
 /// # Safety
 /// `arg` must stay valid until the endpoint is closed; an `Accept` request must be pending.
 pub(crate) unsafe fn ep_create(
     worker: &Worker,
     target: EpTarget,
+    mode: ErrMode,
     err_cb: sys::ucp_err_handler_cb_t,
     arg: *mut c_void,
 ) -> Result<sys::ucp_ep_h, UcxError> {
     let mut params = sys::ucp_ep_params_t {
         field_mask: (sys::UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE
             | sys::UCP_EP_PARAM_FIELD_ERR_HANDLER) as u64,
-        err_mode: sys::UCP_ERR_HANDLING_MODE_PEER,
+        err_mode: match mode {
+            ErrMode::Peer => sys::UCP_ERR_HANDLING_MODE_PEER,
+            ErrMode::None => sys::UCP_ERR_HANDLING_MODE_NONE,
+        },
         err_handler: sys::ucp_err_handler_t { cb: err_cb, arg },
         ..Default::default()
     };
@@ -344,6 +362,46 @@ pub(crate) unsafe fn ep_create(
     // caller guarantees arg and the request.
     Status(unsafe { sys::ucp_ep_create(worker.raw(), &params, &mut ep) }).check("ucp_ep_create")?;
     Ok(ep)
+}
+
+unsafe extern "C" {
+    // Not in the generated bindings (it takes a C `FILE *`).
+    fn ucp_ep_print_info(ep: sys::ucp_ep_h, stream: *mut libc::FILE);
+}
+
+/// What `ucp_ep_print_info` says about an endpoint: its configuration and lanes, e.g.
+/// `lane[1]: 6:cma/memory.0 md[6] ... am_bw#0`.
+pub(crate) fn ep_info(ep: sys::ucp_ep_h) -> String {
+    let mut buf: *mut libc::c_char = std::ptr::null_mut();
+    let mut len: libc::size_t = 0;
+    // SAFETY: open_memstream takes two out pointers and returns a stream or NULL.
+    let f = unsafe { libc::open_memstream(&mut buf, &mut len) };
+    if f.is_null() {
+        return String::new();
+    }
+    // SAFETY: ep is a live endpoint; f is a writable stream until fclose.
+    unsafe { ucp_ep_print_info(ep, f) };
+    // SAFETY: f came from open_memstream and is closed once; afterwards buf holds len bytes
+    // (NUL-terminated) that we own and free once.
+    unsafe {
+        libc::fclose(f);
+        let out = if buf.is_null() {
+            String::new()
+        } else {
+            String::from_utf8_lossy(std::slice::from_raw_parts(buf.cast::<u8>(), len)).into_owned()
+        };
+        libc::free(buf.cast());
+        out
+    }
+}
+
+/// Whether the endpoint has a single-copy shared-memory transport (`cma`, `knem`, `xpmem`)
+/// among its lanes, i.e. UCX has shared memory for it: only between processes of one host,
+/// and in UCX 1.13 only without peer error handling. (UCX may still move an active message's
+/// rendezvous through `sysv` with `am_bcopy`, as a profile at 1 MiB showed.)
+pub(crate) fn ep_has_single_copy(ep: sys::ucp_ep_h) -> bool {
+    let info = ep_info(ep);
+    ["cma/", "knem/", "xpmem/"].iter().any(|t| info.contains(t))
 }
 
 /// The local socket address of a client-server endpoint, once known.

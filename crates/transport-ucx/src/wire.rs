@@ -9,8 +9,8 @@
 //!
 //! | AM id | AM header | AM data |
 //! |---|---|---|
-//! | `HELLO` (client → server) | magic `TWU1`, version u32 | – |
-//! | `HELLO_ACK` (server → client) | magic, version | – |
+//! | `HELLO` (client → server) | magic `TWU1`, version u32 = 3, identity, flags u8 | – |
+//! | `HELLO_ACK` (server → client) | magic, version, identity, flags | – |
 //! | `MSG` | seq u64, prelude | header, frames |
 //! | `MSG_LONG` (prelude too big for an AM header) | seq u64 | prelude, header, frames |
 //! | `CLOSE` (sender dropped: end of stream) | seq u64 = messages sent | – |
@@ -18,7 +18,8 @@
 //! | `PULL_DONE` (receiver → sender) | pull id u64, outcome u8 | – |
 //!
 //! The hello carries the sender's [`Identity`] (pid u32, pid namespace u64 ×2, boot id 16
-//! bytes; all zero when it offers no same-host path). A `PULL` names where the message's header
+//! bytes; all zero when unknown) and flags: 1 = it takes `PULL`s (its same-host path is on),
+//! 2 = its endpoint has no peer error handling (both ends must agree, see `err_mode`). A `PULL` names where the message's header
 //! and frames lie in the sender's memory, as (address u64, length u64) regions in order; the
 //! receiver copies them with `process_vm_readv` (see [`crate::same_host`]) and answers
 //! `PULL_DONE` with outcome [`PULLED`] (the sender may free them) or [`PULL_REFUSED`] (the
@@ -27,6 +28,7 @@
 //!
 //! All integers are little-endian; the prelude is [`taskwire_transport::codec`]'s.
 
+use crate::err_mode::ErrMode;
 use crate::same_host::{self, Identity};
 use bytes::{Bytes, BytesMut};
 use taskwire_transport::codec;
@@ -47,23 +49,47 @@ pub(crate) const PULL_REFUSED: u8 = 1;
 
 /// "TWU1" little-endian, then the protocol version.
 const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"TWU1");
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
-/// The hello (and its ack) header: magic, version, and this process's identity if it offers
-/// the same-host path.
-pub(crate) fn hello(me: Option<&Identity>) -> Vec<u8> {
-    let mut h = Vec::with_capacity(8 + same_host::IDENTITY_LEN);
-    h.extend_from_slice(&HELLO_MAGIC.to_le_bytes());
-    h.extend_from_slice(&VERSION.to_le_bytes());
-    match me {
-        Some(id) => id.encode(&mut h),
-        None => h.resize(8 + same_host::IDENTITY_LEN, 0),
-    }
-    h
+/// Hello flag: the sender takes `PULL`s (its same-host path is on).
+const FLAG_TAKES_PULLS: u8 = 1;
+/// Hello flag: the sender's endpoint has no peer error handling (`ErrMode::None`).
+const FLAG_ERR_NONE: u8 = 2;
+
+/// What a hello (or its ack) says about its sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Hello {
+    /// The sender's process identity (`None`: it could not tell).
+    pub(crate) identity: Option<Identity>,
+    /// Whether the sender accepts `PULL`s.
+    pub(crate) takes_pulls: bool,
+    /// The error-handling mode of the sender's endpoint.
+    pub(crate) err_mode: ErrMode,
 }
 
-/// Check a peer's hello; returns the identity it offered (if any), or what is wrong.
-pub(crate) fn check_hello(h: &[u8]) -> Result<Option<Identity>, String> {
+/// The hello (and its ack) header: magic, version, this process's identity (all zero if
+/// unknown), and a flags byte.
+pub(crate) fn hello(h: &Hello) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + same_host::IDENTITY_LEN + 1);
+    out.extend_from_slice(&HELLO_MAGIC.to_le_bytes());
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    match &h.identity {
+        Some(id) => id.encode(&mut out),
+        None => out.resize(8 + same_host::IDENTITY_LEN, 0),
+    }
+    let mut flags = 0;
+    if h.takes_pulls {
+        flags |= FLAG_TAKES_PULLS;
+    }
+    if h.err_mode == ErrMode::None {
+        flags |= FLAG_ERR_NONE;
+    }
+    out.push(flags);
+    out
+}
+
+/// Check a peer's hello; returns what it says, or what is wrong.
+pub(crate) fn check_hello(h: &[u8]) -> Result<Hello, String> {
     if h.len() < 8 || h[..4] != HELLO_MAGIC.to_le_bytes() {
         return Err("peer is not a Taskwire UCX endpoint (bad hello)".into());
     }
@@ -73,9 +99,21 @@ pub(crate) fn check_hello(h: &[u8]) -> Result<Option<Identity>, String> {
             "peer speaks Taskwire UCX protocol version {v}, this build speaks {VERSION}"
         ));
     }
-    let id = Identity::decode(&h[8..])
-        .ok_or_else(|| "peer is not a Taskwire UCX endpoint (bad hello length)".to_string())?;
-    Ok((id.pid != 0).then_some(id))
+    let bad_len = || "peer is not a Taskwire UCX endpoint (bad hello length)".to_string();
+    if h.len() != 8 + same_host::IDENTITY_LEN + 1 {
+        return Err(bad_len());
+    }
+    let id = Identity::decode(&h[8..8 + same_host::IDENTITY_LEN]).ok_or_else(bad_len)?;
+    let flags = h[8 + same_host::IDENTITY_LEN];
+    Ok(Hello {
+        identity: (id.pid != 0).then_some(id),
+        takes_pulls: flags & FLAG_TAKES_PULLS != 0,
+        err_mode: if flags & FLAG_ERR_NONE != 0 {
+            ErrMode::None
+        } else {
+            ErrMode::Peer
+        },
+    })
 }
 
 /// A `PULL`'s data: the codec prelude of `msg`, then the regions where its header and frames
@@ -391,15 +429,25 @@ mod tests {
 
     #[test]
     fn hello_is_checked() {
-        assert_eq!(check_hello(&hello(None)), Ok(None));
-        let me = Identity::local().unwrap();
-        assert_eq!(check_hello(&hello(Some(&me))), Ok(Some(me)));
+        let none = Hello {
+            identity: None,
+            takes_pulls: false,
+            err_mode: ErrMode::Peer,
+        };
+        assert_eq!(check_hello(&hello(&none)), Ok(none));
+        let me = Hello {
+            identity: Some(Identity::local().unwrap()),
+            takes_pulls: true,
+            err_mode: ErrMode::None,
+        };
+        assert_eq!(check_hello(&hello(&me)), Ok(me));
         assert!(
-            check_hello(b"TWU1\x01\0\0\0")
+            check_hello(b"TWU1\x02\0\0\0")
                 .unwrap_err()
-                .contains("version 1")
+                .contains("version 2")
         );
-        assert!(check_hello(&hello(None)[..20]).is_err());
+        assert!(check_hello(&hello(&none)[..20]).is_err());
+        assert!(check_hello(&hello(&none)[..44]).is_err());
         assert!(check_hello(b"nope").is_err());
     }
 

@@ -6,18 +6,29 @@
 //! the same treatment: a sender killed in the middle of a stream of large messages, and a
 //! receiver the kernel does not let read the sender's memory (another user).
 //!
+//! Between processes of one host endpoints have no UCX peer error handling (`ErrMode::None`):
+//! a dead peer is noticed through a pidfd on it. The killed-peer cases run in that mode with
+//! small messages (UCX's shared memory or TCP), large ones (the same-host path) and large ones
+//! through UCX (same-host path off), a peer killed right after it connects (before the pidfd
+//! exists), and a peer that hangs (SIGSTOP) must not hang the side still alive.
+//!
 //! The peers are this test binary run again as a child (`child_peer`, which does nothing
 //! unless `TASKWIRE_UCX_CHILD_CONNECT` is set; `TASKWIRE_UCX_CHILD_MODE` says what it does).
+//! The tests run one at a time (`SERIAL`): one of them counts the process's UCX engine threads.
 
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 use taskwire_transport::{Address, Message, Registry, Scheme, TransportConfig};
-use taskwire_transport_ucx::{UcxConfig, UcxTransport};
+use taskwire_transport_ucx::{ErrMode, UcxConfig, UcxTransport};
 
 const CHILD_ENV: &str = "TASKWIRE_UCX_CHILD_CONNECT";
 const MODE_ENV: &str = "TASKWIRE_UCX_CHILD_MODE";
 const TLS_ENV: &str = "TASKWIRE_UCX_CHILD_TLS";
+/// The child kills itself this many microseconds after it starts to connect (mode `die`).
+const DELAY_ENV: &str = "TASKWIRE_UCX_CHILD_DELAY_US";
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn registry() -> Registry {
     registry_with("tcp")
@@ -26,6 +37,34 @@ fn registry() -> Registry {
 fn registry_with(tls: &str) -> Registry {
     Registry::new(TransportConfig::default())
         .register(Arc::new(UcxTransport::new(UcxConfig::new().tls(tls))))
+}
+
+/// UCX with `tls`, every endpoint in error-handling mode `mode`.
+fn registry_mode(tls: &str, mode: ErrMode) -> Registry {
+    Registry::new(TransportConfig::default()).register(Arc::new(UcxTransport::new(
+        UcxConfig::new().tls(tls).err_mode(mode),
+    )))
+}
+
+/// Message `n` of a stream of small messages (eager, through UCX).
+fn small(n: u32) -> Message {
+    let body: Bytes = (0..1000u32).map(|i| ((i * 7 + n) % 253) as u8).collect();
+    Message::with_frames(Bytes::from(n.to_le_bytes().to_vec()), vec![body])
+}
+
+fn check_small(m: &Message) -> u32 {
+    let n = u32::from_le_bytes(m.header[..4].try_into().expect("header is the index"));
+    assert!(m == &small(n), "small message {n} corrupted");
+    n
+}
+
+/// Threads of this process named like the UCX engine thread.
+fn engine_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "taskwire-ucx")
+        .count()
 }
 
 /// Message `n` of a stream of large messages: 4 MiB whose bytes depend on `n`.
@@ -65,6 +104,14 @@ async fn child_peer() {
         return;
     };
     let tls = std::env::var(TLS_ENV).unwrap_or_else(|_| "tcp".into());
+    if let Ok(us) = std::env::var(DELAY_ENV) {
+        let us: u64 = us.parse().unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_micros(us));
+            // SAFETY: kill on our own pid has no memory-safety preconditions.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        });
+    }
     let mut conn = registry_with(&tls)
         .connect(&addr.parse().unwrap())
         .await
@@ -74,6 +121,14 @@ async fn child_peer() {
         Ok("stream") => {
             for n in 0.. {
                 if conn.send(large(n)).await.is_err() {
+                    break;
+                }
+            }
+        }
+        // Send small messages until killed.
+        Ok("small") => {
+            for n in 0.. {
+                if conn.send(small(n)).await.is_err() {
                     break;
                 }
             }
@@ -116,6 +171,7 @@ async fn child_peer() {
 /// and its sends start failing, within seconds, instead of waiting forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_peer_is_an_error() {
+    let _serial = SERIAL.lock().await;
     let reg = registry();
     let mut listener = reg.listen(&local(0)).await.unwrap();
     let addr = listener.local_addr().to_string();
@@ -157,6 +213,7 @@ async fn killed_peer_is_an_error() {
 /// arrive intact, in order, on a connection that has just been opened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_frames_and_rendezvous_on_a_fresh_connection() {
+    let _serial = SERIAL.lock().await;
     let reg = registry();
     let mut listener = reg.listen(&local(0)).await.unwrap();
     let addr = listener.local_addr().clone();
@@ -199,6 +256,7 @@ async fn many_frames_and_rendezvous_on_a_fresh_connection() {
 /// UCX's shared memory transports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_sender_of_large_messages_is_an_error() {
+    let _serial = SERIAL.lock().await;
     for tls in ["tcp", "sm,tcp"] {
         let reg = registry_with(tls);
         let mut listener = reg.listen(&local(0)).await.unwrap();
@@ -246,6 +304,7 @@ async fn killed_sender_of_large_messages_is_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_same_host_read_falls_back_to_the_ordinary_path() {
     use std::os::unix::process::CommandExt;
+    let _serial = SERIAL.lock().await;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: needs root to start a peer as another user");
@@ -295,4 +354,225 @@ async fn refused_same_host_read_falls_back_to_the_ordinary_path() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "child failed: {status}");
+}
+
+/// Without UCX's peer error handling (`ErrMode::None`, the default between processes of one
+/// host), a sender killed in the middle of a stream is an error on the connection: the
+/// receiver gets intact messages in order up to some point, then the error; no hang, no UCX
+/// abort. Small messages (UCX's eager path: shared memory with `sm,tcp`), large ones (the
+/// same-host pull path) and large ones through UCX's rendezvous (same-host path off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_sender_without_peer_error_handling_is_an_error() {
+    let _serial = SERIAL.lock().await;
+    for tls in ["tcp", "sm,tcp"] {
+        for (mode, same_host) in [("small", "1"), ("stream", "1"), ("stream", "0")] {
+            let what = format!("{tls}, {mode}, same host path {same_host}");
+            let reg = registry_mode(tls, ErrMode::None);
+            let mut listener = reg.listen(&local(0)).await.unwrap();
+            let addr = listener.local_addr().to_string();
+            let mut child = spawn_child(&addr, mode, tls)
+                .env("TASKWIRE_UCX_ERR_MODE", "none")
+                .env("TASKWIRE_UCX_SAME_HOST", same_host)
+                .spawn()
+                .unwrap();
+            let mut conn = tokio::time::timeout(Duration::from_secs(30), listener.accept())
+                .await
+                .expect("child never connected")
+                .unwrap();
+            let check = if mode == "small" {
+                check_small
+            } else {
+                check_large
+            };
+            for want in 0..3 {
+                let m = tokio::time::timeout(Duration::from_secs(30), conn.recv_msg())
+                    .await
+                    .expect("stream hung")
+                    .unwrap();
+                assert_eq!(check(&m), want, "{what}: out of order");
+            }
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let ended = tokio::time::timeout(Duration::from_secs(30), async {
+                let mut next = 3;
+                loop {
+                    match conn.recv().await {
+                        Ok(Some(m)) => {
+                            assert_eq!(check(&m), next, "{what}: out of order");
+                            next += 1;
+                        }
+                        Ok(None) => panic!("{what}: a killed peer is not a clean close"),
+                        Err(e) => return e,
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{what}: receive hung after the sender was killed"));
+            assert!(
+                ended.to_string().contains("connection failed"),
+                "{what}: {ended}"
+            );
+        }
+    }
+}
+
+/// A peer killed right after it starts to connect, before or around its hello (so before
+/// anyone holds a pidfd on it), without peer error handling: the listener stays healthy, and a
+/// connection that was accepted fails instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_killed_while_connecting_without_peer_error_handling() {
+    let _serial = SERIAL.lock().await;
+    for tls in ["tcp", "sm,tcp"] {
+        let reg = registry_mode(tls, ErrMode::None);
+        let mut listener = reg.listen(&local(0)).await.unwrap();
+        let addr = listener.local_addr().clone();
+        let mut accepted = Vec::new();
+        // The child needs some milliseconds to start UCX and connect: the early kills land
+        // before it connects, the middle ones around the hello, the late ones after it.
+        for delay_us in (0..16).map(|i| i * 1500u64) {
+            let mut child = spawn_child(&addr.to_string(), "hello", tls)
+                .env("TASKWIRE_UCX_ERR_MODE", "none")
+                .env(DELAY_ENV, delay_us.to_string())
+                .spawn()
+                .unwrap();
+            let conn = tokio::time::timeout(
+                Duration::from_micros(delay_us) + Duration::from_millis(500),
+                listener.accept(),
+            )
+            .await;
+            child.wait().unwrap();
+            let delay_ms = delay_us as f64 / 1000.0;
+            if let Ok(conn) = conn {
+                accepted.push(delay_ms);
+                let mut conn = conn.unwrap();
+                let outcome = tokio::time::timeout(Duration::from_secs(30), async {
+                    loop {
+                        match conn.recv().await {
+                            Ok(Some(_)) => {}
+                            other => return other,
+                        }
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| panic!("{tls}, {delay_ms} ms: receive hung"));
+                assert!(outcome.is_err(), "{tls}, {delay_ms} ms: {outcome:?}");
+            }
+        }
+        eprintln!(
+            "{tls}: of 16 children killed after 0 to 22.5 ms, these were accepted (ms): {accepted:?}"
+        );
+        // The listener (and the engine) still work.
+        let (client, server) = tokio::join!(reg.connect(&addr), listener.accept());
+        let (client, mut server) = (client.unwrap(), server.unwrap());
+        client.send(small(7)).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(30), server.recv_msg())
+            .await
+            .expect("hung after the killed peers")
+            .unwrap();
+        assert_eq!(check_small(&got), 7);
+    }
+}
+
+/// A peer that hangs (SIGSTOP) with messages on their way to it, without peer error handling:
+/// the side still alive closes that connection and keeps using its others, and dropping the
+/// transport stops its engine (within the shutdown grace) instead of waiting for the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_peer_does_not_hang_the_survivor() {
+    let _serial = SERIAL.lock().await;
+    for tls in ["tcp", "sm,tcp"] {
+        let reg = registry_mode(tls, ErrMode::None);
+        let mut listener = reg.listen(&local(0)).await.unwrap();
+        let addr = listener.local_addr().to_string();
+        let mut stopped = spawn_child(&addr, "hello", tls)
+            .env("TASKWIRE_UCX_ERR_MODE", "none")
+            .spawn()
+            .unwrap();
+        let mut hung = tokio::time::timeout(Duration::from_secs(30), listener.accept())
+            .await
+            .expect("child never connected")
+            .unwrap();
+        assert_eq!(&hung.recv_msg().await.unwrap().header[..], b"child here");
+        let mut echo = spawn_child(&addr, "echo", tls)
+            .env("TASKWIRE_UCX_ERR_MODE", "none")
+            .spawn()
+            .unwrap();
+        let mut other = tokio::time::timeout(Duration::from_secs(30), listener.accept())
+            .await
+            .expect("echo child never connected")
+            .unwrap();
+        other.recv_msg().await.unwrap(); // its verdict on reading our memory
+        // SAFETY: signalling our own child.
+        assert_eq!(
+            unsafe { libc::kill(stopped.id() as libc::pid_t, libc::SIGSTOP) },
+            0
+        );
+        // Large messages (pulls it will not answer) and small ones, then close.
+        for n in 0..3 {
+            hung.send(large(n)).await.unwrap();
+            hung.send(small(n)).await.unwrap();
+        }
+        drop(hung);
+        // The other connection is unaffected.
+        for n in 0..3 {
+            for m in [small(n), large(n)] {
+                other.send(m.clone()).await.unwrap();
+                let got = tokio::time::timeout(Duration::from_secs(30), other.recv_msg())
+                    .await
+                    .unwrap_or_else(|_| panic!("{tls}: echo hung while a peer is stopped"))
+                    .unwrap();
+                assert!(got == m, "{tls}: echo corrupted");
+            }
+        }
+        drop((other, listener, reg));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while engine_threads() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{tls}: the engine did not stop while a peer is stopped"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Whether the echo child notices the end is not this test's question: end both.
+        for child in [&mut stopped, &mut echo] {
+            let _ = child.kill();
+            child.wait().unwrap();
+        }
+    }
+}
+
+/// Two processes that disagree on the error-handling mode (one forced to `peer`, the other
+/// `none`, as when the address rule sees the connection differently from the two ends) get a
+/// clear connection error naming the variable, not a connection that half works. Both sides
+/// stay usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disagreeing_error_modes_fail_the_connection_clearly() {
+    let _serial = SERIAL.lock().await;
+    for (tls, server_mode, client_mode) in [
+        ("tcp", ErrMode::None, ErrMode::Peer),
+        ("sm,tcp", ErrMode::None, ErrMode::Peer),
+        ("sm,tcp", ErrMode::Peer, ErrMode::None),
+    ] {
+        let server = registry_mode(tls, server_mode);
+        let client = registry_mode(tls, client_mode);
+        let mut listener = server.listen(&local(0)).await.unwrap();
+        let addr = listener.local_addr().clone();
+        let err = tokio::time::timeout(Duration::from_secs(30), client.connect(&addr))
+            .await
+            .expect("connect hung")
+            .expect_err("modes disagree: the connection must fail");
+        assert!(
+            err.to_string().contains("TASKWIRE_UCX_ERR_MODE"),
+            "{tls}: {err}"
+        );
+        // The listener still accepts a client that agrees.
+        let agreeing = registry_mode(tls, server_mode);
+        let (c, s) = tokio::join!(agreeing.connect(&addr), listener.accept());
+        let (c, mut s) = (c.unwrap(), s.unwrap());
+        c.send(small(1)).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(30), s.recv_msg())
+            .await
+            .expect("hung after a refused client")
+            .unwrap();
+        assert_eq!(check_small(&got), 1);
+    }
 }
