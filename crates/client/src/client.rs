@@ -430,35 +430,32 @@ impl Client {
     fn send_part(&self, tasks: Vec<Task>) -> Result<SentPart, ClientError> {
         let submit_id = self.shared.next_id();
         let (reply, answer) = oneshot::channel();
-        let mut wanted = Vec::with_capacity(tasks.len());
         let mut held = Vec::new();
         // Collected in place: the specs reuse the tasks' memory rather than fresh pages.
         let specs: Vec<TaskSpecMsg> = tasks
             .into_iter()
             .map(|t| {
                 let (spec, h) = t.into_parts();
-                wanted.push(spec.key.clone());
                 held.extend(h);
                 spec
             })
             .collect();
+        // Every task of the part is wanted (`want_tasks`): the keys go over the wire once.
         // Encoded here, so the keys can then move into the key table instead of being copied.
         let hint = 64
             + specs
                 .iter()
                 .map(TaskSpecMsg::archived_size_hint)
-                .sum::<usize>()
-            + wanted.iter().map(|k| k.len() + 8).sum::<usize>();
+                .sum::<usize>();
         let msg = FromClient::UpdateGraph {
             submit_id,
             tasks: specs,
-            wanted,
+            wanted: Vec::new(),
+            want_tasks: true,
         };
         let header = encode_with_capacity(&msg, hint);
         let FromClient::UpdateGraph {
-            tasks: specs,
-            wanted,
-            ..
+            tasks: mut specs, ..
         } = msg
         else {
             unreachable!("built above")
@@ -469,10 +466,10 @@ impl Client {
             if st.closed {
                 return Err(ClientError::Closed);
             }
-            let mut futures = Vec::with_capacity(wanted.len());
-            st.reserve(wanted.len());
-            for key in wanted {
-                let (entry, new) = st.acquire_owned(key);
+            let mut futures = Vec::with_capacity(specs.len());
+            st.reserve(specs.len());
+            for spec in &mut specs {
+                let (entry, new) = st.acquire_owned(std::mem::take(&mut spec.key));
                 if new {
                     created.push(futures.len());
                 } else {
