@@ -957,27 +957,49 @@ impl SentPart {
 /// on (Kahn's algorithm, stable for independent tasks). A cycle is refused here, as the
 /// scheduler would refuse it, naming a key on it.
 fn dependency_order(tasks: &[Task]) -> Result<Vec<usize>, ClientError> {
-    let index: HashMap<&str, usize> = tasks
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.key(), i))
-        .collect();
-    let mut pending = vec![0usize; tasks.len()];
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
+    // Fx, not SipHash: the keys are the client's own. A later duplicate key wins, as before.
+    let mut index: rustc_hash::FxHashMap<&str, u32> = rustc_hash::FxHashMap::default();
+    index.reserve(tasks.len());
+    for (i, t) in tasks.iter().enumerate() {
+        index.insert(t.key(), i as u32);
+    }
+    let n = tasks.len();
+    let mut pending = vec![0u32; n];
+    // Edges (dependency, dependent) within the graph, in dependent order; then the dependents
+    // of each task as one flat list (CSR), not a `Vec` per task.
+    let mut edges: Vec<(u32, u32)> = Vec::new();
     for (i, t) in tasks.iter().enumerate() {
         for d in &t.spec().deps {
             if let Some(&j) = index.get(d.as_str()) {
                 pending[i] += 1;
-                dependents[j].push(i);
+                edges.push((j, i as u32));
             }
         }
     }
-    let mut order: Vec<usize> = (0..tasks.len()).filter(|&i| pending[i] == 0).collect();
+    drop(index);
+    let mut start = vec![0u32; n + 1];
+    for &(j, _) in &edges {
+        start[j as usize + 1] += 1;
+    }
+    for k in 0..n {
+        start[k + 1] += start[k];
+    }
+    let mut fill = start.clone();
+    let mut dependents = vec![0u32; edges.len()];
+    for &(j, i) in &edges {
+        dependents[fill[j as usize] as usize] = i;
+        fill[j as usize] += 1;
+    }
+    drop(fill);
+    drop(edges);
+    let mut order: Vec<usize> = (0..n).filter(|&i| pending[i] == 0).collect();
+    order.reserve(n - order.len());
     let mut next = 0;
     while next < order.len() {
         let i = order[next];
         next += 1;
-        for &k in &dependents[i] {
+        for &k in &dependents[start[i] as usize..start[i + 1] as usize] {
+            let k = k as usize;
             pending[k] -= 1;
             if pending[k] == 0 {
                 order.push(k);
@@ -994,4 +1016,43 @@ fn dependency_order(tasks: &[Task]) -> Result<Vec<usize>, ClientError> {
         )));
     }
     Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(tasks: &[Task], order: &[usize]) -> Vec<String> {
+        order.iter().map(|&i| tasks[i].key().to_string()).collect()
+    }
+
+    #[test]
+    fn dependency_order_puts_inputs_first_and_keeps_submission_order_otherwise() {
+        // c <- a, b; d <- c; e independent; "x" is a key outside the graph.
+        let tasks = vec![
+            Task::function("d", "noop").dep_key("c"),
+            Task::function("c", "noop")
+                .dep_key("a")
+                .dep_key("b")
+                .dep_key("x"),
+            Task::function("a", "noop"),
+            Task::function("e", "noop"),
+            Task::function("b", "noop"),
+        ];
+        let order = dependency_order(&tasks).unwrap();
+        assert_eq!(keys(&tasks, &order), ["a", "e", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn dependency_order_names_a_key_on_a_cycle() {
+        let tasks = vec![
+            Task::function("ok", "noop"),
+            Task::function("p", "noop").dep_key("q"),
+            Task::function("q", "noop").dep_key("p"),
+        ];
+        match dependency_order(&tasks) {
+            Err(ClientError::GraphRejected(r)) => assert!(r.contains("'p'"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
