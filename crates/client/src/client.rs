@@ -354,7 +354,7 @@ impl Client {
     pub async fn submit_graph(&self, tasks: Vec<Task>) -> Result<Vec<Future>, ClientError> {
         let total: usize = tasks.iter().map(|t| t.spec().archived_size_hint()).sum();
         if total <= GRAPH_CHUNK_BYTES {
-            return self.submit_one(tasks).await;
+            return self.submit_one(tasks, total).await;
         }
         // Too big for one message: send it in dependency order, in parts the scheduler can
         // check one after the other (each part's inputs are in earlier parts or already known).
@@ -391,7 +391,7 @@ impl Client {
             part.push(task);
             part_index.push(i);
             if part_bytes >= GRAPH_CHUNK_BYTES || n + 1 == order.len() {
-                let sent = self.send_part(std::mem::take(&mut part));
+                let sent = self.send_part(std::mem::take(&mut part), part_bytes);
                 let unsent = sent.is_err();
                 in_flight.push_back((std::mem::take(&mut part_index), sent));
                 part_bytes = 0;
@@ -421,13 +421,14 @@ impl Client {
             .collect())
     }
 
-    async fn submit_one(&self, tasks: Vec<Task>) -> Result<Vec<Future>, ClientError> {
-        SentPart::answered(self.send_part(tasks)).await
+    async fn submit_one(&self, tasks: Vec<Task>, size: usize) -> Result<Vec<Future>, ClientError> {
+        SentPart::answered(self.send_part(tasks, size)).await
     }
 
     /// Register the futures of one graph message and queue it; the scheduler's answer is
     /// awaited with [`SentPart::answered`].
-    fn send_part(&self, tasks: Vec<Task>) -> Result<SentPart, ClientError> {
+    /// `size`: the sum of the tasks' `archived_size_hint`s (already summed by the caller).
+    fn send_part(&self, tasks: Vec<Task>, size: usize) -> Result<SentPart, ClientError> {
         let submit_id = self.shared.next_id();
         let (reply, answer) = oneshot::channel();
         let mut held = Vec::new();
@@ -442,11 +443,7 @@ impl Client {
             .collect();
         // Every task of the part is wanted (`want_tasks`): the keys go over the wire once.
         // Encoded here, so the keys can then move into the key table instead of being copied.
-        let hint = 64
-            + specs
-                .iter()
-                .map(TaskSpecMsg::archived_size_hint)
-                .sum::<usize>();
+        let hint = 64 + size;
         let msg = FromClient::UpdateGraph {
             submit_id,
             tasks: specs,
