@@ -667,6 +667,7 @@ fn hostile_peers_against_an_open_scheduler() {
                 submit_id: 1,
                 tasks: vec![],
                 wanted: vec!["early-1".into()],
+                want_tasks: false,
             },
         ));
         let t = Instant::now();
@@ -762,6 +763,7 @@ fn a_ten_million_task_graph_is_refused_without_memory_growth() {
         submit_id: 1,
         tasks,
         wanted: vec![],
+        want_tasks: false,
     };
     let header = encode_with_capacity(&msg, 1 << 30);
     drop(msg);

@@ -354,7 +354,7 @@ impl Client {
     pub async fn submit_graph(&self, tasks: Vec<Task>) -> Result<Vec<Future>, ClientError> {
         let total: usize = tasks.iter().map(|t| t.spec().archived_size_hint()).sum();
         if total <= GRAPH_CHUNK_BYTES {
-            return self.submit_one(tasks).await;
+            return self.submit_one(tasks, total).await;
         }
         // Too big for one message: send it in dependency order, in parts the scheduler can
         // check one after the other (each part's inputs are in earlier parts or already known).
@@ -391,7 +391,7 @@ impl Client {
             part.push(task);
             part_index.push(i);
             if part_bytes >= GRAPH_CHUNK_BYTES || n + 1 == order.len() {
-                let sent = self.send_part(std::mem::take(&mut part));
+                let sent = self.send_part(std::mem::take(&mut part), part_bytes);
                 let unsent = sent.is_err();
                 in_flight.push_back((std::mem::take(&mut part_index), sent));
                 part_bytes = 0;
@@ -421,44 +421,38 @@ impl Client {
             .collect())
     }
 
-    async fn submit_one(&self, tasks: Vec<Task>) -> Result<Vec<Future>, ClientError> {
-        SentPart::answered(self.send_part(tasks)).await
+    async fn submit_one(&self, tasks: Vec<Task>, size: usize) -> Result<Vec<Future>, ClientError> {
+        SentPart::answered(self.send_part(tasks, size)).await
     }
 
     /// Register the futures of one graph message and queue it; the scheduler's answer is
     /// awaited with [`SentPart::answered`].
-    fn send_part(&self, tasks: Vec<Task>) -> Result<SentPart, ClientError> {
+    /// `size`: the sum of the tasks' `archived_size_hint`s (already summed by the caller).
+    fn send_part(&self, tasks: Vec<Task>, size: usize) -> Result<SentPart, ClientError> {
         let submit_id = self.shared.next_id();
         let (reply, answer) = oneshot::channel();
-        let mut wanted = Vec::with_capacity(tasks.len());
         let mut held = Vec::new();
         // Collected in place: the specs reuse the tasks' memory rather than fresh pages.
         let specs: Vec<TaskSpecMsg> = tasks
             .into_iter()
             .map(|t| {
                 let (spec, h) = t.into_parts();
-                wanted.push(spec.key.clone());
                 held.extend(h);
                 spec
             })
             .collect();
+        // Every task of the part is wanted (`want_tasks`): the keys go over the wire once.
         // Encoded here, so the keys can then move into the key table instead of being copied.
-        let hint = 64
-            + specs
-                .iter()
-                .map(TaskSpecMsg::archived_size_hint)
-                .sum::<usize>()
-            + wanted.iter().map(|k| k.len() + 8).sum::<usize>();
+        let hint = 64 + size;
         let msg = FromClient::UpdateGraph {
             submit_id,
             tasks: specs,
-            wanted,
+            wanted: Vec::new(),
+            want_tasks: true,
         };
         let header = encode_with_capacity(&msg, hint);
         let FromClient::UpdateGraph {
-            tasks: specs,
-            wanted,
-            ..
+            tasks: mut specs, ..
         } = msg
         else {
             unreachable!("built above")
@@ -469,10 +463,10 @@ impl Client {
             if st.closed {
                 return Err(ClientError::Closed);
             }
-            let mut futures = Vec::with_capacity(wanted.len());
-            st.reserve(wanted.len());
-            for key in wanted {
-                let (entry, new) = st.acquire_owned(key);
+            let mut futures = Vec::with_capacity(specs.len());
+            st.reserve(specs.len());
+            for spec in &mut specs {
+                let (entry, new) = st.acquire_owned(std::mem::take(&mut spec.key));
                 if new {
                     created.push(futures.len());
                 } else {
@@ -960,27 +954,49 @@ impl SentPart {
 /// on (Kahn's algorithm, stable for independent tasks). A cycle is refused here, as the
 /// scheduler would refuse it, naming a key on it.
 fn dependency_order(tasks: &[Task]) -> Result<Vec<usize>, ClientError> {
-    let index: HashMap<&str, usize> = tasks
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.key(), i))
-        .collect();
-    let mut pending = vec![0usize; tasks.len()];
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
+    // Fx, not SipHash: the keys are the client's own. A later duplicate key wins, as before.
+    let mut index: rustc_hash::FxHashMap<&str, u32> = rustc_hash::FxHashMap::default();
+    index.reserve(tasks.len());
+    for (i, t) in tasks.iter().enumerate() {
+        index.insert(t.key(), i as u32);
+    }
+    let n = tasks.len();
+    let mut pending = vec![0u32; n];
+    // Edges (dependency, dependent) within the graph, in dependent order; then the dependents
+    // of each task as one flat list (CSR), not a `Vec` per task.
+    let mut edges: Vec<(u32, u32)> = Vec::new();
     for (i, t) in tasks.iter().enumerate() {
         for d in &t.spec().deps {
             if let Some(&j) = index.get(d.as_str()) {
                 pending[i] += 1;
-                dependents[j].push(i);
+                edges.push((j, i as u32));
             }
         }
     }
-    let mut order: Vec<usize> = (0..tasks.len()).filter(|&i| pending[i] == 0).collect();
+    drop(index);
+    let mut start = vec![0u32; n + 1];
+    for &(j, _) in &edges {
+        start[j as usize + 1] += 1;
+    }
+    for k in 0..n {
+        start[k + 1] += start[k];
+    }
+    let mut fill = start.clone();
+    let mut dependents = vec![0u32; edges.len()];
+    for &(j, i) in &edges {
+        dependents[fill[j as usize] as usize] = i;
+        fill[j as usize] += 1;
+    }
+    drop(fill);
+    drop(edges);
+    let mut order: Vec<usize> = (0..n).filter(|&i| pending[i] == 0).collect();
+    order.reserve(n - order.len());
     let mut next = 0;
     while next < order.len() {
         let i = order[next];
         next += 1;
-        for &k in &dependents[i] {
+        for &k in &dependents[start[i] as usize..start[i + 1] as usize] {
+            let k = k as usize;
             pending[k] -= 1;
             if pending[k] == 0 {
                 order.push(k);
@@ -997,4 +1013,43 @@ fn dependency_order(tasks: &[Task]) -> Result<Vec<usize>, ClientError> {
         )));
     }
     Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(tasks: &[Task], order: &[usize]) -> Vec<String> {
+        order.iter().map(|&i| tasks[i].key().to_string()).collect()
+    }
+
+    #[test]
+    fn dependency_order_puts_inputs_first_and_keeps_submission_order_otherwise() {
+        // c <- a, b; d <- c; e independent; "x" is a key outside the graph.
+        let tasks = vec![
+            Task::function("d", "noop").dep_key("c"),
+            Task::function("c", "noop")
+                .dep_key("a")
+                .dep_key("b")
+                .dep_key("x"),
+            Task::function("a", "noop"),
+            Task::function("e", "noop"),
+            Task::function("b", "noop"),
+        ];
+        let order = dependency_order(&tasks).unwrap();
+        assert_eq!(keys(&tasks, &order), ["a", "e", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn dependency_order_names_a_key_on_a_cycle() {
+        let tasks = vec![
+            Task::function("ok", "noop"),
+            Task::function("p", "noop").dep_key("q"),
+            Task::function("q", "noop").dep_key("p"),
+        ];
+        match dependency_order(&tasks) {
+            Err(ClientError::GraphRejected(r)) => assert!(r.contains("'p'"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -102,8 +102,12 @@ async fn serve_client(
             FromClient::UpdateGraph {
                 submit_id,
                 tasks,
-                wanted,
+                mut wanted,
+                want_tasks,
             } => {
+                if want_tasks {
+                    wanted.extend(tasks.iter().map(|t| t.key.clone()));
+                }
                 let in_graph: Vec<&str> = tasks.iter().map(|t| t.key.as_str()).collect();
                 if let Some(missing) = tasks
                     .iter()

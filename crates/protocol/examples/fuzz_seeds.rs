@@ -113,6 +113,13 @@ fn main() -> std::io::Result<()> {
                 submit_id: 1,
                 tasks: (0..3).map(|i| spec(i, i == 2)).collect(),
                 wanted: vec!["inc-2".into()],
+                want_tasks: false,
+            }),
+            encode(&FromClient::UpdateGraph {
+                submit_id: 4,
+                tasks: (0..3).map(|i| spec(i, i == 2)).collect(),
+                wanted: vec![],
+                want_tasks: true,
             }),
             encode(&FromClient::ReleaseKeys(vec!["inc-2".into()])),
             encode(&FromClient::CancelKeys(vec![

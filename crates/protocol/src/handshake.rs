@@ -24,7 +24,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub const HANDSHAKE_MAGIC: [u8; 8] = *b"TASKWIRE";
 
 /// The protocol version this build speaks. Bump it whenever a message layout changes.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Longest token or name accepted in a handshake.
 const MAX_FIELD: usize = 64 * 1024;

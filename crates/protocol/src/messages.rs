@@ -176,7 +176,8 @@ pub struct CommandOutputMsg {
 /// Client → scheduler.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum FromClient {
-    /// Submit tasks. `wanted` are the keys the client holds futures for.
+    /// Submit tasks. `wanted` (and, with `want_tasks`, every task of the message) are the
+    /// keys the client holds futures for.
     UpdateGraph {
         /// Client-chosen id echoed in the answer.
         submit_id: u64,
@@ -184,6 +185,9 @@ pub enum FromClient {
         tasks: Vec<TaskSpecMsg>,
         /// Keys (new or existing) the client wants kept and reported.
         wanted: Vec<String>,
+        /// Every task in `tasks` is wanted too, as if its key were in `wanted`: a client that
+        /// holds a future for each task it submits does not send every key twice (protocol 5).
+        want_tasks: bool,
     },
     /// The client holds no more futures for these keys.
     ReleaseKeys(Vec<String>),
@@ -599,8 +603,16 @@ mod tests {
                 retries: 2,
             }],
             wanted: vec!["run-1".into()],
+            want_tasks: false,
         };
         assert_eq!(decode::<FromClient>(&encode(&m)).unwrap(), m);
+        let all = FromClient::UpdateGraph {
+            submit_id: 8,
+            tasks: vec![],
+            wanted: vec![],
+            want_tasks: true,
+        };
+        assert_eq!(decode::<FromClient>(&encode(&all)).unwrap(), all);
         let e = ToClient::KeysErred(vec![(
             "a".into(),
             TaskErrorMsg {
@@ -695,6 +707,7 @@ mod tests {
             submit_id: 1,
             tasks,
             wanted: vec![],
+            want_tasks: true,
         };
         let real = encode(&msg).len();
         assert!(
@@ -703,6 +716,33 @@ mod tests {
         );
         let sized = crate::encode_with_capacity(&msg, hint);
         assert_eq!(decode::<FromClient>(&sized).unwrap(), msg);
+    }
+
+    #[test]
+    fn want_tasks_round_trips_and_a_bad_flag_byte_is_rejected() {
+        let graph = |want_tasks| FromClient::UpdateGraph {
+            submit_id: 3,
+            tasks: vec![],
+            wanted: vec!["old-1".into()],
+            want_tasks,
+        };
+        let (no, yes) = (encode(&graph(false)), encode(&graph(true)));
+        for (header, flag) in [(&no, false), (&yes, true)] {
+            assert_eq!(decode::<FromClient>(header).unwrap(), graph(flag));
+            match access::<FromClient>(header).unwrap().get() {
+                ArchivedFromClient::UpdateGraph { want_tasks, .. } => assert_eq!(*want_tasks, flag),
+                _ => panic!("not a graph"),
+            }
+        }
+        // The flag is the one byte that differs; any value but 0 and 1 is not a bool.
+        assert_eq!(no.len(), yes.len());
+        let at: Vec<usize> = (0..no.len()).filter(|&i| no[i] != yes[i]).collect();
+        assert_eq!(at.len(), 1, "one flag byte");
+        let mut bad = yes.to_vec();
+        bad[at[0]] = 2;
+        let bad = Bytes::from(bad);
+        assert!(decode::<FromClient>(&bad).is_err());
+        assert!(access::<FromClient>(&bad).is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The scheduler's cost of taking in a submitted graph, for instruction counting with
 //! callgrind: the `bench tasks scale` graph (`noop` leaves plus a fan-in-100 reduction tree,
-//! every key wanted, as the client sends it) archived as one `FromClient::UpdateGraph`, then
+//! every task wanted through `want_tasks`, as the client sends it) archived as one `FromClient::UpdateGraph`, then
 //! validated and handed to a core with 2 workers, and the core's commands drained.
 //!
 //! ```text
@@ -81,13 +81,13 @@ fn measured(core: &mut Core, header: &Bytes, archived: bool) -> usize {
         }
     } else {
         let FromClient::UpdateGraph {
-            submit_id,
-            tasks,
-            wanted,
+            submit_id, tasks, ..
         } = decode::<FromClient>(header).expect("valid graph")
         else {
             unreachable!("encoded above")
         };
+        // The owned event names its wanted keys; the message wants every task.
+        let wanted = tasks.iter().map(|t| t.key.clone()).collect();
         Event::UpdateGraph {
             client: CLIENT,
             submit_id,
@@ -109,11 +109,12 @@ fn main() {
     let n: usize = args.next().map_or(200_000, |a| a.parse().expect("tasks"));
     let tasks = scale_graph(n);
     let count = tasks.len();
-    let wanted = tasks.iter().map(|t| t.key.clone()).collect();
+    // As the client sends it: every task wanted, no key repeated (`want_tasks`).
     let header = encode(&FromClient::UpdateGraph {
         submit_id: 1,
         tasks,
-        wanted,
+        wanted: Vec::new(),
+        want_tasks: true,
     });
     let mut core = cluster(2);
     let start = Instant::now();

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use taskwire_protocol::{
     ArchivedFromClient, ArchivedTaskSpecMsg, ClientId, ErrorKindMsg, KeyInMemoryMsg,
-    RegisterWorkerMsg, ResourceMsg, TaskErredMsg, TaskErrorMsg, TaskFinishedMsg, TaskId, ToClient,
-    ToWorker, WorkerId, WorkerInfoMsg, WorkerMetricsMsg,
+    RegisterWorkerMsg, ResourceMsg, TaskErredMsg, TaskErrorMsg, TaskFinishedMsg, TaskId,
+    TaskKindMsg, ToClient, ToWorker, WorkerId, WorkerInfoMsg, WorkerMetricsMsg,
 };
 
 use crate::config::CoreConfig;
@@ -195,16 +195,23 @@ impl Core {
                 submit_id,
                 mut tasks,
                 wanted,
-            } => self.update_graph(client, submit_id, &mut tasks, &wanted),
+            } => self.update_graph(client, submit_id, &mut tasks, &wanted, false),
             Event::UpdateGraphArchived { client, graph } => {
                 if let ArchivedFromClient::UpdateGraph {
                     submit_id,
                     tasks,
                     wanted,
+                    want_tasks,
                 } = graph.get()
                 {
                     let mut specs: Vec<&ArchivedTaskSpecMsg> = tasks.iter().collect();
-                    self.update_graph(client, submit_id.to_native(), &mut specs, wanted);
+                    self.update_graph(
+                        client,
+                        submit_id.to_native(),
+                        &mut specs,
+                        wanted,
+                        *want_tasks,
+                    );
                 }
             }
             Event::ReleaseKeys { client, keys } => {
@@ -441,7 +448,7 @@ impl Core {
                     .push_back(Command::ToWorker(worker.id, ToWorker::Free(free)));
             }
             if !worker.out_compute.is_empty() {
-                let compute = std::mem::take(&mut worker.out_compute);
+                let compute = take_sized(&mut worker.out_compute);
                 self.out
                     .push_back(Command::ToWorker(worker.id, ToWorker::Compute(compute)));
             }
@@ -452,7 +459,7 @@ impl Core {
             };
             client.dirty = false;
             if !client.out_memory.is_empty() {
-                let m = std::mem::take(&mut client.out_memory);
+                let m = take_sized(&mut client.out_memory);
                 self.out
                     .push_back(Command::ToClient(c, ToClient::KeysInMemory(m)));
             }
@@ -748,6 +755,7 @@ impl Core {
         submit_id: u64,
         specs: &mut [S],
         wanted: &[W],
+        want_tasks: bool,
     ) {
         self.clients.entry(client).or_default();
         if let Some(reason) = self.over_client_limit(client, specs.len()) {
@@ -757,7 +765,7 @@ impl Core {
             ));
             return;
         }
-        let (resolved, offsets, wanted_at) = match self.validate_graph(specs, wanted) {
+        let (resolved, offsets, wanted_at) = match self.validate_graph(specs, wanted, want_tasks) {
             Ok(r) => r,
             Err(reason) => {
                 self.out.push_back(Command::ToClient(
@@ -773,6 +781,7 @@ impl Core {
         let new_slots = specs.len().saturating_sub(self.free_tasks.len());
         self.tasks.reserve(new_slots);
         let mut slots = Vec::with_capacity(specs.len());
+        let mut last_kind: Option<Arc<TaskKindMsg>> = None;
         for spec in specs.iter_mut() {
             let prefix = self.intern_prefix(spec.key());
             let constraint = if spec.unconstrained() {
@@ -782,8 +791,12 @@ impl Core {
                 self.intern_constraint(&resources, &workers)
             };
             let slot = self.alloc_task(spec.take_key(), prefix, client);
+            let kind = match &last_kind {
+                Some(k) if spec.same_kind(k) => k.clone(),
+                _ => last_kind.insert(Arc::new(spec.take_kind())).clone(),
+            };
             let t = &mut self.tasks[slot as usize];
-            t.kind = Some(spec.take_kind());
+            t.kind = Some(kind);
             t.constraint = constraint;
             t.priority = spec.priority();
             t.retries_left = spec.retries();
@@ -830,15 +843,27 @@ impl Core {
             client,
             ToClient::GraphAccepted { submit_id },
         ));
+        // The client's want set grows once, and is looked up once for the whole graph.
+        let wants = &mut self
+            .clients
+            .get_mut(&client)
+            .expect("entered at the start")
+            .wants;
+        wants.reserve(wanted_at.len());
+        let mut newly = Vec::with_capacity(wanted_at.len());
         for &e in &wanted_at {
             let slot = if e & IN_GRAPH != 0 {
                 slots[(e & !IN_GRAPH) as usize]
             } else {
                 e
             };
-            if !self.add_want(client, slot) {
-                continue;
+            // As `add_want`.
+            if wants.insert(slot) {
+                self.tasks[slot as usize].wanted.push(client);
+                newly.push(slot);
             }
+        }
+        for slot in newly {
             match self.tasks[slot as usize].state {
                 TaskState::Memory => self.notify_one_memory(client, slot),
                 TaskState::Erred => self.notify_one_erred(client, slot),
@@ -884,11 +909,14 @@ impl Core {
     }
 
     /// All-or-nothing validation. Returns the dependencies resolved to existing slots or, with
-    /// [`IN_GRAPH`] set, to indices in the submitted list (CSR: `offsets[i]..offsets[i+1]`).
+    /// [`IN_GRAPH`] set, to indices in the submitted list (CSR: `offsets[i]..offsets[i+1]`),
+    /// and the wanted keys resolved the same way (with `want_tasks` every task first, in
+    /// submission order, then `wanted`).
     fn validate_graph<S: GraphTask, W: std::ops::Deref<Target = str>>(
         &self,
         specs: &[S],
         wanted: &[W],
+        want_tasks: bool,
     ) -> Result<ResolvedGraph, String> {
         let mut local: FxHashMap<&str, u32> = FxHashMap::default();
         local.reserve(specs.len());
@@ -928,7 +956,11 @@ impl Core {
             }
             offsets.push(resolved.len() as u32);
         }
-        let mut wanted_at = Vec::with_capacity(wanted.len());
+        let mut wanted_at =
+            Vec::with_capacity(wanted.len() + if want_tasks { specs.len() } else { 0 });
+        if want_tasks {
+            wanted_at.extend((0..specs.len() as u32).map(|i| i | IN_GRAPH));
+        }
         for k in wanted {
             let k: &str = k;
             if let Some(&j) = local.get(k) {
@@ -1467,6 +1499,17 @@ type ResolvedGraph = (Vec<u32>, Vec<u32>, Vec<u32>);
 
 /// Marks a resolved dependency as an index into the submitted list rather than a slot.
 const IN_GRAPH: u32 = 1 << 31;
+
+/// Batches this long or longer leave their successor this much room up front.
+const KEEP_BATCH: usize = 65_536;
+
+/// Take a batch and leave an empty one sized like it (up to [`KEEP_BATCH`]): a burst fills
+/// batches of similar size, and a batch that starts empty doubles about log2(n) times, each
+/// time copying every message so far into fresh memory.
+fn take_sized<T>(batch: &mut Vec<T>) -> Vec<T> {
+    let n = batch.len().min(KEEP_BATCH);
+    std::mem::replace(batch, Vec::with_capacity(n))
+}
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,9 @@
 //! the archive without an owned copy of the graph in between.
 
 use std::sync::Arc;
-use taskwire_protocol::{ArchivedTaskSpecMsg, ResourceMsg, TaskKindMsg, TaskSpecMsg};
+use taskwire_protocol::{
+    ArchivedTaskKindMsg, ArchivedTaskSpecMsg, ResourceMsg, TaskKindMsg, TaskSpecMsg,
+};
 
 /// A submitted task, as much as the core reads of it.
 pub(crate) trait GraphTask {
@@ -24,6 +26,9 @@ pub(crate) trait GraphTask {
     fn take_key(&mut self) -> Arc<str>;
     /// What to run, moved out when owned.
     fn take_kind(&mut self) -> TaskKindMsg;
+    /// It runs exactly `kind` (a function call with the same name and arguments): then it
+    /// shares the previous task's record of it.
+    fn same_kind(&self, kind: &TaskKindMsg) -> bool;
 }
 
 impl GraphTask for TaskSpecMsg {
@@ -66,6 +71,9 @@ impl GraphTask for TaskSpecMsg {
             },
         )
     }
+    fn same_kind(&self, kind: &TaskKindMsg) -> bool {
+        matches!(kind, TaskKindMsg::Function { .. }) && self.kind == *kind
+    }
 }
 
 impl GraphTask for &ArchivedTaskSpecMsg {
@@ -102,5 +110,14 @@ impl GraphTask for &ArchivedTaskSpecMsg {
     }
     fn take_kind(&mut self) -> TaskKindMsg {
         self.kind_owned()
+    }
+    fn same_kind(&self, kind: &TaskKindMsg) -> bool {
+        match (&self.kind, kind) {
+            (
+                ArchivedTaskKindMsg::Function { name, args },
+                TaskKindMsg::Function { name: n, args: a },
+            ) => name.as_str() == n.as_str() && args.as_slice() == a.as_slice(),
+            _ => false,
+        }
     }
 }

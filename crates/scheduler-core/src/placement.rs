@@ -10,7 +10,7 @@ const ROOT_BUDGET_BYTES: f64 = 64.0 * 1024.0 * 1024.0;
 /// Upper bound on root tasks per thread, whatever the estimates say.
 const MAX_ROOT_PER_THREAD: u64 = 4096;
 
-use taskwire_protocol::{ComputeTaskMsg, DepMsg};
+use taskwire_protocol::{ComputeTaskMsg, DepMsg, TaskKindMsg};
 
 use crate::core::Core;
 use crate::state::TaskState;
@@ -76,7 +76,7 @@ impl Core {
         let msg = ComputeTaskMsg {
             task: t.id,
             key: String::from(&*t.key),
-            kind: t.kind.clone().expect("computed tasks have a kind"),
+            kind: TaskKindMsg::clone(t.kind.as_deref().expect("computed tasks have a kind")),
             deps,
             resources: c.resources_msg.clone(),
             priority: t.priority,

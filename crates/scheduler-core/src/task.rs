@@ -55,8 +55,9 @@ pub(crate) struct Task {
     /// Index in its worker's `processing` list (valid while `processing`).
     pub(crate) proc_pos: u32,
     pub(crate) nbytes: u64,
-    /// What to run; `None` for scattered data, which has no lineage.
-    pub(crate) kind: Option<TaskKindMsg>,
+    /// What to run; `None` for scattered data, which has no lineage. Shared by the tasks of
+    /// one graph that run the same function with the same arguments (most of a map).
+    pub(crate) kind: Option<Arc<TaskKindMsg>>,
     pub(crate) deps: Box<[u32]>,
     /// May hold stale references to forgotten dependents; compacted lazily.
     pub(crate) dependents: Vec<TaskRef>,

@@ -1041,3 +1041,65 @@ fn task_runs_remember_the_thread_and_failures() {
     assert_eq!(erred(&out).len(), 1);
     assert_eq!(env.core.task_runs_total(), 2, "it never ran");
 }
+
+/// A graph sent as the client sends it: `want_tasks` and no key repeated in `wanted`.
+fn archived_graph(tasks: Vec<taskwire_protocol::TaskSpecMsg>, wanted: &[&str]) -> Event {
+    let header = taskwire_protocol::encode(&taskwire_protocol::FromClient::UpdateGraph {
+        submit_id: 9,
+        tasks,
+        wanted: wanted.iter().map(|s| s.to_string()).collect(),
+        want_tasks: true,
+    });
+    Event::UpdateGraphArchived {
+        client: C1,
+        graph: taskwire_protocol::access(&header).expect("a graph we encoded"),
+    }
+}
+
+#[test]
+fn want_tasks_wants_every_task_of_the_graph_and_the_named_keys() {
+    let mut env = Env::new();
+    let w = env.join(1, "a", 2);
+    let out = env.ev(archived_graph(
+        vec![task("x-1", &[]), task("x-2", &["x-1"])],
+        &[],
+    ));
+    assert!(
+        matches!(
+            &out[0],
+            Command::ToClient(C1, ToClient::GraphAccepted { submit_id: 9 })
+        ),
+        "{out:?}"
+    );
+    let started = compute_on(&out, w);
+    assert_eq!(
+        started.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["x-1"]
+    );
+    // x-1 is wanted in its own right: reported, and kept after x-2 ran.
+    let out = env.finish(w, &[started[0].1]);
+    assert_eq!(in_memory(&out), [(C1, "x-1".to_string())]);
+    let next = compute_on(&out, w);
+    let out = env.finish(w, &[next[0].1]);
+    assert_eq!(in_memory(&out), [(C1, "x-2".to_string())]);
+    assert!(frees(&out).is_empty(), "x-1 is still wanted: {out:?}");
+    assert_eq!(env.core.counts().memory, 2);
+
+    // An existing key named besides the new tasks (and a new one named twice) is fine; an
+    // unknown one still rejects the whole graph.
+    let out = env.ev(archived_graph(vec![task("y-1", &["x-2"])], &["x-1", "y-1"]));
+    assert!(
+        matches!(
+            &out[0],
+            Command::ToClient(C1, ToClient::GraphAccepted { .. })
+        ),
+        "{out:?}"
+    );
+    let before = env.core.counts().total();
+    let out = env.ev(archived_graph(vec![task("z-1", &[])], &["nope"]));
+    assert!(
+        matches!(&out[0], Command::ToClient(C1, ToClient::GraphRejected { reason, .. }) if reason.contains("nope")),
+        "{out:?}"
+    );
+    assert_eq!(env.core.counts().total(), before);
+}

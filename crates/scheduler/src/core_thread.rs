@@ -9,7 +9,9 @@ use crate::snapshot::Publisher;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use taskwire_protocol::{ClientId, ToWorker, WorkerId, encode};
+use taskwire_protocol::{
+    ClientId, TaskKindMsg, ToClient, ToWorker, WorkerId, encode, encode_with_capacity,
+};
 use taskwire_scheduler_core::{Command, Core, CoreConfig, Event, RecoveryCounts, TransitionRecord};
 use taskwire_transport::Message;
 
@@ -187,10 +189,20 @@ fn log_recovery(peer: Peer, before: RecoveryCounts, after: RecoveryCounts) {
 fn flush(core: &mut Core, routes: &mut HashMap<Peer, Route>) {
     while let Some(command) = core.poll_command() {
         let (peer, header, close) = match command {
-            Command::ToClient(client, msg) => (Peer::Client(client), encode(&msg), false),
+            Command::ToClient(client, msg) => {
+                let header = match client_hint(&msg) {
+                    0 => encode(&msg),
+                    hint => encode_with_capacity(&msg, hint),
+                };
+                (Peer::Client(client), header, false)
+            }
             Command::ToWorker(worker, msg) => {
                 let close = matches!(msg, ToWorker::Refused(_));
-                (Peer::Worker(worker), encode(&msg), close)
+                let header = match worker_hint(&msg) {
+                    0 => encode(&msg),
+                    hint => encode_with_capacity(&msg, hint),
+                };
+                (Peer::Worker(worker), header, close)
             }
         };
         if let Some(tx) = routes.get(&peer) {
@@ -202,5 +214,40 @@ fn flush(core: &mut Core, routes: &mut HashMap<Peer, Route>) {
             // Dropping the route ends the connection's writer once the refusal is written.
             routes.remove(&peer);
         }
+    }
+}
+
+/// About the archived size of a large batch (0: let the buffer grow as usual). A batch of many
+/// thousand tasks would otherwise double its buffer a dozen times, copying everything so far
+/// each time; a slight overestimate costs only address space until the message is written.
+fn worker_hint(msg: &ToWorker) -> usize {
+    match msg {
+        ToWorker::Compute(tasks) if tasks.len() > 16 => tasks
+            .iter()
+            .map(|t| {
+                let kind = match &t.kind {
+                    TaskKindMsg::Function { name, args } => name.len() + args.len(),
+                    TaskKindMsg::Command(_) => 256,
+                };
+                let deps: usize = t
+                    .deps
+                    .iter()
+                    .map(|d| 40 + d.holders.iter().map(|h| 8 + h.len()).sum::<usize>())
+                    .sum();
+                96 + t.key.len() + kind + deps + 24 * t.resources.len()
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// [`worker_hint`] for client messages.
+fn client_hint(msg: &ToClient) -> usize {
+    match msg {
+        ToClient::KeysInMemory(keys) if keys.len() > 16 => keys
+            .iter()
+            .map(|k| 64 + k.key.len() + k.worker.len() + k.inline.as_ref().map_or(0, Vec::len))
+            .sum(),
+        _ => 0,
     }
 }

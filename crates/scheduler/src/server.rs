@@ -324,13 +324,19 @@ async fn serve_client(
             Ok(Ok(FromClient::UpdateGraph {
                 submit_id,
                 tasks,
-                wanted,
-            })) => Event::UpdateGraph {
-                client,
-                submit_id,
-                tasks,
-                wanted,
-            },
+                mut wanted,
+                want_tasks,
+            })) => {
+                if want_tasks {
+                    wanted.splice(0..0, tasks.iter().map(|t| t.key.clone()));
+                }
+                Event::UpdateGraph {
+                    client,
+                    submit_id,
+                    tasks,
+                    wanted,
+                }
+            }
             Ok(Ok(FromClient::ReleaseKeys(keys))) => Event::ReleaseKeys { client, keys },
             Ok(Ok(FromClient::CancelKeys(keys))) => Event::CancelKeys { client, keys },
             Ok(Ok(FromClient::Scatter {

@@ -58,6 +58,7 @@ pub(crate) fn update_graph(
         submit_id,
         tasks,
         wanted,
+        want_tasks: false,
     });
     Event::UpdateGraphArchived {
         client,
