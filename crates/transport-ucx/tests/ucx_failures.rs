@@ -97,6 +97,42 @@ fn local(port: u16) -> Address {
     }
 }
 
+/// Read messages 0, 1, 2 of a child's numbered stream (`check` gives a message's number),
+/// SIGKILL the child, then read on: every further message must come in order, and the
+/// stream must end in an error, which is returned. Panics on disorder, a clean close or a
+/// hang (30 s).
+async fn kill_mid_stream(
+    conn: &mut taskwire_transport::Connection,
+    child: &mut std::process::Child,
+    check: fn(&Message) -> u32,
+    what: &str,
+) -> taskwire_transport::TransportError {
+    for want in 0..3 {
+        let m = tokio::time::timeout(Duration::from_secs(30), conn.recv_msg())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: stream hung"))
+            .unwrap();
+        assert_eq!(check(&m), want, "{what}: out of order");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let mut next = 3;
+        loop {
+            match conn.recv().await {
+                Ok(Some(m)) => {
+                    assert_eq!(check(&m), next, "{what}: out of order");
+                    next += 1;
+                }
+                Ok(None) => panic!("{what}: a killed peer is not a clean close"),
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: receive hung after the sender was killed"))
+}
+
 /// The child side of `killed_peer_is_an_error`: connect, say hello, then wait to be killed.
 #[tokio::test]
 async fn child_peer() {
@@ -266,30 +302,7 @@ async fn killed_sender_of_large_messages_is_an_error() {
             .await
             .expect("child never connected")
             .unwrap();
-        for want in 0..3 {
-            let m = tokio::time::timeout(Duration::from_secs(30), conn.recv_msg())
-                .await
-                .expect("stream hung")
-                .unwrap();
-            assert_eq!(check_large(&m), want, "{tls}: out of order");
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let ended = tokio::time::timeout(Duration::from_secs(30), async {
-            let mut next = 3;
-            loop {
-                match conn.recv().await {
-                    Ok(Some(m)) => {
-                        assert_eq!(check_large(&m), next, "{tls}: out of order");
-                        next += 1;
-                    }
-                    Ok(None) => panic!("{tls}: a killed peer is not a clean close"),
-                    Err(e) => return e,
-                }
-            }
-        })
-        .await
-        .expect("receive hung after the sender was killed");
+        let ended = kill_mid_stream(&mut conn, &mut child, check_large, tls).await;
         assert!(
             ended.to_string().contains("connection failed"),
             "{tls}: {ended}"
@@ -384,30 +397,7 @@ async fn killed_sender_without_peer_error_handling_is_an_error() {
             } else {
                 check_large
             };
-            for want in 0..3 {
-                let m = tokio::time::timeout(Duration::from_secs(30), conn.recv_msg())
-                    .await
-                    .expect("stream hung")
-                    .unwrap();
-                assert_eq!(check(&m), want, "{what}: out of order");
-            }
-            child.kill().unwrap();
-            child.wait().unwrap();
-            let ended = tokio::time::timeout(Duration::from_secs(30), async {
-                let mut next = 3;
-                loop {
-                    match conn.recv().await {
-                        Ok(Some(m)) => {
-                            assert_eq!(check(&m), next, "{what}: out of order");
-                            next += 1;
-                        }
-                        Ok(None) => panic!("{what}: a killed peer is not a clean close"),
-                        Err(e) => return e,
-                    }
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("{what}: receive hung after the sender was killed"));
+            let ended = kill_mid_stream(&mut conn, &mut child, check, &what).await;
             assert!(
                 ended.to_string().contains("connection failed"),
                 "{what}: {ended}"
