@@ -138,6 +138,28 @@ impl EngineHandle {
 pub(crate) static LIVE_ENGINES: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
+/// Registers [`wait_for_engines`] once, when the first engine starts.
+static WAIT_AT_EXIT: std::sync::Once = std::sync::Once::new();
+
+/// Longest wait at process exit for engine threads to finish.
+const EXIT_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs at process exit (`atexit`), before the shared libraries' destructors: waits, at most
+/// [`EXIT_WAIT`], until every engine thread has destroyed its UCX worker and context. UCX's
+/// own exit-time cleanup (libucs' destructor) tears down its async event handlers; an engine
+/// thread still inside `ucp_worker_progress` then trips UCX's assertions (`async.c:153
+/// handler->id == id`, or `ucp_worker.c:634 failed to modify event handler`) and aborts a
+/// process that was exiting cleanly. Engines stop once their last handle is dropped, so this
+/// wait is short unless a handle is leaked.
+extern "C" fn wait_for_engines() {
+    let deadline = std::time::Instant::now() + EXIT_WAIT;
+    while LIVE_ENGINES.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn engine_thread(
     config: UcxConfig,
     weak: mpsc::WeakUnboundedSender<Cmd>,
@@ -158,6 +180,11 @@ fn engine_thread(
         }
     };
     LIVE_ENGINES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    WAIT_AT_EXIT.call_once(|| {
+        // SAFETY: registers a plain function with no arguments; it only reads an atomic and
+        // sleeps.
+        unsafe { libc::atexit(wait_for_engines) };
+    });
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let engine = match Engine::new(&config, weak) {
@@ -243,6 +270,8 @@ struct Conn {
     role: RefCell<Role>,
     next_seq: Cell<u64>,
     inflight: Cell<usize>,
+    /// Rendezvous receives posted on this endpoint and not yet completed.
+    recvs: Cell<usize>,
     inflight_bytes: Cell<usize>,
     sender_wake: Notify,
     failure: RefCell<Option<String>>,
@@ -345,8 +374,6 @@ struct State {
     listeners: RefCell<HashMap<u64, ListenerEntry>>,
     closing: RefCell<Vec<*mut c_void>>,
     next_id: Cell<u64>,
-    /// Sends and rendezvous receives posted and not yet completed.
-    outstanding: Cell<usize>,
     /// Wake-ups by [`OUTSTANDING_TICK`] that found work the event fd had not announced.
     tick_finds: Cell<u64>,
     /// Bumped by every send posted and command handled: the spin watches it to tell whether
@@ -413,7 +440,6 @@ impl Engine {
             listeners: RefCell::new(HashMap::new()),
             closing: RefCell::new(Vec::new()),
             next_id: Cell::new(1),
-            outstanding: Cell::new(0),
             tick_finds: Cell::new(0),
             activity: Cell::new(0),
             cmd: weak,
@@ -486,13 +512,15 @@ impl Engine {
                     continue;
                 }
             }
-            let busy = st.outstanding.get() > 0
-                || !st.closing.borrow().is_empty()
-                || st
-                    .conns
-                    .borrow()
-                    .values()
-                    .any(|c| !matches!(*c.role.borrow(), Role::Open));
+            // Only connections still in the table count: an operation on an endpoint whose
+            // peer died without peer error handling (a rendezvous receive) may never complete,
+            // and must not keep the tick going for the rest of the engine's life.
+            let busy = !st.closing.borrow().is_empty()
+                || st.conns.borrow().values().any(|c| {
+                    c.inflight.get() > 0
+                        || c.recvs.get() > 0
+                        || !matches!(*c.role.borrow(), Role::Open)
+                });
             let tick = async {
                 if busy {
                     tokio::time::sleep(OUTSTANDING_TICK).await
@@ -678,6 +706,7 @@ impl Engine {
             role: RefCell::new(Role::Open),
             next_seq: Cell::new(0),
             inflight: Cell::new(0),
+            recvs: Cell::new(0),
             inflight_bytes: Cell::new(0),
             sender_wake: Notify::new(),
             failure: RefCell::new(None),
@@ -1196,7 +1225,6 @@ pub(crate) fn ucx_address(sa: SocketAddr) -> Address {
 
 /// One posted send: everything UCX reads from stays here until the completion callback.
 struct SendOp {
-    st: *const State,
     conn: Rc<Conn>,
     am_header: Vec<u8>,
     data: Data,
@@ -1240,7 +1268,6 @@ fn post(
         });
     };
     let mut op = Box::new(SendOp {
-        st,
         conn: conn.clone(),
         am_header,
         bytes: match &data {
@@ -1300,7 +1327,6 @@ fn post(
             })
         }
         StatusPtr::Request(_) => {
-            st.outstanding.set(st.outstanding.get() + 1);
             conn.inflight.set(conn.inflight.get() + 1);
             conn.inflight_bytes.set(conn.inflight_bytes.get() + bytes);
             Ok(())
@@ -1316,9 +1342,6 @@ unsafe extern "C" fn on_send_done(
     // SAFETY: user is the SendOp boxed in `post`, handed to UCX with this request; UCX runs
     // this callback once, so the box is reclaimed once.
     let op = unsafe { Box::from_raw(user.cast::<SendOp>()) };
-    // SAFETY: the state outlives every operation on its worker.
-    let st = unsafe { &*op.st };
-    st.outstanding.set(st.outstanding.get() - 1);
     let c = &op.conn;
     c.inflight.set(c.inflight.get() - 1);
     c.inflight_bytes.set(c.inflight_bytes.get() - op.bytes);
@@ -1867,7 +1890,12 @@ unsafe fn receive(
                 format!("ucx: rendezvous receive failed: {s}"),
             ));
         }
-        StatusPtr::Request(_) => st.outstanding.set(st.outstanding.get() + 1),
+        StatusPtr::Request(_) => {
+            // SAFETY: UCX holds the op until `on_recv_done`, which runs on this thread
+            // inside a later progress call, never during this one.
+            let conn = unsafe { &(*raw).conn };
+            conn.recvs.set(conn.recvs.get() + 1);
+        }
     }
     // UCP owns the descriptor now that ucp_am_recv_data_nbx was called on it.
     sys::UCS_INPROGRESS
@@ -1883,7 +1911,7 @@ unsafe extern "C" fn on_recv_done(
     let mut op = unsafe { Box::from_raw(user.cast::<RecvOp>()) };
     // SAFETY: the state outlives every operation on its worker.
     let st = unsafe { &*op.st };
-    st.outstanding.set(st.outstanding.get() - 1);
+    op.conn.recvs.set(op.conn.recvs.get() - 1);
     let status = Status(status);
     if status.is_ok() && length <= op.buf.capacity() {
         // SAFETY: the receive completed successfully and wrote `length` bytes into the buffer.

@@ -67,6 +67,28 @@ fn engine_threads() -> usize {
         .count()
 }
 
+/// Context switches so far of this process's UCX engine threads (each wake-up is one).
+fn engine_switches() -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if comm.trim() != "taskwire-ucx" {
+                return None;
+            }
+            let status = std::fs::read_to_string(dir.join("status")).ok()?;
+            Some(
+                status
+                    .lines()
+                    .filter(|l| l.contains("ctxt_switches:"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum::<u64>(),
+            )
+        })
+        .sum()
+}
+
 /// Message `n` of a stream of large messages: 4 MiB whose bytes depend on `n`.
 fn large(n: u32) -> Message {
     let body: Bytes = (0..4u32 << 20).map(|i| ((i + n) % 251) as u8).collect();
@@ -401,6 +423,17 @@ async fn killed_sender_without_peer_error_handling_is_an_error() {
             assert!(
                 ended.to_string().contains("connection failed"),
                 "{what}: {ended}"
+            );
+            // Whatever the dead peer left unfinished, the engine goes back to sleeping on its
+            // event fd (the listener keeps it alive): no timer left ticking for good.
+            drop(conn);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let before = engine_switches();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let woke = engine_switches() - before;
+            assert!(
+                woke < 100,
+                "{what}: an idle engine woke {woke} times in 1 s"
             );
         }
     }
