@@ -6,27 +6,35 @@
 //! bookkeeping to every lane; on one host that costs a factor of 3 on small round trips and of 4
 //! on UCX's own 1 MiB path (BENCHMARKS.md). Between processes of one host the engine does not
 //! need UCX to notice a dead peer: it holds a pidfd on the peer process from the hello on, and a
-//! pidfd turns readable when the process exits (see `engine.rs`). So endpoints to this host get
-//! `UCP_ERR_HANDLING_MODE_NONE`, all others `PEER`.
+//! pidfd turns readable when the process exits (see `engine.rs`). So with `auto`, endpoints to
+//! this host get `UCP_ERR_HANDLING_MODE_NONE`, all others `PEER`.
 //!
 //! Both ends of a connection must use the same mode, and the mode must be chosen before the
 //! endpoint exists, so both sides apply the same rule to the one address they both know: the
 //! connecting side to its destination, the accepting side to the connection request's client
 //! address. An address is "this host" if it is a loopback or unspecified address, or one of the
-//! addresses of this host's network interfaces. `TASKWIRE_UCX_ERR_MODE=peer|none|auto`
-//! (default `auto`) overrides the rule. Two ends that disagree do not connect: UCX refuses the
-//! endpoint during set-up (the client's error then names the variable), and the hello carries
+//! addresses of this host's network interfaces. `TASKWIRE_UCX_ERR_MODE=auto` turns the rule on;
+//! `peer` (the default) or `none` fixes one mode for every endpoint.
+//!
+//! Why `peer` is the default, although `auto` is 2–3× faster on one host (BENCHMARKS.md): with
+//! UCX 1.13 (Debian's), a peer that dies while a `tcp` lane of an endpoint without peer error
+//! handling is still being set up can abort the surviving process inside UCX
+//! (`uct_tcp_ep_pending_purge`: `stubs.c:102 Assertion '0' failed`, seen in CI with a killed
+//! child). A process that must stay up when its peers die cannot take that risk by default.
+//!
+//! Two ends that disagree do not connect: UCX refuses the endpoint during set-up (the client's error then names the variable), and the hello carries
 //! the mode as a second check.
 
 use std::net::IpAddr;
 
-/// Set to `peer` or `none` to force that mode on every endpoint; `auto` (the default) picks
-/// `none` for this host and `peer` otherwise.
+/// Set to `peer` (the default) or `none` to force that mode on every endpoint; `auto` picks
+/// `none` for this host and `peer` otherwise. The module docs say why `peer` is the
+/// default.
 pub(crate) const ENV_ERR_MODE: &str = "TASKWIRE_UCX_ERR_MODE";
 
-/// The UCX error-handling mode of an endpoint. By default an endpoint to a process of this
-/// host gets [`ErrMode::None`] and any other [`ErrMode::Peer`]; `TASKWIRE_UCX_ERR_MODE` or
-/// [`UcxConfig::err_mode`](crate::UcxConfig::err_mode) fixes one for every endpoint.
+/// The UCX error-handling mode of an endpoint: [`ErrMode::Peer`] unless
+/// `TASKWIRE_UCX_ERR_MODE` or [`UcxConfig::err_mode`](crate::UcxConfig::err_mode) says
+/// otherwise (`auto`: [`ErrMode::None`] to a process of this host).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrMode {
     /// `UCP_ERR_HANDLING_MODE_PEER`: UCX reports a peer that fails or disconnects.
@@ -53,11 +61,11 @@ pub(crate) enum ErrModeSetting {
 }
 
 impl ErrModeSetting {
-    /// Parse the variable's value; `None` (unset) is `auto`.
+    /// Parse the variable's value; `None` (unset) is `peer`: the module docs say why.
     pub(crate) fn parse(v: Option<&str>) -> Result<ErrModeSetting, String> {
         match v.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
-            None | Some("") | Some("auto") => Ok(ErrModeSetting::Auto),
-            Some("peer") => Ok(ErrModeSetting::Fixed(ErrMode::Peer)),
+            Some("auto") => Ok(ErrModeSetting::Auto),
+            None | Some("") | Some("peer") => Ok(ErrModeSetting::Fixed(ErrMode::Peer)),
             Some("none") => Ok(ErrModeSetting::Fixed(ErrMode::None)),
             Some(_) => Err(format!(
                 "{ENV_ERR_MODE}={:?}: expected peer, none or auto",
@@ -181,7 +189,10 @@ mod tests {
 
     #[test]
     fn the_setting_parses_and_overrides() {
-        assert_eq!(ErrModeSetting::parse(None), Ok(ErrModeSetting::Auto));
+        assert_eq!(
+            ErrModeSetting::parse(None),
+            Ok(ErrModeSetting::Fixed(ErrMode::Peer))
+        );
         assert_eq!(
             ErrModeSetting::parse(Some("AUTO ")),
             Ok(ErrModeSetting::Auto)
